@@ -1,0 +1,218 @@
+//! The command line: one `*Args` struct per subcommand and the `run` function each calls.
+//! Parsing and printing live here; the numbers come from the library modules.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::activation::Activation;
+use crate::layers::{format_indices, LayerSpec};
+use crate::load::{load, LoadOptions};
+use crate::perplexity::{perplexity, PplOptions};
+use crate::runtime::{self, DeviceSpec, Precision};
+use crate::text::read_text;
+
+/// Swap the feed-forward activation of GPT-2-family checkpoints at load time and measure
+/// what it costs.
+#[derive(Debug, Parser)]
+#[command(name = "gpt-ablate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Next-token perplexity (softmax outputs) of a checkpoint on a text file.
+    #[command(after_long_help = PERPLEXITY_EXAMPLE)]
+    Perplexity(PerplexityArgs),
+}
+
+const PERPLEXITY_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate perplexity --model tests/fixtures/tiny-gpt2 --data tests/fixtures/sample.txt
+  gpt-ablate perplexity --model DIR --data data/wikitext-2-raw-test.txt \\
+      --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json";
+
+/// Options shared by every command that loads a model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Checkpoint directory in Hugging Face format (config.json, model.safetensors or a
+    /// sharded index, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Activation to put in the MLPs at load time (gelu_new, gelu, relu, silu, sigmoid, tanh,
+    /// identity, ...); default: the checkpoint's own.
+    #[arg(long, value_name = "NAME")]
+    pub activation: Option<Activation>,
+    /// Layers to swap: `all`, or indices and inclusive ranges such as `0,3,5-7`.
+    #[arg(long, value_name = "SPEC", default_value = "all")]
+    pub layers: LayerSpec,
+    /// Compute device: cpu, cuda, cuda:N or metal.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Compute precision (weights are converted at load).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    /// CPU threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        Ok(LoadOptions {
+            activation: self.activation,
+            layers: self.layers.clone(),
+            dtype: self.dtype.dtype(),
+            device: self.device.open()?,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// UTF-8 text file, tokenized as one string without special tokens.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Tokens per window (default: the model's n_positions).
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
+    /// Tokens the window advances each step (default: context / 2). Must be 1..=context.
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
+    /// Windows per forward pass (results do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub batch_size: usize,
+    /// Print one JSON object on stdout instead of the human-readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Perplexity(args) => run_perplexity(args),
+    }
+}
+
+fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
+    runtime::set_threads(args.model.threads)?;
+    let opts = args.model.load_options()?;
+    let t0 = Instant::now();
+    let loaded = load(&args.model.model, &opts)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let text = read_text(&args.data)?;
+    let t1 = Instant::now();
+    let tokens = loaded
+        .tokenizer
+        .encode(&text)
+        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    let tokenize_seconds = t1.elapsed().as_secs_f64();
+
+    let cfg = &loaded.config;
+    let context = args.context.unwrap_or(cfg.n_positions);
+    let stride = args.stride.unwrap_or((context / 2).max(1));
+    let ppl_opts = PplOptions {
+        context,
+        stride,
+        batch_size: args.batch_size,
+    };
+    let interactive = std::io::stderr().is_terminal() && !args.json;
+    let mut progress = |done: usize, total: usize| {
+        if interactive {
+            eprint!("\r  scoring: batch {done}/{total}");
+            if done == total {
+                eprint!("\r\x1b[2K");
+            }
+        }
+    };
+    let report = perplexity(&loaded.model, &tokens, &ppl_opts, &mut progress)
+        .with_context(|| format!("scoring {}", args.data.display()))?;
+
+    let plan = loaded.model.plan();
+    let swapped = plan.swapped_layers();
+    let layers = if opts.activation.is_none() {
+        "none".to_string()
+    } else if swapped.len() == cfg.n_layer {
+        "all".to_string()
+    } else {
+        format_indices(opts.layers.resolve(cfg.n_layer)?)
+    };
+    let bytes = text.len();
+    let bits_per_byte = report.nll_sum / std::f64::consts::LN_2 / bytes as f64;
+    if args.json {
+        let out = json!({
+            "model": args.model.model.display().to_string(),
+            "data": args.data.display().to_string(),
+            "activation": plan.describe(),
+            "original_activation": plan.original.name(),
+            "layers": layers,
+            "layers_swapped": swapped,
+            "context": context,
+            "stride": stride,
+            "batch_size": args.batch_size,
+            "tokens": report.tokens,
+            "tokens_scored": report.tokens_scored,
+            "windows": report.windows,
+            "bytes": bytes,
+            "nll_sum": report.nll_sum,
+            "mean_nll": report.mean_nll,
+            "perplexity": report.perplexity,
+            "bits_per_byte": bits_per_byte,
+            "seconds": report.seconds,
+            "tokens_per_second": report.tokens_per_second,
+            "load_seconds": load_seconds,
+            "tokenize_seconds": tokenize_seconds,
+            "device": args.model.device.to_string(),
+            "dtype": args.model.dtype.to_string(),
+            "threads": runtime::threads(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let activation = if swapped.is_empty() {
+        format!("{} (the checkpoint's own)", plan.original)
+    } else {
+        format!(
+            "{} (original {}; layers {layers} swapped)",
+            plan.describe(),
+            plan.original
+        )
+    };
+    println!(
+        "model        {} ({} layers, {} layout, {} on {})",
+        args.model.model.display(),
+        cfg.n_layer,
+        loaded.layout,
+        args.model.dtype,
+        args.model.device
+    );
+    println!("activation   {activation}");
+    println!(
+        "data         {} ({bytes} bytes, {} tokens)",
+        args.data.display(),
+        report.tokens
+    );
+    println!(
+        "windows      context {context}, stride {stride}: {} windows, {} tokens scored",
+        report.windows, report.tokens_scored
+    );
+    println!("perplexity   {:.4}", report.perplexity);
+    println!("mean NLL     {:.6} nats/token", report.mean_nll);
+    println!("bits/byte    {bits_per_byte:.6}");
+    println!(
+        "speed        {:.1} tokens/s ({:.2} s scoring, {:.2} s load, {} threads)",
+        report.tokens_per_second,
+        report.seconds,
+        load_seconds,
+        runtime::threads()
+    );
+    Ok(())
+}

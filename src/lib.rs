@@ -1,0 +1,24 @@
+//! gpt-ablate: load GPT-2-family checkpoints, swap the feed-forward activation at load time,
+//! and measure what that does.
+//!
+//! Where each number comes from:
+//! - [`config`]: `config.json` (Hugging Face `GPT2Config`) and what is rejected.
+//! - [`checkpoint`]: finding and strictly reading safetensors weights, both key layouts.
+//! - [`activation`]: the activation enum and its exact formulas; [`kernels`]: fast CPU kernels.
+//! - [`layers`]: `--layers` specs and the per-layer activation plan.
+//! - [`model`]: the GPT-2 forward pass; [`load`]: directory → ready model.
+//! - [`text`]: dataset files and tokenizers.
+//! - [`perplexity`]: sliding-window scoring.
+//! - [`runtime`]: device, dtype, threads; [`cli`]: the command line.
+
+pub mod activation;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod kernels;
+pub mod layers;
+pub mod load;
+pub mod model;
+pub mod perplexity;
+pub mod runtime;
+pub mod text;

@@ -1,0 +1,14 @@
+//! The `gpt-ablate` binary: parse, run, report errors on one line.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = gpt_ablate::cli::Cli::parse();
+    match gpt_ablate::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

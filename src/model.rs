@@ -1,0 +1,270 @@
+//! GPT-2 (`GPT2LMHeadModel` semantics), top to bottom: attention → MLP → block → model.
+//!
+//! Field names equal the checkpoint keys (`wte`, `wpe`, `h.{i}`, `ln_1`, `attn.c_attn`,
+//! `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`), so loading is name matching. Each
+//! block's MLP activation comes from an [`ActivationPlan`]: that is the load-time swap.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, Linear};
+
+use crate::activation::Activation;
+use crate::checkpoint::{LoadError, TensorStore};
+use crate::config::Gpt2Config;
+use crate::kernels;
+use crate::layers::ActivationPlan;
+
+/// Causal multi-head self-attention with a fused `c_attn` projection.
+struct Attention {
+    c_attn: Linear,
+    c_proj: Linear,
+    n_head: usize,
+    head_dim: usize,
+    /// 1/√head_dim (if `scale_attn_weights`), further divided by layer index + 1 if
+    /// `scale_attn_by_inverse_layer_idx`.
+    scale: f64,
+    /// `reorder_and_upcast_attn`: scores and softmax in f32 whatever the compute dtype.
+    upcast: bool,
+}
+
+impl Attention {
+    fn load(cfg: &Gpt2Config, layer: usize, store: &mut TensorStore) -> Result2<Self> {
+        let c = cfg.n_embd;
+        let p = format!("h.{layer}.attn");
+        let mut scale = if cfg.scale_attn_weights {
+            1.0 / (cfg.head_dim() as f64).sqrt()
+        } else {
+            1.0
+        };
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (layer + 1) as f64;
+        }
+        Ok(Self {
+            c_attn: conv1d(store, &format!("{p}.c_attn"), c, 3 * c)?,
+            c_proj: conv1d(store, &format!("{p}.c_proj"), c, c)?,
+            n_head: cfg.n_head,
+            head_dim: cfg.head_dim(),
+            scale,
+            upcast: cfg.reorder_and_upcast_attn,
+        })
+    }
+
+    /// `x`: (b·t, C) → (b·t, C).
+    fn forward(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let (h, d) = (self.n_head, self.head_dim);
+        let qkv = self.c_attn.forward(x)?; // (b·t, 3C)
+        let qkv = qkv.reshape((b, t, 3, h, d))?.permute((2, 0, 3, 1, 4))?; // (3, b, h, t, d)
+        let q = qkv.get(0)?.contiguous()?; // (b, h, t, d)
+        let k = qkv.get(1)?.contiguous()?; // (b, h, t, d)
+        let v = qkv.get(2)?.contiguous()?; // (b, h, t, d)
+        let dtype = v.dtype();
+        // Softmax always runs in f32; with `upcast` the score matmul does too.
+        let scores = if self.upcast && dtype != DType::F32 {
+            q.to_dtype(DType::F32)?
+                .matmul(&k.to_dtype(DType::F32)?.t()?)?
+        } else {
+            q.matmul(&k.t()?)?.to_dtype(DType::F32)?
+        }; // (b, h, t, t)
+        let probs = kernels::causal_softmax(&scores, self.scale)?.to_dtype(dtype)?; // (b, h, t, t)
+        let y = probs.matmul(&v)?; // (b, h, t, d)
+        let y = y.transpose(1, 2)?.reshape((b * t, h * d))?; // (b·t, C)
+        self.c_proj.forward(&y)
+    }
+}
+
+/// `c_fc → activation → c_proj`.
+struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(
+        cfg: &Gpt2Config,
+        layer: usize,
+        act: Activation,
+        store: &mut TensorStore,
+    ) -> Result2<Self> {
+        let (c, inner) = (cfg.n_embd, cfg.inner_size());
+        let p = format!("h.{layer}.mlp");
+        Ok(Self {
+            c_fc: conv1d(store, &format!("{p}.c_fc"), c, inner)?,
+            c_proj: conv1d(store, &format!("{p}.c_proj"), inner, c)?,
+            act,
+        })
+    }
+
+    /// The pre-activation `c_fc(x)`: (n, C) → (n, inner).
+    fn pre_activation(&self, x: &Tensor) -> Result<Tensor> {
+        self.c_fc.forward(x)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.pre_activation(x)?; // (n, inner)
+        self.c_proj.forward(&self.act.forward(&h)?) // (n, C)
+    }
+}
+
+/// Pre-LayerNorm transformer block.
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(
+        cfg: &Gpt2Config,
+        layer: usize,
+        act: Activation,
+        store: &mut TensorStore,
+    ) -> Result2<Self> {
+        let p = format!("h.{layer}");
+        Ok(Self {
+            ln_1: layer_norm(store, &format!("{p}.ln_1"), cfg)?,
+            attn: Attention::load(cfg, layer, store)?,
+            ln_2: layer_norm(store, &format!("{p}.ln_2"), cfg)?,
+            mlp: Mlp::load(cfg, layer, act, store)?,
+        })
+    }
+
+    /// `x`: (b·t, C) → (b·t, C).
+    fn forward(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, b, t)?)?;
+        &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+    }
+}
+
+/// GPT-2 with an LM head tied to `wte` (or a separate `lm_head.weight` when
+/// `tie_word_embeddings` is false).
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Tensor,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    /// (vocab, C)
+    lm_head: Tensor,
+    config: Gpt2Config,
+    plan: ActivationPlan,
+}
+
+type Result2<T> = std::result::Result<T, LoadError>;
+
+fn conv1d(store: &mut TensorStore, prefix: &str, n_in: usize, n_out: usize) -> Result2<Linear> {
+    let w = store.take_conv1d(&format!("{prefix}.weight"), n_in, n_out)?; // (out, in)
+    let b = store.take(&format!("{prefix}.bias"), &[n_out])?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+fn layer_norm(store: &mut TensorStore, prefix: &str, cfg: &Gpt2Config) -> Result2<LayerNorm> {
+    let w = store.take(&format!("{prefix}.weight"), &[cfg.n_embd])?;
+    let b = store.take(&format!("{prefix}.bias"), &[cfg.n_embd])?;
+    Ok(LayerNorm::new(w, b, cfg.layer_norm_epsilon))
+}
+
+impl Gpt2 {
+    /// Builds the model from a checkpoint's tensors; every key must be present with the
+    /// shape the config implies, and nothing unexpected may be left over.
+    pub fn load(cfg: &Gpt2Config, plan: ActivationPlan, mut store: TensorStore) -> Result2<Self> {
+        debug_assert_eq!(
+            plan.per_layer.len(),
+            cfg.n_layer,
+            "plan built for another depth"
+        );
+        let (v, c) = (cfg.vocab_size, cfg.n_embd);
+        let wte = store.take("wte.weight", &[v, c])?;
+        let wpe = store.take("wpe.weight", &[cfg.n_positions, c])?;
+        let h = (0..cfg.n_layer)
+            .map(|i| Block::load(cfg, i, plan.per_layer[i], &mut store))
+            .collect::<Result2<Vec<_>>>()?;
+        let ln_f = layer_norm(&mut store, "ln_f", cfg)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            wte.clone()
+        } else {
+            store.take("lm_head.weight", &[v, c])?
+        };
+        // A tied checkpoint may still store lm_head; transformers ignores it, and so do we.
+        store.finish(&["lm_head.weight"])?;
+        Ok(Self {
+            wte: Embedding::new(wte, c),
+            wpe,
+            h,
+            ln_f,
+            lm_head,
+            config: cfg.clone(),
+            plan,
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    pub fn plan(&self) -> &ActivationPlan {
+        &self.plan
+    }
+
+    pub fn device(&self) -> &Device {
+        self.wpe.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.wpe.dtype()
+    }
+
+    /// Token + position embeddings for `tokens` (b, t) of u32 ids: (b·t, C).
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if t > self.config.n_positions {
+            candle_core::bail!(
+                "{t} tokens exceed the model's {} positions",
+                self.config.n_positions
+            );
+        }
+        let tok = self.wte.forward(&tokens.flatten_all()?)?; // (b·t, C)
+        let pos = self.wpe.narrow(0, 0, t)?.repeat((b, 1))?; // (b·t, C)
+        tok + pos
+    }
+
+    /// The residual stream entering each block, then the output of the last block:
+    /// `n_layer + 1` tensors of shape (b, t, C).
+    pub fn residual_stream(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
+        let (b, t) = tokens.dims2()?;
+        let c = self.config.n_embd;
+        let mut x = self.embed(tokens)?;
+        let mut out = Vec::with_capacity(self.h.len() + 1);
+        for block in &self.h {
+            out.push(x.reshape((b, t, c))?);
+            x = block.forward(&x, b, t)?;
+        }
+        out.push(x.reshape((b, t, c))?);
+        Ok(out)
+    }
+
+    /// Final hidden states after `ln_f`: (b, t) tokens → (b, t, C).
+    pub fn hidden_states(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let mut x = self.embed(tokens)?; // (b·t, C)
+        for block in &self.h {
+            x = block.forward(&x, b, t)?;
+        }
+        self.ln_f.forward(&x)?.reshape((b, t, self.config.n_embd))
+    }
+
+    /// LM-head logits for hidden states of any leading shape: (…, C) → (…, vocab).
+    pub fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        let c = hidden.dim(D::Minus1)?;
+        let mut out_shape = hidden.dims().to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = self.config.vocab_size;
+        }
+        let flat = hidden.reshape(((), c))?; // (n, C)
+        flat.matmul(&self.lm_head.t()?)?.reshape(out_shape) // (…, vocab)
+    }
+
+    /// Logits at every position: (b, t) tokens → (b, t, vocab).
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.logits_from_hidden(&self.hidden_states(tokens)?)
+    }
+}

@@ -1,0 +1,157 @@
+//! Where and in what precision to compute: `--device`, `--dtype`, `--threads`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+
+/// A compute device as written on the command line: `cpu`, `cuda`, `cuda:N`, `metal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        let (kind, ordinal) = match s.split_once(':') {
+            Some((k, n)) => {
+                let n = n.parse::<usize>().map_err(|_| {
+                    format!("device '{s}': '{n}' is not a device number (e.g. cuda:0)")
+                })?;
+                (k.to_string(), n)
+            }
+            None => (s.clone(), 0),
+        };
+        match kind.as_str() {
+            "cpu" if ordinal == 0 => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(ordinal)),
+            "metal" | "mps" => Ok(Self::Metal(ordinal)),
+            _ => Err(format!(
+                "unknown device '{s}'; valid: cpu, cuda, cuda:N, metal"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal(n) => write!(f, "metal:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device, with an error that says how to get support when the binary lacks it.
+    pub fn open(self) -> anyhow::Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    anyhow::bail!(
+                        "--device {self}: this binary was built without CUDA support; rebuild with `cargo build --release --features cuda` (see README, section CUDA)"
+                    );
+                }
+                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("--device {self}: {e}"))
+            }
+            Self::Metal(n) => {
+                if !candle_core::utils::metal_is_available() {
+                    anyhow::bail!(
+                        "--device {self}: this binary was built without Metal support; rebuild with `cargo build --release --features metal`"
+                    );
+                }
+                Device::new_metal(n).map_err(|e| anyhow::anyhow!("--device {self}: {e}"))
+            }
+        }
+    }
+}
+
+/// Compute precision.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Sets the number of CPU threads candle and rayon use. Must run before any parallel work.
+pub fn set_threads(n: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = n {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        // candle reads RAYON_NUM_THREADS for its own pool; rayon's global pool is set too.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
+    }
+    Ok(())
+}
+
+/// Threads in use, for reports.
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("metal".parse::<DeviceSpec>().unwrap(), DeviceSpec::Metal(0));
+        assert!("tpu"
+            .parse::<DeviceSpec>()
+            .unwrap_err()
+            .contains("valid: cpu"));
+        assert!("cuda:x"
+            .parse::<DeviceSpec>()
+            .unwrap_err()
+            .contains("not a device number"));
+    }
+}
