@@ -83,6 +83,7 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -475,7 +476,8 @@ def main() -> int:
     vocab = tok.get_vocab_size()
     eot_id = tok.token_to_id(EOT)
     assert vocab == VOCAB_SIZE, vocab
-    tok_path = FIX / "tokenizer.tmp.json"
+    tmpdir = Path(tempfile.mkdtemp(prefix="gpt-ablate-fixtures-"))
+    tok_path = tmpdir / "tokenizer.json"  # copied into each model dir below
     tok.save(str(tok_path))
     tok = Tokenizer.from_file(str(tok_path))
     for s in (sample, sample2, NON_ENGLISH_LINE):
@@ -501,7 +503,7 @@ def main() -> int:
     )
     model_hf, loss_b = train_model(cfg_hf, train_ids, steps=150, seed=1)
     hf_keys = write_hf_checkpoint(model_hf, tok_path)
-    tok_path.unlink()
+    shutil.rmtree(tmpdir)
 
     # 4. reference -------------------------------------------------------
     ids = tok.encode(sample, add_special_tokens=False).ids

@@ -434,7 +434,7 @@ mod tests {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
-            let want = [-0.04540229f32, -0.15428599, 0.0, 0.345714, 1.9545977];
+            let want = [-0.04540229f32, -0.154_286, 0.0, 0.345714, 1.9545977];
             for (g, w) in y.iter().zip(want) {
                 assert!((g - w).abs() < 2e-2, "{dtype:?}: {g} vs {w}");
             }

@@ -29,7 +29,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 5e-1;
     let er = p * r * r + r + 1.0;
     let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     er * f32::from_bits(((ni + 127) << 23) as u32)
@@ -47,8 +47,8 @@ pub fn tanh(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
     let small =
-        ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328_2e-1)
+        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328e-1)
             * z
             * x
             + x;
@@ -148,29 +148,79 @@ fn map_chunk_generic(x: &[f32], o: &mut [f32], act: Activation) {
     )
 }
 
-/// Softmax of `scale·x` over the last dimension of attention scores `(b, h, q, k)`, where
-/// query row `i` sees keys `0 ..= offset + i` and the rest are zero (`offset = k − q`: the
-/// number of cached positions before the queries).
-pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, _, q, k) = scores.dims4()?;
-    if k < q {
-        candle_core::bail!("causal_softmax: {k} keys for {q} queries");
+/// Queries per block in the fused attention: block `[i0, i1)` only multiplies against keys
+/// `[0, offset + i1)`, which skips most of the masked upper triangle.
+const QUERY_BLOCK: usize = 128;
+
+/// Causal multi-head attention `softmax(scale·q·kᵀ + mask)·v`, heads side by side in the last
+/// dimension: `q` (b, tq, C), `k` and `v` (b, tk, C) with `tk ≥ tq`, where query `i` sees
+/// keys `0 ..= tk − tq + i` (the first `tk − tq` keys are cached positions). Returns
+/// (b, tq, C). The inputs may be column slices of a fused `c_attn` output (row stride 3C).
+///
+/// On CPU in f32 this is one fused kernel: heads run in parallel, each with single-threaded
+/// gemm calls on query blocks and a scratch buffer for scores, so the (b, h, t, t) score
+/// tensor never exists. Elsewhere the same maths is composed from candle ops.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, tq, c) = q.dims3()?;
+    let (bk, tk, ck) = k.dims3()?;
+    if bk != b || ck != c || v.dims3()? != (b, tk, c) || tk < tq || c % n_head != 0 {
+        candle_core::bail!(
+            "causal_attention: q {:?}, k {:?}, v {:?} with {n_head} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
     }
-    if scores.device().is_cpu() && scores.dtype() == DType::F32 {
-        return scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax {
+    let cpu_f32 = q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32);
+    if cpu_f32 {
+        let row_major = |t: &Tensor| -> Result<Tensor> {
+            if t.stride()[2] == 1 {
+                Ok(t.clone())
+            } else {
+                t.contiguous()
+            }
+        };
+        let op = FusedAttention {
+            n_head,
             scale: scale as f32,
-        });
+        };
+        return row_major(q)?.apply_op3_no_bwd(&row_major(k)?, &row_major(v)?, &op);
     }
-    causal_softmax_composed(scores, scale)
+    causal_attention_composed(q, k, v, n_head, scale)
 }
 
-/// The candle-ops version of [`causal_softmax`], for non-CPU devices and other dtypes.
-pub fn causal_softmax_composed(scores: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, _, q, k) = scores.dims4()?;
-    let offset = k - q;
-    let mask: Vec<f32> = (0..q)
+/// The candle-ops version of [`causal_attention`] (other devices and dtypes; the reference
+/// the fused kernel is tested against). Scores and softmax run in f32.
+pub fn causal_attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, tq, c) = q.dims3()?;
+    let tk = k.dim(1)?;
+    let d = c / n_head;
+    let heads = |t: &Tensor, len: usize| -> Result<Tensor> {
+        t.reshape((b, len, n_head, d))?
+            .transpose(1, 2)?
+            .contiguous() // (b, h, len, d)
+    };
+    let (qh, kh, vh) = (heads(q, tq)?, heads(k, tk)?, heads(v, tk)?);
+    let dtype = vh.dtype();
+    let scores = qh
+        .to_dtype(DType::F32)?
+        .matmul(&kh.to_dtype(DType::F32)?.t()?)?; // (b, h, tq, tk)
+    let offset = tk - tq;
+    let mask: Vec<f32> = (0..tq)
         .flat_map(|i| {
-            (0..k).map(move |j| {
+            (0..tk).map(move |j| {
                 if j <= offset + i {
                     0.0
                 } else {
@@ -179,68 +229,179 @@ pub fn causal_softmax_composed(scores: &Tensor, scale: f64) -> Result<Tensor> {
             })
         })
         .collect();
-    let mask = Tensor::from_vec(mask, (q, k), scores.device())?.to_dtype(scores.dtype())?;
-    let masked = (scores * scale)?.broadcast_add(&mask)?;
-    candle_nn::ops::softmax_last_dim(&masked)
+    let mask = Tensor::from_vec(mask, (tq, tk), scores.device())?;
+    let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?;
+    let y = probs.to_dtype(dtype)?.matmul(&vh)?; // (b, h, tq, d)
+    y.transpose(1, 2)?.reshape((b, tq, c)) // (b, tq, C)
 }
 
-struct CausalSoftmax {
+struct FusedAttention {
+    n_head: usize,
     scale: f32,
 }
 
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax"
-    }
+/// A row-major (b, t, C) view into a storage slice: element (bi, i, col) is at
+/// `offset + bi·batch + i·row + col`.
+#[derive(Clone, Copy)]
+struct View {
+    offset: usize,
+    batch: usize,
+    row: usize,
+}
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = storage else {
-            candle_core::bail!("causal-softmax: expected f32")
-        };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("causal-softmax: not contiguous".into()))?;
-        let (_, _, q, k) = layout.shape().dims4()?;
-        let offset = k - q;
-        let src = &v[start..end];
-        let mut out = vec![0f32; src.len()];
-        let scale = self.scale;
-        out.par_chunks_mut(k)
-            .zip(src.par_chunks(k))
-            .enumerate()
-            .for_each(|(row, (o, x))| {
-                let visible = offset + row % q + 1;
-                softmax_row(&x[..visible], &mut o[..visible], scale);
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+impl View {
+    fn of(layout: &Layout) -> Result<Self> {
+        let s = layout.stride();
+        if s.len() != 3 || s[2] != 1 {
+            candle_core::bail!("fused attention: unexpected strides {s:?}");
+        }
+        Ok(Self {
+            offset: layout.start_offset(),
+            batch: s[0],
+            row: s[1],
+        })
     }
 }
 
-fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a distinct (batch, head) column block of the output.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` must be within the allocation.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
+impl candle_core::CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (s1, s2, s3) else {
+            candle_core::bail!("fused attention: expected f32 inputs")
+        };
+        let (b, tq, c) = l1.shape().dims3()?;
+        let tk = l2.shape().dims3()?.1;
+        let (qv, kv, vv) = (View::of(l1)?, View::of(l2)?, View::of(l3)?);
+        let (h, d) = (self.n_head, c / self.n_head);
+        let offset = tk - tq;
+        let mut out = vec![0f32; b * tq * c];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let scale = self.scale;
+        (0..b * h).into_par_iter().for_each(|task| {
+            let (bi, hh) = (task / h, task % h);
+            let qp = &q[qv.offset + bi * qv.batch + hh * d..];
+            let kp = &k[kv.offset + bi * kv.batch + hh * d..];
+            let vp = &v[vv.offset + bi * vv.batch + hh * d..];
+            let mut scores = vec![0f32; QUERY_BLOCK.min(tq) * tk];
+            for i0 in (0..tq).step_by(QUERY_BLOCK) {
+                let i1 = (i0 + QUERY_BLOCK).min(tq);
+                let (m, keys) = (i1 - i0, offset + i1);
+                let s = &mut scores[..m * keys];
+                // SAFETY: all pointers address in-bounds elements of the slices above for the
+                // given shapes and strides (checked by the layouts), and the destination is
+                // this task's own scratch buffer.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        keys,
+                        d,
+                        s.as_mut_ptr(),
+                        1,
+                        keys as isize,
+                        false,
+                        qp[i0 * qv.row..].as_ptr(),
+                        1,
+                        qv.row as isize,
+                        kp.as_ptr(),
+                        kv.row as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for (r, row) in s.chunks_mut(keys).enumerate() {
+                    let visible = offset + i0 + r + 1;
+                    softmax_row_in_place(&mut row[..visible], scale);
+                    row[visible..].fill(0.0);
+                }
+                // SAFETY: `s` is (m, keys) row-major; v rows `0..keys` are in bounds; the
+                // destination block (rows i0..i1 of batch bi, columns hh·d..(hh+1)·d) is
+                // written by this task only.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        d,
+                        keys,
+                        out_ptr.at((bi * tq + i0) * c + hh * d),
+                        1,
+                        c as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        keys as isize,
+                        vp.as_ptr(),
+                        1,
+                        vv.row as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, tq, c))))
+    }
+}
+
+fn softmax_row_in_place(x: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { softmax_row_avx2(x, o, scale) };
+        unsafe { softmax_row_avx2(x, scale) };
         return;
     }
-    softmax_row_generic(x, o, scale)
+    softmax_row_generic(x, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(x: &[f32], o: &mut [f32], scale: f32) {
-    softmax_row_generic(x, o, scale)
+unsafe fn softmax_row_avx2(x: &mut [f32], scale: f32) {
+    softmax_row_generic(x, scale)
 }
 
+/// softmax(scale·x) in place.
 #[inline(always)]
-fn softmax_row_generic(x: &[f32], o: &mut [f32], scale: f32) {
+fn softmax_row_generic(x: &mut [f32], scale: f32) {
     let m = max(x) * scale;
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o = exp(x * scale - m);
+    for v in x.iter_mut() {
+        *v = exp(*v * scale - m);
     }
-    let inv = 1.0 / sum(o);
-    for o in o.iter_mut() {
-        *o *= inv;
+    let inv = 1.0 / sum(x);
+    for v in x.iter_mut() {
+        *v *= inv;
     }
 }
 
@@ -397,15 +558,30 @@ mod tests {
     }
 
     #[test]
-    fn causal_softmax_matches_composed_version() {
+    fn fused_attention_matches_composed_version() {
         let dev = Device::Cpu;
-        for (q, k) in [(7, 7), (3, 10), (1, 5), (40, 40)] {
-            let x = Tensor::randn(0f32, 3.0, (2, 3, q, k), &dev).unwrap();
-            let fast = causal_softmax(&x, 0.37).unwrap();
-            let slow = causal_softmax_composed(&x, 0.37).unwrap();
-            let d = (fast - slow).unwrap().abs().unwrap().flatten_all().unwrap();
-            let worst = d.max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(worst < 1e-6, "q={q} k={k}: max abs diff {worst:e}");
+        // (batch, queries, keys, heads, head_dim): single and multiple query blocks, cached
+        // keys before the queries, one query.
+        for (b, tq, tk, h, d) in [
+            (1, 7, 7, 2, 4),
+            (2, 300, 300, 3, 8),
+            (1, 5, 200, 2, 4),
+            (2, 1, 9, 4, 2),
+        ] {
+            let c = h * d;
+            let qkv = Tensor::randn(0f32, 1.0, (b, tk, 3 * c), &dev).unwrap();
+            // q from the last tq rows of a fused projection (a strided view), k and v whole.
+            let q = qkv.narrow(1, tk - tq, tq).unwrap().narrow(2, 0, c).unwrap();
+            let k = qkv.narrow(2, c, c).unwrap();
+            let v = qkv.narrow(2, 2 * c, c).unwrap();
+            let fast = causal_attention(&q, &k, &v, h, 0.37).unwrap();
+            let slow = causal_attention_composed(&q, &k, &v, h, 0.37).unwrap();
+            let diff = (fast - slow).unwrap().abs().unwrap().flatten_all().unwrap();
+            let worst = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                worst < 1e-5,
+                "b={b} tq={tq} tk={tk}: max abs diff {worst:e}"
+            );
         }
     }
 

@@ -50,24 +50,22 @@ impl Attention {
 
     /// `x`: (b·t, C) → (b·t, C).
     fn forward(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-        let (h, d) = (self.n_head, self.head_dim);
-        let qkv = self.c_attn.forward(x)?; // (b·t, 3C)
-        let qkv = qkv.reshape((b, t, 3, h, d))?.permute((2, 0, 3, 1, 4))?; // (3, b, h, t, d)
-        let q = qkv.get(0)?.contiguous()?; // (b, h, t, d)
-        let k = qkv.get(1)?.contiguous()?; // (b, h, t, d)
-        let v = qkv.get(2)?.contiguous()?; // (b, h, t, d)
-        let dtype = v.dtype();
-        // Softmax always runs in f32; with `upcast` the score matmul does too.
-        let scores = if self.upcast && dtype != DType::F32 {
-            q.to_dtype(DType::F32)?
-                .matmul(&k.to_dtype(DType::F32)?.t()?)?
-        } else {
-            q.matmul(&k.t()?)?.to_dtype(DType::F32)?
-        }; // (b, h, t, t)
-        let probs = kernels::causal_softmax(&scores, self.scale)?.to_dtype(dtype)?; // (b, h, t, t)
-        let y = probs.matmul(&v)?; // (b, h, t, d)
-        let y = y.transpose(1, 2)?.reshape((b * t, h * d))?; // (b·t, C)
-        self.c_proj.forward(&y)
+        let c = self.n_head * self.head_dim;
+        let qkv = self.c_attn.forward(x)?.reshape((b, t, 3 * c))?; // (b, t, 3C)
+        let mut q = qkv.narrow(2, 0, c)?; // (b, t, C), heads side by side
+        let mut k = qkv.narrow(2, c, c)?; // (b, t, C)
+        let mut v = qkv.narrow(2, 2 * c, c)?; // (b, t, C)
+        if self.upcast {
+            // reorder_and_upcast_attn: scores in f32 whatever the compute dtype.
+            (q, k, v) = (
+                q.to_dtype(DType::F32)?,
+                k.to_dtype(DType::F32)?,
+                v.to_dtype(DType::F32)?,
+            );
+        }
+        let y = kernels::causal_attention(&q, &k, &v, self.n_head, self.scale)?; // (b, t, C)
+        self.c_proj
+            .forward(&y.to_dtype(x.dtype())?.reshape((b * t, c))?) // (b·t, C)
     }
 }
 
