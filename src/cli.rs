@@ -9,10 +9,14 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::ablation::{self, RunSettings, Shard};
 use crate::activation::Activation;
+use crate::grid::{Grid, SortOrder};
 use crate::layers::{format_indices, LayerSpec};
 use crate::load::{load, LoadOptions};
 use crate::perplexity::{perplexity, PplOptions};
+use crate::provenance;
+use crate::results;
 use crate::runtime::{self, DeviceSpec, Precision};
 use crate::text::read_text;
 
@@ -30,6 +34,65 @@ pub enum Command {
     /// Next-token perplexity (softmax outputs) of a checkpoint on a text file.
     #[command(after_long_help = PERPLEXITY_EXAMPLE)]
     Perplexity(PerplexityArgs),
+    /// Run an ablation grid from a TOML config: every variant against the baseline, with
+    /// perplexity, KL divergence and top-1 agreement; resumable and shardable.
+    #[command(after_long_help = RUN_EXAMPLE)]
+    Run(RunArgs),
+    /// Combine the output directories of `run --shard` into one result set.
+    #[command(after_long_help = MERGE_EXAMPLE)]
+    Merge(MergeArgs),
+}
+
+const RUN_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate run configs/default.toml
+  gpt-ablate run configs/gpt2.toml --out runs/gpt2 --device cuda
+  gpt-ablate run configs/gpt2.toml --out runs/gpt2-shard0 --shard 0/4
+
+Re-running with the same --out resumes: finished cells are skipped.
+Settings: command-line flag > environment (GPT_ABLATE_DEVICE, GPT_ABLATE_DTYPE,
+GPT_ABLATE_THREADS) > config file > default.";
+
+const MERGE_EXAMPLE: &str = "\
+Example:
+  gpt-ablate merge runs/gpt2-shard0 runs/gpt2-shard1 --out runs/gpt2";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Grid config (TOML); relative paths inside it are relative to the file.
+    #[arg(value_name = "CONFIG")]
+    pub config: PathBuf,
+    /// Output directory (default: runs/<UTC timestamp>). Reuse it to resume.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Run only cells whose index ≡ K (mod N), e.g. 0/4.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Compute device: cpu, cuda, cuda:N or metal (overrides the config).
+    #[arg(long, value_name = "DEVICE", env = "GPT_ABLATE_DEVICE")]
+    pub device: Option<DeviceSpec>,
+    /// Compute precision (overrides the config).
+    #[arg(long, value_enum, env = "GPT_ABLATE_DTYPE")]
+    pub dtype: Option<Precision>,
+    /// CPU threads (overrides the config).
+    #[arg(long, value_name = "N", env = "GPT_ABLATE_THREADS")]
+    pub threads: Option<usize>,
+    /// Print the result rows as one JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Output directories of the shards.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Where to write the merged results.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print the merged rows as one JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const PERPLEXITY_EXAMPLE: &str = "\
@@ -99,7 +162,75 @@ pub struct PerplexityArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Perplexity(args) => run_perplexity(args),
+        Command::Run(args) => run_grid(args),
+        Command::Merge(args) => run_merge(args),
     }
+}
+
+fn run_grid(args: RunArgs) -> anyhow::Result<()> {
+    let grid = Grid::from_file(&args.config)?;
+    // Flag (or environment, via clap) > config file > default.
+    let threads = args.threads.or(grid.threads);
+    runtime::set_threads(threads)?;
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(provenance::utc_compact(std::time::SystemTime::now()))
+    });
+    let settings = RunSettings {
+        out: out.clone(),
+        shard: args.shard,
+        device: args.device.or(grid.device).unwrap_or_default(),
+        dtype: args.dtype.or(grid.dtype).unwrap_or_default(),
+        threads: runtime::threads(),
+        progress: ablation::stderr_is_terminal(),
+    };
+    let summary = ablation::run(&grid, &settings)?;
+    print_rows(&summary.rows, grid.sort, args.json)?;
+    eprintln!(
+        "{} cell(s) computed, {} already done; results in {} (results.jsonl, results.csv, manifest.json{})",
+        summary.ran,
+        summary.skipped,
+        out.display(),
+        summary
+            .files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| format!(", {}", n.to_string_lossy())))
+            .collect::<String>()
+    );
+    Ok(())
+}
+
+fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
+    let rows = ablation::merge(&args.dirs, &args.out)?;
+    // Sort as the original config asked, read back from the first shard's manifest.
+    let sort = std::fs::read_to_string(args.dirs[0].join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|m| m["config"]["text"].as_str().map(str::to_string))
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("sort").and_then(|v| v.as_str()).map(str::to_string));
+    let order = if sort.as_deref() == Some("perplexity") {
+        SortOrder::Perplexity
+    } else {
+        SortOrder::Config
+    };
+    print_rows(&rows, order, args.json)?;
+    eprintln!(
+        "merged {} row(s) from {} director(ies) into {}",
+        rows.len(),
+        args.dirs.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn print_rows(rows: &[crate::results::Row], order: SortOrder, json: bool) -> anyhow::Result<()> {
+    let rows = results::sorted(rows, order);
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        print!("{}", results::table(&rows));
+    }
+    Ok(())
 }
 
 fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {

@@ -233,3 +233,96 @@ mod tests {
         assert!(same.swapped_layers().is_empty());
     }
 }
+
+/// Activations for chosen layers, as written in a grid config: one name for every layer
+/// (`"relu"`), or per-layer entries `"0-1:relu,2-3:sigmoid"` (indices and ranges before each
+/// `:`, as in `--layers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationMap(pub Vec<(LayerSpec, Activation)>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActivationMapError {
+    #[error(transparent)]
+    Activation(#[from] crate::activation::UnknownActivation),
+    #[error(transparent)]
+    Layers(#[from] LayerSpecError),
+    #[error("'{0}': expected an activation name or entries like '0-1:relu,2-3:sigmoid'")]
+    Syntax(String),
+}
+
+impl FromStr for ActivationMap {
+    type Err = ActivationMapError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.contains(':') {
+            return Ok(Self(vec![(LayerSpec::All, s.parse()?)]));
+        }
+        // Indices accumulate until an entry carries `:name`.
+        let mut entries = Vec::new();
+        let mut pending: Vec<&str> = Vec::new();
+        for part in s.split(',') {
+            match part.split_once(':') {
+                Some((layers, name)) => {
+                    pending.push(layers);
+                    let spec: LayerSpec = pending.join(",").parse()?;
+                    entries.push((spec, name.parse()?));
+                    pending.clear();
+                }
+                None => pending.push(part),
+            }
+        }
+        if !pending.is_empty() {
+            return Err(ActivationMapError::Syntax(s.to_string()));
+        }
+        Ok(Self(entries))
+    }
+}
+
+impl ActivationMap {
+    /// Applies every entry, in order, to `plan`.
+    pub fn apply(&self, mut plan: ActivationPlan) -> Result<ActivationPlan, LayerSpecError> {
+        for (spec, act) in &self.0 {
+            plan = plan.swap(*act, spec)?;
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_and_per_layer_maps() {
+        let plan = ActivationPlan::original(Activation::GeluNew, 4);
+        let m: ActivationMap = "relu".parse().unwrap();
+        assert_eq!(
+            m.apply(plan.clone()).unwrap().per_layer,
+            vec![Activation::Relu; 4]
+        );
+        let m: ActivationMap = "0-1:relu,3:sigmoid".parse().unwrap();
+        let p = m.apply(plan.clone()).unwrap();
+        use Activation::*;
+        assert_eq!(p.per_layer, vec![Relu, Relu, GeluNew, Sigmoid]);
+        let m: ActivationMap = "0,2:tanh".parse().unwrap();
+        assert_eq!(
+            m.apply(plan.clone()).unwrap().per_layer,
+            vec![Tanh, GeluNew, Tanh, GeluNew]
+        );
+        assert!(matches!(
+            "0:relu,2".parse::<ActivationMap>(),
+            Err(ActivationMapError::Syntax(_))
+        ));
+        assert!("0:nope"
+            .parse::<ActivationMap>()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown activation 'nope'"));
+        let err = "7:relu"
+            .parse::<ActivationMap>()
+            .unwrap()
+            .apply(plan)
+            .unwrap_err();
+        assert!(err.to_string().contains("layer 7 is out of range"));
+    }
+}

@@ -9,16 +9,23 @@
 //! - [`model`]: the GPT-2 forward pass; [`load`]: directory → ready model.
 //! - [`text`]: dataset files and tokenizers.
 //! - [`perplexity`]: sliding-window scoring.
+//! - [`grid`]: ablation configs; [`ablation`]: the grid runner (resume, shard, merge);
+//!   [`results`]: rows, JSONL/CSV, tables; [`charts`]: SVG/PNG; [`provenance`]: hashes, times.
 //! - [`runtime`]: device, dtype, threads; [`cli`]: the command line.
 
+pub mod ablation;
 pub mod activation;
+pub mod charts;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod grid;
 pub mod kernels;
 pub mod layers;
 pub mod load;
 pub mod model;
 pub mod perplexity;
+pub mod provenance;
+pub mod results;
 pub mod runtime;
 pub mod text;

@@ -14,6 +14,7 @@ use crate::kernels;
 use crate::layers::ActivationPlan;
 
 /// Causal multi-head self-attention with a fused `c_attn` projection.
+#[derive(Clone)]
 struct Attention {
     c_attn: Linear,
     c_proj: Linear,
@@ -70,6 +71,7 @@ impl Attention {
 }
 
 /// `c_fc → activation → c_proj`.
+#[derive(Clone)]
 struct Mlp {
     c_fc: Linear,
     c_proj: Linear,
@@ -104,6 +106,7 @@ impl Mlp {
 }
 
 /// Pre-LayerNorm transformer block.
+#[derive(Clone)]
 struct Block {
     ln_1: LayerNorm,
     attn: Attention,
@@ -136,6 +139,7 @@ impl Block {
 
 /// GPT-2 with an LM head tied to `wte` (or a separate `lm_head.weight` when
 /// `tie_word_embeddings` is false).
+#[derive(Clone)]
 pub struct Gpt2 {
     wte: Embedding,
     wpe: Tensor,
@@ -193,6 +197,17 @@ impl Gpt2 {
             config: cfg.clone(),
             plan,
         })
+    }
+
+    /// The same weights (shared, not copied) with another activation plan.
+    pub fn with_plan(&self, plan: ActivationPlan) -> Self {
+        debug_assert_eq!(plan.per_layer.len(), self.h.len());
+        let mut model = self.clone();
+        for (block, &act) in model.h.iter_mut().zip(&plan.per_layer) {
+            block.mlp.act = act;
+        }
+        model.plan = plan;
+        model
     }
 
     pub fn config(&self) -> &Gpt2Config {

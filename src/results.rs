@@ -1,0 +1,412 @@
+//! Result rows of an ablation grid and their on-disk forms: `results.jsonl` (append-only,
+//! one flushed line per finished cell, repaired after a crash), `results.csv`, and the aligned
+//! markdown table printed on stdout.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::grid::SortOrder;
+
+/// One finished cell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Row {
+    /// Content hash of everything the numbers depend on (see `ablation::cell_key`).
+    pub key: String,
+    pub index: usize,
+    pub model: String,
+    pub dataset: String,
+    pub variant: String,
+    pub is_baseline: bool,
+    pub sweep: Option<String>,
+    pub sweep_layer: Option<usize>,
+    /// `relu`, `relu@0-1,sigmoid@2-3`, or the original activation's name.
+    pub activation: String,
+    pub layers_swapped: Vec<usize>,
+    pub per_layer: Vec<String>,
+    pub context: usize,
+    pub stride: usize,
+    pub tokens_scored: usize,
+    pub bytes: usize,
+    pub nll_sum: f64,
+    pub mean_nll: f64,
+    pub perplexity: f64,
+    pub bits_per_byte: f64,
+    /// The unmodified model's perplexity, computed in the same pass.
+    pub baseline_perplexity: f64,
+    pub delta_perplexity: f64,
+    pub ratio_perplexity: f64,
+    /// Mean over scored tokens of KL(P_baseline ‖ P_variant), in nats.
+    pub kl_mean: f64,
+    /// Fraction of scored tokens where the variant's argmax equals the baseline's.
+    pub top1_agreement: f64,
+    pub seconds: f64,
+    pub finished_at: String,
+}
+
+/// Reads `results.jsonl`, first cutting off a partial last line (a run killed mid-write), so
+/// the file holds only complete rows. A missing file is an empty result set.
+pub fn read_jsonl_repairing(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("cannot open {}: {e}", path.display()),
+    };
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    if complete < text.len() {
+        f.set_len(complete as u64)?;
+        f.seek(SeekFrom::Start(complete as u64))?;
+        f.sync_all()?;
+    }
+    parse_rows(&text[..complete], path)
+}
+
+/// Reads `results.jsonl` without modifying it (for `merge`); a partial last line is ignored.
+pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    parse_rows(&text[..complete], path)
+}
+
+fn parse_rows(text: &str, path: &Path) -> anyhow::Result<Vec<Row>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                anyhow::anyhow!("{} line {}: not a result row: {e}", path.display(), i + 1)
+            })
+        })
+        .collect()
+}
+
+/// Appends one row as a line and flushes it to disk.
+pub fn append_jsonl(path: &Path, row: &Row) -> anyhow::Result<()> {
+    let mut line = serde_json::to_string(row)?;
+    line.push('\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    f.write_all(line.as_bytes())?;
+    f.sync_data()?;
+    Ok(())
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so readers never see a
+/// half-written file.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+const CSV_COLUMNS: [&str; 22] = [
+    "index",
+    "model",
+    "dataset",
+    "variant",
+    "is_baseline",
+    "sweep",
+    "sweep_layer",
+    "activation",
+    "layers_swapped",
+    "context",
+    "stride",
+    "tokens_scored",
+    "bytes",
+    "mean_nll",
+    "perplexity",
+    "bits_per_byte",
+    "baseline_perplexity",
+    "delta_perplexity",
+    "ratio_perplexity",
+    "kl_mean",
+    "top1_agreement",
+    "seconds",
+];
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The rows as CSV (RFC 4180 quoting), in index order.
+pub fn to_csv(rows: &[Row]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push('\n');
+    for r in rows {
+        let layers = r
+            .layers_swapped
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let fields = [
+            r.index.to_string(),
+            r.model.clone(),
+            r.dataset.clone(),
+            r.variant.clone(),
+            r.is_baseline.to_string(),
+            r.sweep.clone().unwrap_or_default(),
+            r.sweep_layer.map(|l| l.to_string()).unwrap_or_default(),
+            r.activation.clone(),
+            layers,
+            r.context.to_string(),
+            r.stride.to_string(),
+            r.tokens_scored.to_string(),
+            r.bytes.to_string(),
+            r.mean_nll.to_string(),
+            r.perplexity.to_string(),
+            r.bits_per_byte.to_string(),
+            r.baseline_perplexity.to_string(),
+            r.delta_perplexity.to_string(),
+            r.ratio_perplexity.to_string(),
+            r.kl_mean.to_string(),
+            r.top1_agreement.to_string(),
+            r.seconds.to_string(),
+        ];
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// Orders rows for display: grouped by model then dataset (in index order), and within a
+/// group either as configured or by ascending perplexity.
+pub fn sorted(rows: &[Row], order: SortOrder) -> Vec<Row> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| r.index);
+    if order == SortOrder::Perplexity {
+        let group_of = |r: &Row| (r.model.clone(), r.dataset.clone());
+        let mut groups: Vec<(String, String)> = Vec::new();
+        for r in &rows {
+            if !groups.contains(&group_of(r)) {
+                groups.push(group_of(r));
+            }
+        }
+        rows.sort_by(|a, b| {
+            let (ga, gb) = (
+                groups.iter().position(|g| *g == group_of(a)),
+                groups.iter().position(|g| *g == group_of(b)),
+            );
+            ga.cmp(&gb).then(a.perplexity.total_cmp(&b.perplexity))
+        });
+    }
+    rows
+}
+
+/// An aligned, markdown-compatible table. Model and dataset columns appear only when the
+/// rows span more than one.
+pub fn table(rows: &[Row]) -> String {
+    let many = |f: fn(&Row) -> &str| {
+        rows.iter()
+            .map(f)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1
+    };
+    let show_model = many(|r| r.model.as_str());
+    let show_data = many(|r| r.dataset.as_str());
+    let mut header = Vec::new();
+    if show_model {
+        header.push("model");
+    }
+    if show_data {
+        header.push("dataset");
+    }
+    header.extend([
+        "variant",
+        "activation",
+        "perplexity",
+        "Δ ppl",
+        "× base",
+        "mean NLL",
+        "bits/byte",
+        "KL(base‖var)",
+        "top-1 agree",
+        "tokens",
+    ]);
+    let numeric_from = header.len() - 8;
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut cells = Vec::new();
+            if show_model {
+                cells.push(short_name(&r.model));
+            }
+            if show_data {
+                cells.push(short_name(&r.dataset));
+            }
+            cells.extend([
+                r.variant.clone(),
+                r.activation.clone(),
+                format!("{:.3}", r.perplexity),
+                format!("{:+.3}", r.delta_perplexity),
+                format!("{:.3}", r.ratio_perplexity),
+                format!("{:.4}", r.mean_nll),
+                format!("{:.4}", r.bits_per_byte),
+                format!("{:.4}", r.kl_mean),
+                format!("{:.2}%", 100.0 * r.top1_agreement),
+                r.tokens_scored.to_string(),
+            ]);
+            cells
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            body.iter()
+                .map(|row| row[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let pad = " ".repeat(widths[c] - s.chars().count());
+                if c >= numeric_from {
+                    format!("{pad}{s}")
+                } else {
+                    format!("{s}{pad}")
+                }
+            })
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(c, &w)| {
+            if c >= numeric_from {
+                format!("{}:", "-".repeat(w + 1))
+            } else {
+                "-".repeat(w + 2)
+            }
+        })
+        .collect();
+    out.push_str(&format!("|{}|\n", rule.join("|")));
+    for row in body {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// The last path component, for compact tables.
+pub fn short_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
+#[cfg(test)]
+pub(crate) fn sample_row(index: usize, variant: &str, ppl: f64) -> Row {
+    Row {
+        key: format!("k{index}"),
+        index,
+        model: "models/m".into(),
+        dataset: "data/d.txt".into(),
+        variant: variant.into(),
+        is_baseline: index == 0,
+        sweep: None,
+        sweep_layer: None,
+        activation: variant.into(),
+        layers_swapped: vec![],
+        per_layer: vec![],
+        context: 8,
+        stride: 4,
+        tokens_scored: 10,
+        bytes: 40,
+        nll_sum: 10.0 * ppl.ln(),
+        mean_nll: ppl.ln(),
+        perplexity: ppl,
+        bits_per_byte: 1.0,
+        baseline_perplexity: 10.0,
+        delta_perplexity: ppl - 10.0,
+        ratio_perplexity: ppl / 10.0,
+        kl_mean: 0.1,
+        top1_agreement: 0.9,
+        seconds: 1.0,
+        finished_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_last_line_is_cut_off_and_complete_rows_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.jsonl");
+        append_jsonl(&p, &sample_row(0, "baseline", 10.0)).unwrap();
+        append_jsonl(&p, &sample_row(1, "relu", 12.0)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"key\":\"k2\",\"ind").unwrap();
+        drop(f);
+        let rows = read_jsonl_repairing(&p).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(std::fs::read_to_string(&p).unwrap().ends_with("}\n"));
+        append_jsonl(&p, &sample_row(2, "tanh", 20.0)).unwrap();
+        assert_eq!(read_jsonl(&p).unwrap().len(), 3);
+        assert!(read_jsonl_repairing(&dir.path().join("none.jsonl"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn table_is_aligned_and_sortable() {
+        let rows = vec![
+            sample_row(0, "baseline", 10.0),
+            sample_row(1, "sigmoid", 40.0),
+            sample_row(2, "relu", 11.0),
+        ];
+        let t = table(&sorted(&rows, SortOrder::Perplexity));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.chars().count() == lines[0].chars().count()),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("baseline")
+                && lines[3].contains("relu")
+                && lines[4].contains("sigmoid"),
+            "{t}"
+        );
+        assert!(lines[1].contains("---:"), "{t}");
+        let csv = to_csv(&rows);
+        assert_eq!(csv.lines().count(), 4);
+        assert!(csv.lines().nth(2).unwrap().contains(",sigmoid,"));
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
+}
