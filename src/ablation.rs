@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use candle_core::Tensor;
 use serde_json::json;
 
 use crate::checkpoint::{CheckpointFiles, TensorStore};
@@ -259,7 +260,8 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     manifest(&rows, None)?;
 
     // 4. Compute. One unmodified model per checkpoint; variants share its weights.
-    let work_of = |c: &Cell| -> usize {
+    // Progress is counted in forward passes over a batch of windows.
+    let batches_of = |c: &Cell| -> usize {
         let o = &options[c.model];
         let n = windows(
             datasets[c.dataset].tokens[c.model].len(),
@@ -267,12 +269,15 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             o.stride,
         )
         .len();
-        n.div_ceil(o.batch_size) * if c.is_baseline { 1 } else { 2 }
+        n.div_ceil(o.batch_size)
     };
-    let total_work: usize = pending.iter().map(|(c, _)| work_of(c)).sum();
+    let work_of =
+        |c: &Cell, cached: bool| batches_of(c) * if c.is_baseline || cached { 1 } else { 2 };
+    let total_work: usize = pending.iter().map(|(c, _)| work_of(c, true)).sum();
     let mut work_done = 0usize;
     let run_start = Instant::now();
     let mut loaded: Option<(usize, Gpt2)> = None;
+    let mut cache: Option<BaselineCache> = None;
     for (i, (cell, key)) in pending.iter().enumerate() {
         if loaded.as_ref().is_none_or(|(mi, _)| *mi != cell.model) {
             drop(loaded.take()); // free the previous model first
@@ -288,16 +293,49 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
         let Some((_, base)) = loaded.as_ref() else {
             unreachable!("loaded above")
         };
+        let pair = (cell.model, cell.dataset);
+        if cache.as_ref().is_some_and(|c| c.pair != pair) {
+            cache = None;
+        }
         let tokens = &datasets[cell.dataset].tokens[cell.model];
         let opts = options[cell.model];
-        let cell_work = work_of(cell);
-        let per_batch = if cell.is_baseline { 1 } else { 2 };
+        // Cache the baseline's hidden states when they fit and more than one variant of this
+        // pair is left (or the baseline pass runs anyway).
+        let variants_left = pending[i..]
+            .iter()
+            .filter(|(c, _)| (c.model, c.dataset) == pair && !c.is_baseline)
+            .count();
+        let cache_bytes =
+            tokens.len() * grid.model_configs[cell.model].n_embd * dtype.size_in_bytes();
+        let want_cache = cache.is_none()
+            && cache_bytes <= CACHE_BUDGET_BYTES
+            && (if cell.is_baseline {
+                variants_left >= 1
+            } else {
+                variants_left >= 2
+            });
+        if want_cache && !cell.is_baseline {
+            // The baseline cell is done already: one hidden-state pass (no LM head) refills it.
+            let mut chunks = Vec::new();
+            score_windows(&[base], tokens, &opts, &mut |_, _| {}, &mut |chunk| {
+                let copy = chunk.hidden[0].copy();
+                chunks.push(copy.map_err(|source| PplError::Candle {
+                    window: chunk.window,
+                    source,
+                })?);
+                Ok(())
+            })
+            .with_context(|| format!("baseline pass for cell '{}'", cell.name))?;
+            cache = Some(BaselineCache { pair, chunks });
+        }
+        let cell_work = work_of(cell, cache.is_some());
+        let per_batch = cell_work / batches_of(cell).max(1);
         let mut progress = |done: usize, _total: usize| {
             if settings.progress {
                 let w = work_done + done * per_batch;
                 let elapsed = run_start.elapsed().as_secs_f64();
                 let eta = if w > 0 {
-                    elapsed / w as f64 * (total_work - w) as f64
+                    elapsed / w as f64 * total_work.saturating_sub(w) as f64
                 } else {
                     0.0
                 };
@@ -313,17 +351,28 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             }
         };
         let started = Instant::now();
-        let row = score_cell(
+        let fill = want_cache && cell.is_baseline;
+        let cached = cache.as_ref().map(|c| c.chunks.as_slice());
+        let bytes = datasets[cell.dataset].bytes;
+        let (row, filled) = score_cell(
             grid,
             cell,
             key,
             base,
+            cached,
+            fill,
             tokens,
             &opts,
-            datasets[cell.dataset].bytes,
+            bytes,
             &mut progress,
         )
         .with_context(|| format!("cell '{}'", cell.name))?;
+        if fill {
+            cache = Some(BaselineCache {
+                pair,
+                chunks: filled,
+            });
+        }
         let row = Row {
             seconds: started.elapsed().as_secs_f64(),
             ..row
@@ -355,38 +404,72 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     })
 }
 
-/// Scores one cell: the baseline alone, or the baseline and the variant in lockstep.
+/// Largest baseline hidden-state cache kept for one model × dataset (see [`score_cell`]).
+const CACHE_BUDGET_BYTES: usize = 1 << 30;
+
+/// The unmodified model's final hidden states at the scored positions of one model × dataset,
+/// chunk by chunk in [`score_windows`] order. With it a variant cell runs one forward pass
+/// instead of two: the baseline's logits come from the cached rows through the LM head.
+struct BaselineCache {
+    pair: (usize, usize),
+    chunks: Vec<Tensor>,
+}
+
+/// Scores one cell: the baseline alone, or the variant against the baseline — from `cache`
+/// when given, else with the baseline run in lockstep. When `fill` is set, returns the
+/// baseline's hidden states too.
 #[allow(clippy::too_many_arguments)]
 fn score_cell(
     grid: &Grid,
     cell: &Cell,
     key: &str,
     base: &Gpt2,
+    cache: Option<&[Tensor]>,
+    fill: bool,
     tokens: &[u32],
     opts: &PplOptions,
     bytes: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<Row> {
+) -> anyhow::Result<(Row, Vec<Tensor>)> {
     let variant = (!cell.is_baseline).then(|| base.with_plan(cell.plan.clone()));
-    let models: Vec<&Gpt2> = std::iter::once(base).chain(variant.as_ref()).collect();
+    let models: Vec<&Gpt2> = match (&variant, cache) {
+        (None, _) => vec![base],
+        (Some(v), Some(_)) => vec![v],
+        (Some(v), None) => vec![base, v],
+    };
     let (mut nll_base, mut nll_var, mut kl, mut agree, mut n) = (0f64, 0f64, 0f64, 0usize, 0usize);
+    let mut filled = Vec::new();
+    let mut index = 0usize;
     score_windows(&models, tokens, opts, progress, &mut |chunk| {
         let fail = |source| PplError::Candle {
             window: chunk.window,
             source,
         };
-        let base_nll = token_nlls(&chunk.logits[0], chunk.targets).map_err(fail)?;
-        let var_nll = match chunk.logits.get(1) {
-            Some(l) => {
-                let (k, a) = kernels::kl_and_agreement(&chunk.logits[0], l).map_err(fail)?;
-                kl += k.iter().sum::<f64>();
-                agree += a.iter().filter(|&&x| x).count();
-                token_nlls(l, chunk.targets).map_err(fail)?
+        let base_logits = match cache {
+            Some(c) => {
+                let h = c
+                    .get(index)
+                    .ok_or_else(|| fail(candle_core::Error::Msg("cache too short".into())))?;
+                base.logits_from_hidden(h)
+                    .and_then(|l| l.to_dtype(candle_core::DType::F32))
             }
-            None => {
-                agree += base_nll.len();
-                base_nll.clone()
-            }
+            None => chunk.logits(0),
+        }
+        .map_err(fail)?;
+        index += 1;
+        if fill {
+            filled.push(chunk.hidden[0].copy().map_err(fail)?);
+        }
+        let base_nll = token_nlls(&base_logits, chunk.targets).map_err(fail)?;
+        let var_nll = if variant.is_some() {
+            let var_logits = chunk.logits(models.len() - 1).map_err(fail)?;
+            let (k, a) = kernels::kl_and_agreement(&base_logits, &var_logits).map_err(fail)?;
+            kl += k.iter().sum::<f64>();
+            agree += a.iter().filter(|&&x| x).count();
+            token_nlls(&var_logits, chunk.targets).map_err(fail)?
+        } else {
+            agree += base_nll.len();
+            base_nll.clone()
         };
         if var_nll.iter().chain(&base_nll).any(|v| !v.is_finite()) || !kl.is_finite() {
             return Err(PplError::NonFinite {
@@ -402,7 +485,7 @@ fn score_cell(
     })?;
     let nf = n as f64;
     let (ppl, base_ppl) = ((nll_var / nf).exp(), (nll_base / nf).exp());
-    Ok(Row {
+    let row = Row {
         key: key.to_string(),
         index: cell.index,
         model: grid.models[cell.model].display().to_string(),
@@ -429,7 +512,8 @@ fn score_cell(
         top1_agreement: agree as f64 / nf,
         seconds: 0.0,
         finished_at: provenance::now_rfc3339(),
-    })
+    };
+    Ok((row, filled))
 }
 
 /// Charts per model × dataset pair (suffixed when there is more than one).

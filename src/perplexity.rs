@@ -143,12 +143,22 @@ pub struct ScoredChunk<'a> {
     pub span: Window,
     /// Targets of these rows.
     pub targets: &'a [u32],
-    /// One (rows, vocab) f32 logits tensor per model, row i predicting `targets[i]`.
-    pub logits: Vec<Tensor>,
+    /// One (rows, C) tensor of final hidden states per model, row i predicting `targets[i]`.
+    pub hidden: Vec<Tensor>,
+    models: &'a [&'a Gpt2],
 }
 
-/// Runs every model over every window and hands the visitor the logits of the scored
-/// positions, chunk by chunk. With several models (a baseline and a variant) the chunks line
+impl ScoredChunk<'_> {
+    /// (rows, vocab) f32 logits of model `i`, computed on demand.
+    pub fn logits(&self, i: usize) -> candle_core::Result<Tensor> {
+        self.models[i]
+            .logits_from_hidden(&self.hidden[i])?
+            .to_dtype(DType::F32)
+    }
+}
+
+/// Runs every model over every window and hands the visitor the scored positions, chunk by
+/// chunk, in a fixed order. With several models (a baseline and a variant) the chunks line
 /// up, so comparisons need no logits files. `progress(done, total)` is called per batch.
 pub fn score_windows(
     models: &[&Gpt2],
@@ -207,21 +217,19 @@ pub fn score_windows(
             let mut row = first_row;
             while row < last_row {
                 let n = HEAD_CHUNK.min(last_row - row);
-                let logits = models
+                let rows = hidden
                     .iter()
-                    .zip(&hidden)
-                    .map(|(m, h)| {
-                        let h = h.i(bi)?.narrow(0, row, n)?; // (n, C)
-                        m.logits_from_hidden(&h)?.to_dtype(DType::F32) // (n, vocab)
-                    })
+                    .map(|h| h.i(bi)?.narrow(0, row, n)) // (n, C)
                     .collect::<candle_core::Result<Vec<_>>>()
                     .map_err(candle)?;
                 let t0 = w.begin + row + 1;
+                let targets = &tokens[t0..t0 + n];
                 visit(ScoredChunk {
                     window,
                     span: w,
-                    targets: &tokens[t0..t0 + n],
-                    logits,
+                    targets,
+                    hidden: rows,
+                    models,
                 })?;
                 row += n;
             }
@@ -255,8 +263,10 @@ pub fn perplexity(
     let (mut nll_sum, mut scored, mut n_windows) = (0f64, 0usize, 0usize);
     let mut last_window = usize::MAX;
     score_windows(&[model], tokens, opts, progress, &mut |chunk| {
-        let nlls =
-            token_nlls(&chunk.logits[0], chunk.targets).map_err(|source| PplError::Candle {
+        let nlls = chunk
+            .logits(0)
+            .and_then(|logits| token_nlls(&logits, chunk.targets))
+            .map_err(|source| PplError::Candle {
                 window: chunk.window,
                 source,
             })?;
