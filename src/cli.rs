@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::ablation::{self, RunSettings, Shard};
 use crate::activation::Activation;
+use crate::generate::{generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules};
 use crate::grid::{Grid, SortOrder};
 use crate::layers::{format_indices, LayerSpec};
 use crate::load::{load, LoadOptions};
@@ -38,6 +39,9 @@ pub enum Command {
     /// perplexity, KL divergence and top-1 agreement; resumable and shardable.
     #[command(after_long_help = RUN_EXAMPLE)]
     Run(RunArgs),
+    /// Generate text with a (swapped) model: KV cache, greedy or sampled, streamed.
+    #[command(after_long_help = GENERATE_EXAMPLE)]
+    Generate(GenerateArgs),
     /// Combine the output directories of `run --shard` into one result set.
     #[command(after_long_help = MERGE_EXAMPLE)]
     Merge(MergeArgs),
@@ -52,6 +56,16 @@ Examples:
 Re-running with the same --out resumes: finished cells are skipped.
 Settings: command-line flag > environment (GPT_ABLATE_DEVICE, GPT_ABLATE_DTYPE,
 GPT_ABLATE_THREADS) > config file > default.";
+
+const GENERATE_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate generate --model models/shakespeare-gpt2 --prompt 'ROMEO:' --seed 1
+  gpt-ablate generate --model models/shakespeare-gpt2 --prompt 'ROMEO:' \\
+      --activation sigmoid --compare --temperature 0
+  echo 'KING HENRY:' | gpt-ablate generate --model DIR --prompt-file - --stop '\\n\\n' --json
+
+Generation stops at --max-new-tokens, at <|endoftext|> (unless --ignore-eos), at a --stop
+string (not printed), or when the model's context (n_positions) is full.";
 
 const MERGE_EXAMPLE: &str = "\
 Example:
@@ -78,6 +92,65 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", env = "GPT_ABLATE_THREADS")]
     pub threads: Option<usize>,
     /// Print the result rows as one JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 0.8,
+        allow_negative_numbers = true
+    )]
+    pub temperature: f64,
+    /// Sample among the K most likely tokens (0 = all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens with probability ≥ P, in (0, 1].
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.95,
+        allow_negative_numbers = true
+    )]
+    pub top_p: f64,
+    /// Penalise tokens seen in the last --repeat-last-n positions (1 = off).
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub repeat_penalty: f32,
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: from the clock, printed at the end).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Stop before this string (escapes \\n \\t \\r \\\\ \\" \\u{HEX}); repeatable.
+    #[arg(long, value_name = "STRING")]
+    pub stop: Vec<String>,
+    /// Do not stop at the end-of-text token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Generate with the original and the swapped model from the same seed, side by side.
+    #[arg(long, requires = "activation")]
+    pub compare: bool,
+    /// Print one JSON object (prompt, completion, token ids, timings) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -163,6 +236,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Perplexity(args) => run_perplexity(args),
         Command::Run(args) => run_grid(args),
+        Command::Generate(args) => run_generate(args),
         Command::Merge(args) => run_merge(args),
     }
 }
@@ -196,6 +270,165 @@ fn run_grid(args: RunArgs) -> anyhow::Result<()> {
             .filter_map(|f| f.file_name().map(|n| format!(", {}", n.to_string_lossy())))
             .collect::<String>()
     );
+    Ok(())
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    runtime::set_threads(args.model.threads)?;
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the prompt from stdin")?;
+            s
+        }
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading --prompt-file {}", f.display()))?,
+        (None, None) => {
+            anyhow::bail!("give a prompt with --prompt TEXT or --prompt-file FILE (- for stdin)")
+        }
+    };
+    let stop = args
+        .stop
+        .iter()
+        .map(|s| unescape_stop(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed,
+    };
+    params.validate()?;
+    let opts = args.model.load_options()?;
+    let loaded = load(&args.model.model, &opts)?;
+    let ids = loaded.tokenizer.encode(&prompt)?;
+    let eos = loaded
+        .config
+        .eos_id()
+        .or_else(|| loaded.tokenizer.token_to_id("<|endoftext|>"));
+    let rules = StopRules {
+        max_new_tokens: args.max_new_tokens,
+        stop,
+        eos: if args.ignore_eos { None } else { eos },
+    };
+    let describe = |m: &crate::model::Gpt2| {
+        let plan = m.plan();
+        if plan.swapped_layers().is_empty() {
+            format!("{} (original)", plan.original)
+        } else {
+            plan.describe()
+        }
+    };
+    let summary = |g: &Generation| {
+        json!({
+            "completion": g.completion,
+            "token_ids": g.token_ids,
+            "stop_reason": g.stop_reason,
+            "prompt_tokens": g.prompt_tokens,
+            "generated_tokens": g.token_ids.len(),
+            "prompt_seconds": g.prompt_seconds,
+            "generation_seconds": g.generation_seconds,
+            "prompt_tokens_per_second": g.prompt_tokens_per_second(),
+            "generation_tokens_per_second": g.generation_tokens_per_second(),
+        })
+    };
+    let stats = |label: &str, g: &Generation| {
+        eprintln!(
+            "{label}{} prompt tokens ({:.1} tokens/s), {} generated ({:.1} tokens/s), stop: {:?}, seed {seed}",
+            g.prompt_tokens,
+            g.prompt_tokens_per_second(),
+            g.token_ids.len(),
+            g.generation_tokens_per_second(),
+            g.stop_reason
+        );
+        if g.stop_reason == StopReason::ContextFull {
+            eprintln!(
+                "stopped: the model's context of {} positions is full",
+                loaded.config.n_positions
+            );
+        }
+    };
+    if args.compare {
+        let base = loaded
+            .model
+            .with_plan(crate::layers::ActivationPlan::original(
+                loaded.model.plan().original,
+                loaded.config.n_layer,
+            ));
+        let mut quiet = |_: &str| Ok(());
+        let a = generate(&base, &loaded.tokenizer, &ids, params, &rules, &mut quiet)?;
+        let b = generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &ids,
+            params,
+            &rules,
+            &mut quiet,
+        )?;
+        if args.json {
+            let out = json!({"prompt": prompt, "seed": seed, "sampling": params,
+                "original": {"activation": describe(&base), "result": summary(&a)},
+                "swapped": {"activation": describe(&loaded.model), "result": summary(&b)}});
+            println!("{out}");
+        } else {
+            for (m, g) in [(&base, &a), (&loaded.model, &b)] {
+                println!("── {} ──\n{prompt}{}\n", describe(m), g.completion);
+            }
+            stats("original: ", &a);
+            stats("swapped:  ", &b);
+        }
+        return Ok(());
+    }
+    let g = if args.json {
+        generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &ids,
+            params,
+            &rules,
+            &mut |_| Ok(()),
+        )?
+    } else {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        write!(out, "{prompt}")?;
+        out.flush()?;
+        let mut emit = |piece: &str| {
+            out.write_all(piece.as_bytes())?;
+            out.flush()
+        };
+        let g = generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &ids,
+            params,
+            &rules,
+            &mut emit,
+        )?;
+        writeln!(out)?;
+        g
+    };
+    if args.json {
+        let mut out = summary(&g);
+        out["prompt"] = json!(prompt);
+        out["model"] = json!(args.model.model.display().to_string());
+        out["activation"] = json!(describe(&loaded.model));
+        out["seed"] = json!(seed);
+        out["sampling"] = json!(params);
+        println!("{out}");
+    } else {
+        stats("", &g);
+    }
     Ok(())
 }
 

@@ -41,6 +41,9 @@ pub struct Gpt2Config {
     pub add_cross_attention: bool,
     #[serde(default = "yes")]
     pub tie_word_embeddings: bool,
+    /// A number, a list of numbers, or null.
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
 }
 
 fn default_activation() -> String {
@@ -142,6 +145,15 @@ impl Gpt2Config {
     /// The checkpoint's own MLP activation.
     pub fn activation(&self) -> Result<Activation, crate::activation::UnknownActivation> {
         self.activation_function.parse()
+    }
+
+    /// The end-of-text token id the config names (the first, if it lists several).
+    pub fn eos_id(&self) -> Option<u32> {
+        match self.eos_token_id.as_ref()? {
+            serde_json::Value::Number(n) => n.as_u64().map(|v| v as u32),
+            serde_json::Value::Array(a) => a.first()?.as_u64().map(|v| v as u32),
+            _ => None,
+        }
     }
 
     pub fn inner_size(&self) -> usize {

@@ -7,7 +7,7 @@
 //! - [`activation`]: the activation enum and its exact formulas; [`kernels`]: fast CPU kernels.
 //! - [`layers`]: `--layers` specs and the per-layer activation plan.
 //! - [`model`]: the GPT-2 forward pass; [`load`]: directory → ready model.
-//! - [`text`]: dataset files and tokenizers.
+//! - [`text`]: dataset files and tokenizers; [`generate`]: sampling and KV-cached decoding.
 //! - [`perplexity`]: sliding-window scoring.
 //! - [`grid`]: ablation configs; [`ablation`]: the grid runner (resume, shard, merge);
 //!   [`results`]: rows, JSONL/CSV, tables; [`charts`]: SVG/PNG; [`provenance`]: hashes, times.
@@ -19,6 +19,7 @@ pub mod charts;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod generate;
 pub mod grid;
 pub mod kernels;
 pub mod layers;

@@ -5,6 +5,7 @@
 //! block's MLP activation comes from an [`ActivationPlan`]: that is the load-time swap.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::kv_cache::KvCache;
 use candle_nn::{Embedding, LayerNorm, Linear};
 
 use crate::activation::Activation;
@@ -49,13 +50,24 @@ impl Attention {
         })
     }
 
-    /// `x`: (b·t, C) → (b·t, C).
-    fn forward(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    /// `x`: (b·t, C) → (b·t, C). With a cache, the new keys and values are appended to it
+    /// and the queries attend to every cached position too.
+    fn forward(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let c = self.n_head * self.head_dim;
         let qkv = self.c_attn.forward(x)?.reshape((b, t, 3 * c))?; // (b, t, 3C)
         let mut q = qkv.narrow(2, 0, c)?; // (b, t, C), heads side by side
         let mut k = qkv.narrow(2, c, c)?; // (b, t, C)
         let mut v = qkv.narrow(2, 2 * c, c)?; // (b, t, C)
+        if let Some(cache) = cache {
+            // (b, cached + t, C) views of the cache's buffers.
+            (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
+        }
         if self.upcast {
             // reorder_and_upcast_attn: scores in f32 whatever the compute dtype.
             (q, k, v) = (
@@ -131,8 +143,14 @@ impl Block {
     }
 
     /// `x`: (b·t, C) → (b·t, C).
-    fn forward(&self, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, b, t)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, b, t, cache)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
 }
@@ -152,6 +170,23 @@ pub struct Gpt2 {
 }
 
 type Result2<T> = std::result::Result<T, LoadError>;
+
+/// Keys and values of the positions decoded so far, per layer.
+pub struct Cache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
+
+impl Cache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 fn conv1d(store: &mut TensorStore, prefix: &str, n_in: usize, n_out: usize) -> Result2<Linear> {
     let w = store.take_conv1d(&format!("{prefix}.weight"), n_in, n_out)?; // (out, in)
@@ -226,18 +261,41 @@ impl Gpt2 {
         self.wpe.dtype()
     }
 
-    /// Token + position embeddings for `tokens` (b, t) of u32 ids: (b·t, C).
-    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// Token + position embeddings for `tokens` (b, t) of u32 ids at positions
+    /// `start .. start + t`: (b·t, C).
+    fn embed(&self, tokens: &Tensor, start: usize) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
-        if t > self.config.n_positions {
+        if start + t > self.config.n_positions {
             candle_core::bail!(
-                "{t} tokens exceed the model's {} positions",
+                "positions {start}..{} exceed the model's {} positions",
+                start + t,
                 self.config.n_positions
             );
         }
         let tok = self.wte.forward(&tokens.flatten_all()?)?; // (b·t, C)
-        let pos = self.wpe.narrow(0, 0, t)?.repeat((b, 1))?; // (b·t, C)
+        let pos = self.wpe.narrow(0, start, t)?.repeat((b, 1))?; // (b·t, C)
         tok + pos
+    }
+
+    /// An empty key/value cache for incremental decoding of up to `n_positions` tokens.
+    pub fn new_cache(&self) -> Cache {
+        let n = self.config.n_positions;
+        Cache {
+            layers: (0..self.h.len()).map(|_| KvCache::new(1, n)).collect(),
+            len: 0,
+        }
+    }
+
+    /// Final hidden states (b, t, C) of `tokens` (b, t) that continue the sequence held in
+    /// `cache`, which is extended with them.
+    pub fn hidden_states_cached(&self, tokens: &Tensor, cache: &mut Cache) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let mut x = self.embed(tokens, cache.len)?; // (b·t, C)
+        for (block, kv) in self.h.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(&x, b, t, Some(kv))?;
+        }
+        cache.len += t;
+        self.ln_f.forward(&x)?.reshape((b, t, self.config.n_embd))
     }
 
     /// The residual stream entering each block, then the output of the last block:
@@ -245,11 +303,11 @@ impl Gpt2 {
     pub fn residual_stream(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
         let (b, t) = tokens.dims2()?;
         let c = self.config.n_embd;
-        let mut x = self.embed(tokens)?;
+        let mut x = self.embed(tokens, 0)?;
         let mut out = Vec::with_capacity(self.h.len() + 1);
         for block in &self.h {
             out.push(x.reshape((b, t, c))?);
-            x = block.forward(&x, b, t)?;
+            x = block.forward(&x, b, t, None)?;
         }
         out.push(x.reshape((b, t, c))?);
         Ok(out)
@@ -258,9 +316,9 @@ impl Gpt2 {
     /// Final hidden states after `ln_f`: (b, t) tokens → (b, t, C).
     pub fn hidden_states(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
-        let mut x = self.embed(tokens)?; // (b·t, C)
+        let mut x = self.embed(tokens, 0)?; // (b·t, C)
         for block in &self.h {
-            x = block.forward(&x, b, t)?;
+            x = block.forward(&x, b, t, None)?;
         }
         self.ln_f.forward(&x)?.reshape((b, t, self.config.n_embd))
     }
