@@ -94,6 +94,9 @@ pub struct RunArgs {
     /// Print the result rows as one JSON array instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Check the config and list its cells (and shard assignment), computing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +246,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_grid(args: RunArgs) -> anyhow::Result<()> {
     let grid = Grid::from_file(&args.config)?;
+    if args.dry_run {
+        for cell in grid.cells() {
+            let mine = args.shard.is_none_or(|s| cell.index % s.n == s.k);
+            println!(
+                "{:>4}  {}  {:<28} {:<24} {} × {}",
+                cell.index,
+                if mine { "run " } else { "skip" },
+                cell.name,
+                cell.plan.describe(),
+                results::short_name(&grid.models[cell.model].display().to_string()),
+                results::short_name(&grid.datasets[cell.dataset].display().to_string()),
+            );
+        }
+        return Ok(());
+    }
     // Flag (or environment, via clap) > config file > default.
     let threads = args.threads.or(grid.threads);
     runtime::set_threads(threads)?;
