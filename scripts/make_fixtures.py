@@ -57,8 +57,9 @@ Everything it writes (reruns overwrite; fixed seeds; about a minute on 2 CPU cor
     sample.txt and sample-2.txt encoded as one string each, no special tokens), ``logits``
     (full logits for the first 16 ids of sample.txt, for several model/activation/layer
     combinations; floats written as the shortest decimal that round-trips to the float32
-    value), and ``perplexity`` (sliding-window results, contract below).  Each ``logits`` and
-    ``perplexity`` entry is on its own line.
+    value), ``perplexity`` (sliding-window results, contract below) and ``grid`` (activation
+    grid against the baseline, below).  Each ``logits``, ``perplexity`` and ``grid`` entry is on
+    its own line.
 
 Activation swap: ``model.transformer.h[i].mlp.act`` is replaced, for the selected layers
 ("all" or a comma list of indices and inclusive ranges such as "1,3" or "0-1"), by the exact
@@ -71,6 +72,20 @@ float32 log_softmax of the logits at window position t - 1 - begin (the window's
 alone, positions starting at 0); then prev_end = end.  Per-token NLLs are summed in float64 in
 increasing t: nll_sum, tokens_scored, mean_nll = nll_sum / tokens_scored,
 perplexity = exp(mean_nll).
+
+Grid (``reference.json`` key ``grid``): tiny-gpt2 on sample.txt at context 64, stride 32, one
+entry per variant of ``GRID``.  ``activations`` is a spec string (or null = the checkpoint's own
+activation everywhere): comma-separated items, each either ``NAME`` (every layer) or
+``LAYERS:NAME`` with LAYERS an index or an inclusive range ``a-b``; later items override earlier
+ones.  ``per_layer`` lists the activation actually used in each layer.  Besides the perplexity
+fields (same contract), each entry has, over exactly the scored targets and computed in the same
+windows with the baseline (unswapped) model: ``kl_mean`` = mean over scored tokens of
+KL(P_baseline || P_variant) = sum_v p_b(v) * (log p_b(v) - log p_v(v)), where both
+log-softmaxes are taken in float32 from the logits at the predicting position, then upcast to
+float64, p_b = exp(log p_b) and the vocabulary sum and the mean over tokens are in float64; and
+``top1_agreement`` = fraction of scored tokens at which argmax of the baseline logits equals
+argmax of the variant logits (torch.argmax, first index on ties).  The baseline entry has
+kl_mean 0 and top1_agreement 1 exactly.
 
 Note: results are bit-reproducible on the same machine/thread count; other CPUs may differ in
 the last bits of the trained weights, which is why the fixtures are committed, not regenerated
@@ -140,6 +155,16 @@ ACTIVATIONS = {
     "mish": lambda: nn.Mish(),
     "identity": lambda: nn.Identity(),
 }
+
+
+# Activation grid for reference.json "grid": (name, spec); spec None = checkpoint's own.
+GRID = [
+    ("baseline", None),
+    ("relu", "relu"),
+    ("sigmoid", "sigmoid"),
+    ("mixed", "0-1:relu,2-3:sigmoid"),
+    *[(f"sigmoid-sweep@L{i}", f"{i}:sigmoid") for i in range(4)],
+]
 
 
 # --------------------------------------------------------------------------- texts
@@ -388,6 +413,98 @@ class Swapped:
             blk.mlp.act = act
 
 
+def parse_act_spec(spec: str | None, n_layer: int) -> dict:
+    """{layer: activation} overrides of a grid spec ("relu", "0-1:relu,2-3:sigmoid", "2:sigmoid");
+    later items override earlier ones; None -> no overrides."""
+    out = {}
+    if spec is None:
+        return out
+    for item in spec.split(","):
+        if ":" in item:
+            layers, act = item.split(":")
+            if "-" in layers:
+                a, b = layers.split("-")
+                idx = range(int(a), int(b) + 1)
+            else:
+                idx = [int(layers)]
+        else:
+            act, idx = item, range(n_layer)
+        assert act in ACTIVATIONS, spec
+        for i in idx:
+            assert 0 <= i < n_layer, spec
+            out[i] = act
+    return out
+
+
+class SwappedPerLayer:
+    """Context manager: swap mlp.act per a grid spec (layers not named keep their module);
+    .per_layer = the activation name used in each layer."""
+
+    def __init__(self, model, spec):
+        self.model, self.spec = model, spec
+
+    def __enter__(self):
+        h = self.model.transformer.h
+        self.saved = [blk.mlp.act for blk in h]
+        over = parse_act_spec(self.spec, len(h))
+        own = self.model.config.activation_function
+        self.per_layer = [over.get(i, own) for i in range(len(h))]
+        for i, name in over.items():
+            h[i].mlp.act = ACTIVATIONS[name]()
+        return self
+
+    def __exit__(self, *exc):
+        for blk, act in zip(self.model.transformer.h, self.saved):
+            blk.mlp.act = act
+
+
+@torch.inference_mode()
+def grid_entry(model, ids, context, stride, spec) -> dict:
+    """sliding_ppl of the variant plus KL(baseline || variant) and top-1 agreement per scored
+    target, both from the same windows (baseline = the model with no swap)."""
+    n = len(ids)
+    prev_end, k = 0, 0
+    nll_sum, kl_sum, agree, scored = 0.0, 0.0, 0, 0
+    with SwappedPerLayer(model, spec) as sw:
+        per_layer = sw.per_layer
+    while True:
+        begin = k * stride
+        end = min(begin + context, n)
+        window = torch.tensor([ids[begin:end]], dtype=torch.long)
+        base = model(input_ids=window).logits[0].float()
+        with SwappedPerLayer(model, spec):
+            var = model(input_ids=window).logits[0].float()
+        first = max(prev_end, begin + 1)
+        if first < end:
+            tgt = torch.tensor(ids[first:end], dtype=torch.long)
+            pos = torch.arange(first - 1 - begin, end - 1 - begin)
+            lb = torch.log_softmax(base, dim=-1)[pos]
+            lv = torch.log_softmax(var, dim=-1)[pos]
+            nll = (-lv[torch.arange(len(pos)), tgt]).tolist()  # float32 values
+            for v in nll:
+                nll_sum += v
+            lb64, lv64 = lb.double(), lv.double()
+            kl = (lb64.exp() * (lb64 - lv64)).sum(dim=-1).tolist()
+            for v in kl:
+                kl_sum += v
+            agree += int((base[pos].argmax(dim=-1) == var[pos].argmax(dim=-1)).sum())
+            scored += len(nll)
+        prev_end = end
+        if end >= n:
+            break
+        k += 1
+    mean = nll_sum / scored
+    return {
+        "per_layer": per_layer,
+        "tokens_scored": scored,
+        "nll_sum": nll_sum,
+        "mean_nll": mean,
+        "perplexity": math.exp(mean),
+        "kl_mean": kl_sum / scored,
+        "top1_agreement": agree / scored,
+    }
+
+
 def f32_list(t: torch.Tensor):
     """Nested lists of floats printed as the shortest decimal that round-trips to float32."""
     a = t.detach().to(torch.float32).numpy()
@@ -437,7 +554,7 @@ def dump_reference(ref: dict, path: Path) -> None:
     for j, key in enumerate(keys):
         comma = "," if j < len(keys) - 1 else ""
         val = ref[key]
-        if key in ("logits", "perplexity"):
+        if key in ("logits", "perplexity", "grid"):
             lines.append(f"  {json.dumps(key)}: [")
             for i, e in enumerate(val):
                 c = "," if i < len(val) - 1 else ""
@@ -577,6 +694,24 @@ def main() -> int:
     assert a["nll_sum"] == b["nll_sum"], (a, b)
     assert logits_entries[0]["logits"] == logits_entries[5]["logits"]  # sharded == bare
 
+    grid_entries = []
+    for gname, spec in GRID:
+        r = grid_entry(m_bare, ids, 64, 32, spec)
+        grid_entries.append(
+            {"name": gname, "model": "tiny-gpt2", "data": "sample.txt", "context": 64, "stride": 32,
+             "activations": spec, **r}
+        )
+    g = {e["name"]: e for e in grid_entries}
+    assert g["baseline"]["kl_mean"] == 0.0 and g["baseline"]["top1_agreement"] == 1.0
+    for gname, key in [
+        ("baseline", (None, "all")),
+        ("relu", ("relu", "all")),
+        ("sigmoid", ("sigmoid", "all")),
+        ("sigmoid-sweep@L0", ("sigmoid", "0")),
+    ]:
+        e = by[("tiny-gpt2", "sample.txt", key[0], key[1], 64, 32)]
+        assert (g[gname]["nll_sum"], g[gname]["tokens_scored"]) == (e["nll_sum"], e["tokens_scored"]), gname
+
     ref = {
         "version": 1,
         "generator": "scripts/make_fixtures.py",
@@ -600,6 +735,7 @@ def main() -> int:
         },
         "logits": logits_entries,
         "perplexity": ppl_entries,
+        "grid": grid_entries,
     }
     dump_reference(ref, FIX / "reference.json")
     json.loads((FIX / "reference.json").read_text(encoding="utf-8"))  # parses back
@@ -618,6 +754,15 @@ def main() -> int:
         print(
             f"{e['model']:<18} {e['data']:<13} {str(e['activation']):<18} {e['layers']:<6} "
             f"{e['context']:>4} {e['stride']:>4} {e['tokens_scored']:>6} {e['mean_nll']:>9.5f} {e['perplexity']:>10.4f}"
+        )
+    print()
+    hdr = f"{'grid (tiny-gpt2, sample.txt, c=64 s=32)':<40} {'per_layer':<40} {'ppl':>10} {'kl_mean':>10} {'top1':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+    for e in grid_entries:
+        print(
+            f"{e['name'] + '  ' + str(e['activations']):<40} {','.join(e['per_layer']):<40} "
+            f"{e['perplexity']:>10.4f} {e['kl_mean']:>10.6f} {e['top1_agreement']:>7.4f}"
         )
     total = sum(f.stat().st_size for f in FIX.rglob("*") if f.is_file())
     print(f"\nfixtures total: {total} bytes")

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    gpt_ablate::runtime::tune_allocator();
     let cli = gpt_ablate::cli::Cli::parse();
     match gpt_ablate::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
