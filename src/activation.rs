@@ -189,6 +189,74 @@ impl Activation {
         }
     }
 
+    /// The exact derivative f′(x) of [`Activation::eval_f64`], in f64. At the kinks of
+    /// piecewise functions it takes the value PyTorch's autograd uses (relu′(0) = 0, …).
+    pub fn derivative_f64(self, x: f64) -> f64 {
+        use std::f64::consts::PI;
+        let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
+        match self {
+            Self::GeluNew | Self::GeluPytorchTanh => {
+                let k = (2.0 / PI).sqrt();
+                let t = (k * (x + 0.044715 * x * x * x)).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            Self::Gelu => {
+                0.5 * (1.0 + erf_f64(x / std::f64::consts::SQRT_2))
+                    + x * (-0.5 * x * x).exp() / (2.0 * PI).sqrt()
+            }
+            Self::QuickGelu => {
+                let s = sigmoid(1.702 * x);
+                s + 1.702 * x * s * (1.0 - s)
+            }
+            Self::Relu => f64::from(u8::from(x > 0.0)),
+            Self::Relu2 => 2.0 * x.max(0.0),
+            Self::Relu6 => f64::from(u8::from(x > 0.0 && x < 6.0)),
+            Self::LeakyRelu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.01
+                }
+            }
+            Self::Elu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    x.exp()
+                }
+            }
+            Self::Silu => {
+                let s = sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            Self::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            Self::HardSigmoid => {
+                if x > -3.0 && x < 3.0 {
+                    1.0 / 6.0
+                } else {
+                    0.0
+                }
+            }
+            Self::Tanh => 1.0 - x.tanh().powi(2),
+            Self::Softplus => {
+                if x > 20.0 {
+                    1.0
+                } else {
+                    sigmoid(x)
+                }
+            }
+            Self::Mish => {
+                let sp = if x > 20.0 { x } else { x.exp().ln_1p() };
+                let t = sp.tanh();
+                t + x * (1.0 - t * t) * sigmoid(x)
+            }
+            Self::Identity => 1.0,
+        }
+    }
+
     /// Applies the activation to a tensor of any shape, dtype and device.
     pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
         if self == Self::Identity {
@@ -399,6 +467,24 @@ mod tests {
                 worst.1
             );
         }
+    }
+
+    #[test]
+    fn derivatives_match_central_finite_differences() {
+        // Points away from the kinks of relu-like functions (0, ±3, 6, 20).
+        let xs: Vec<f64> = (-800..=800).map(|i| i as f64 * 0.01 + 0.0037).collect();
+        for a in ALL_ACTIVATIONS {
+            for &x in &xs {
+                let h = 1e-5;
+                let fd = (a.eval_f64(x + h) - a.eval_f64(x - h)) / (2.0 * h);
+                let d = a.derivative_f64(x);
+                assert!(
+                    (fd - d).abs() < 1e-6 * d.abs().max(1.0),
+                    "{a}'({x}) = {d}, finite difference {fd}"
+                );
+            }
+        }
+        assert_eq!(Activation::Relu.derivative_f64(0.0), 0.0);
     }
 
     #[test]

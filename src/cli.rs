@@ -39,6 +39,10 @@ pub enum Command {
     /// perplexity, KL divergence and top-1 agreement; resumable and shardable.
     #[command(after_long_help = RUN_EXAMPLE)]
     Run(RunArgs),
+    /// Per-layer diagnostics for the note's claims: saturation and |f′| (1), mean activation
+    /// (2), gradient norms by depth (1), softmax vs sigmoid at the head (4).
+    #[command(after_long_help = DIAGNOSE_EXAMPLE)]
+    Diagnose(DiagnoseArgs),
     /// Generate text with a (swapped) model: KV cache, greedy or sampled, streamed.
     #[command(after_long_help = GENERATE_EXAMPLE)]
     Generate(GenerateArgs),
@@ -66,6 +70,15 @@ Examples:
 
 Generation stops at --max-new-tokens, at <|endoftext|> (unless --ignore-eos), at a --stop
 string (not printed), or when the model's context (n_positions) is full.";
+
+const DIAGNOSE_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate diagnose --model models/shakespeare-gpt2 --data data/shakespeare-val.txt \\
+      --activation sigmoid --max-tokens 4096 --out runs/diagnose-sigmoid
+  gpt-ablate diagnose --model DIR --data FILE --json
+
+With --activation, the original model is diagnosed too and the report compares them.
+Windows are non-overlapping; statistics cover every position, window and MLP unit.";
 
 const MERGE_EXAMPLE: &str = "\
 Example:
@@ -97,6 +110,27 @@ pub struct RunArgs {
     /// Check the config and list its cells (and shard assignment), computing nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// UTF-8 text file, tokenized as one string without special tokens.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Tokens per (non-overlapping) window (default: the model's n_positions).
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
+    /// Use only the first N tokens of the text.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write diagnose.json and charts (SVG, PNG) to this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +274,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Perplexity(args) => run_perplexity(args),
         Command::Run(args) => run_grid(args),
         Command::Generate(args) => run_generate(args),
+        Command::Diagnose(args) => run_diagnose(args),
         Command::Merge(args) => run_merge(args),
     }
 }
@@ -446,6 +481,65 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         println!("{out}");
     } else {
         stats("", &g);
+    }
+    Ok(())
+}
+
+fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
+    use crate::diagnose::{diagnose, Diagnosis};
+    runtime::set_threads(args.model.threads)?;
+    if args.max_tokens == Some(0) {
+        anyhow::bail!("--max-tokens must be at least 1");
+    }
+    let opts = args.model.load_options()?;
+    let loaded = load(&args.model.model, &opts)?;
+    let text = read_text(&args.data)?;
+    let mut tokens = loaded
+        .tokenizer
+        .encode(&text)
+        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    if let Some(max) = args.max_tokens {
+        tokens.truncate(max);
+    }
+    let context = args.context.unwrap_or(loaded.config.n_positions);
+    let swapped = !loaded.model.plan().swapped_layers().is_empty();
+    let original = if swapped {
+        let plan = crate::layers::ActivationPlan::original(
+            loaded.model.plan().original,
+            loaded.config.n_layer,
+        );
+        Some(
+            diagnose(&loaded.model.with_plan(plan), &tokens, context)
+                .context("diagnosing the original model")?,
+        )
+    } else {
+        None
+    };
+    let main = diagnose(&loaded.model, &tokens, context)?;
+    let to_json = |d: &Diagnosis| json!({"layers": d.layers, "head": d.head, "activation": d.activation, "layers_swapped": d.layers_swapped, "windows": d.windows});
+    let mut out = to_json(&main);
+    out["model"] = json!(args.model.model.display().to_string());
+    out["data"] = json!(args.data.display().to_string());
+    out["context"] = json!(context);
+    out["tokens"] = json!(tokens.len());
+    if let Some(o) = &original {
+        out["original"] = to_json(o);
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        results::write_atomic(
+            &dir.join("diagnose.json"),
+            serde_json::to_string_pretty(&out)?.as_bytes(),
+        )?;
+        crate::charts::draw_diagnosis(&main, original.as_ref(), dir)?;
+    }
+    if args.json {
+        println!("{out}");
+        return Ok(());
+    }
+    print!("{}", crate::diagnose::report(&main, original.as_ref()));
+    if let Some(dir) = &args.out {
+        eprintln!("wrote {}/diagnose.json and charts", dir.display());
     }
     Ok(())
 }

@@ -192,17 +192,20 @@ pub fn causal_attention(
         };
         return row_major(q)?.apply_op3_no_bwd(&row_major(k)?, &row_major(v)?, &op);
     }
-    causal_attention_composed(q, k, v, n_head, scale)
+    causal_attention_composed(q, k, v, n_head, scale, false)
 }
 
 /// The candle-ops version of [`causal_attention`] (other devices and dtypes; the reference
-/// the fused kernel is tested against). Scores and softmax run in f32.
+/// the fused kernel is tested against). Scores and softmax run in f32. With
+/// `differentiable`, softmax is composed from elementary ops so autograd can run through it
+/// (candle's fused `softmax_last_dim` has no backward).
 pub fn causal_attention_composed(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     n_head: usize,
     scale: f64,
+    differentiable: bool,
 ) -> Result<Tensor> {
     let (b, tq, c) = q.dims3()?;
     let tk = k.dim(1)?;
@@ -230,7 +233,12 @@ pub fn causal_attention_composed(
         })
         .collect();
     let mask = Tensor::from_vec(mask, (tq, tk), scores.device())?;
-    let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?;
+    let masked = (scores * scale)?.broadcast_add(&mask)?;
+    let probs = if differentiable {
+        candle_nn::ops::softmax(&masked, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&masked)?
+    };
     let y = probs.to_dtype(dtype)?.matmul(&vh)?; // (b, h, tq, d)
     y.transpose(1, 2)?.reshape((b, tq, c)) // (b, tq, C)
 }
@@ -693,7 +701,19 @@ mod tests {
             let k = qkv.narrow(2, c, c).unwrap();
             let v = qkv.narrow(2, 2 * c, c).unwrap();
             let fast = causal_attention(&q, &k, &v, h, 0.37).unwrap();
-            let slow = causal_attention_composed(&q, &k, &v, h, 0.37).unwrap();
+            let slow = causal_attention_composed(&q, &k, &v, h, 0.37, false).unwrap();
+            let diff_path = causal_attention_composed(&q, &k, &v, h, 0.37, true).unwrap();
+            let d2 = (&slow - diff_path)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d2 < 1e-6, "differentiable softmax differs by {d2:e}");
             let diff = (fast - slow).unwrap().abs().unwrap().flatten_all().unwrap();
             let worst = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(

@@ -8,7 +8,8 @@
 //! - [`layers`]: `--layers` specs and the per-layer activation plan.
 //! - [`model`]: the GPT-2 forward pass; [`load`]: directory → ready model.
 //! - [`text`]: dataset files and tokenizers; [`generate`]: sampling and KV-cached decoding.
-//! - [`perplexity`]: sliding-window scoring.
+//! - [`perplexity`]: sliding-window scoring; [`diagnose`]: per-layer saturation, centring,
+//!   gradient norms and the sigmoid-head comparison.
 //! - [`grid`]: ablation configs; [`ablation`]: the grid runner (resume, shard, merge);
 //!   [`results`]: rows, JSONL/CSV, tables; [`charts`]: SVG/PNG; [`provenance`]: hashes, times.
 //! - [`runtime`]: device, dtype, threads; [`cli`]: the command line.
@@ -19,6 +20,7 @@ pub mod charts;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod diagnose;
 pub mod generate;
 pub mod grid;
 pub mod kernels;

@@ -4,7 +4,7 @@
 //! `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`), so loading is name matching. Each
 //! block's MLP activation comes from an [`ActivationPlan`]: that is the load-time swap.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Embedding, LayerNorm, Linear};
 
@@ -171,6 +171,18 @@ pub struct Gpt2 {
 
 type Result2<T> = std::result::Result<T, LoadError>;
 
+/// What [`Gpt2::forward_traced`] exposes.
+pub struct Trace {
+    /// (t, vocab)
+    pub logits: Tensor,
+    /// Zero-valued variables added to each block's input.
+    pub probes: Vec<Var>,
+    /// Each block's `c_fc` weight (inner, C) as a variable.
+    pub c_fc: Vec<Var>,
+    /// Each block's MLP pre-activation `c_fc(ln_2(x))`, (t, inner).
+    pub pre_activations: Vec<Tensor>,
+}
+
 /// Keys and values of the positions decoded so far, per layer.
 pub struct Cache {
     layers: Vec<KvCache>,
@@ -311,6 +323,67 @@ impl Gpt2 {
         }
         out.push(x.reshape((b, t, c))?);
         Ok(out)
+    }
+
+    /// One sequence (1, t) through a forward pass made only of differentiable candle ops
+    /// (composed layer norm, attention and activations), for autograd diagnostics. Each
+    /// block's input gets a zero-valued probe variable added, so `∂loss/∂probe_l` is the
+    /// gradient with respect to the residual stream entering block l; the `c_fc` weights are
+    /// variables too.
+    pub fn forward_traced(&self, tokens: &Tensor) -> Result<Trace> {
+        let (b, t) = tokens.dims2()?;
+        if b != 1 {
+            candle_core::bail!("forward_traced takes one sequence, got a batch of {b}");
+        }
+        let c = self.config.n_embd;
+        let eps = self.config.layer_norm_epsilon as f32;
+        let ln = |x: &Tensor, n: &LayerNorm| -> Result<Tensor> {
+            let bias = n
+                .bias()
+                .ok_or_else(|| candle_core::Error::Msg("layer norm without bias".into()))?;
+            candle_nn::ops::layer_norm_slow(x, n.weight(), bias, eps)
+        };
+        let linear = |x: &Tensor, w: &Tensor, l: &Linear| -> Result<Tensor> {
+            let y = x.matmul(&w.t()?)?;
+            match l.bias() {
+                Some(bias) => y.broadcast_add(bias),
+                None => Ok(y),
+            }
+        };
+        let mut x = self.embed(tokens, 0)?; // (t, C)
+        let mut trace = Trace {
+            logits: x.clone(),
+            probes: Vec::new(),
+            c_fc: Vec::new(),
+            pre_activations: Vec::new(),
+        };
+        for block in &self.h {
+            let probe = Var::zeros((t, c), x.dtype(), x.device())?;
+            let x_in = (&x + probe.as_tensor())?; // (t, C)
+            let a = &block.attn;
+            let qkv = linear(&ln(&x_in, &block.ln_1)?, a.c_attn.weight(), &a.c_attn)?.reshape((
+                1,
+                t,
+                3 * c,
+            ))?;
+            let (q, k, v) = (
+                qkv.narrow(2, 0, c)?,
+                qkv.narrow(2, c, c)?,
+                qkv.narrow(2, 2 * c, c)?,
+            );
+            let y = kernels::causal_attention_composed(&q, &k, &v, a.n_head, a.scale, true)?; // (1, t, C)
+            let x_mid = (&x_in + linear(&y.reshape((t, c))?, a.c_proj.weight(), &a.c_proj)?)?;
+            let w_fc = Var::from_tensor(block.mlp.c_fc.weight())?; // (inner, C)
+            let h = linear(&ln(&x_mid, &block.ln_2)?, w_fc.as_tensor(), &block.mlp.c_fc)?; // (t, inner)
+            let f = block.mlp.act.forward_composed(&h)?;
+            x = (&x_mid + linear(&f, block.mlp.c_proj.weight(), &block.mlp.c_proj)?)?;
+            trace.probes.push(probe);
+            trace.c_fc.push(w_fc);
+            trace.pre_activations.push(h);
+        }
+        let hidden = ln(&x, &self.ln_f)?; // (t, C)
+        trace.logits = hidden.matmul(&self.lm_head.t()?)?; // (t, vocab)
+        Ok(trace)
     }
 
     /// Final hidden states after `ln_f`: (b, t) tokens → (b, t, C).
