@@ -90,6 +90,8 @@ struct DatasetInputs {
     sha256: String,
     /// Tokens per model (tokenizers may differ).
     tokens: Vec<Vec<u32>>,
+    /// UTF-8 bytes the (possibly truncated) tokens cover, per model: bits/byte divides by it.
+    covered_bytes: Vec<usize>,
 }
 
 /// Runs `grid` into `settings.out`, skipping cells already there.
@@ -124,21 +126,25 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     let mut datasets = Vec::new();
     for path in &grid.datasets {
         let text = read_text(path)?;
-        let mut tokens = Vec::new();
+        let (mut tokens, mut covered_bytes) = (Vec::new(), Vec::new());
         for m in &models {
             let mut t = m
                 .tokenizer
                 .encode(&text)
                 .with_context(|| format!("tokenizing {}", path.display()))?;
-            if let Some(max) = grid.max_tokens {
+            let mut covered = text.len();
+            if let Some(max) = grid.max_tokens.filter(|&max| max < t.len()) {
                 t.truncate(max);
+                covered = m.tokenizer.decode(&t)?.len();
             }
             tokens.push(t);
+            covered_bytes.push(covered);
         }
         datasets.push(DatasetInputs {
             bytes: text.len(),
             sha256: sha256_bytes(text.as_bytes()),
             tokens,
+            covered_bytes,
         });
     }
     let options: Vec<PplOptions> = grid
@@ -180,6 +186,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             "dtype": settings.dtype.to_string(),
             "per_layer": names,
             "baseline": cell.is_baseline,
+            "diagnose": cell.diagnose,
         });
         sha256_bytes(canonical.to_string().as_bytes())[..16].to_string()
     };
@@ -353,7 +360,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
         let started = Instant::now();
         let fill = want_cache && cell.is_baseline;
         let cached = cache.as_ref().map(|c| c.chunks.as_slice());
-        let bytes = datasets[cell.dataset].bytes;
+        let bytes = datasets[cell.dataset].covered_bytes[cell.model];
         let (row, filled) = score_cell(
             grid,
             cell,
@@ -373,8 +380,17 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
                 chunks: filled,
             });
         }
+        let diagnostics = if cell.diagnose {
+            let model = base.with_plan(cell.plan.clone());
+            let d = crate::diagnose::diagnose(&model, tokens, opts.context)
+                .with_context(|| format!("diagnostics of cell '{}'", cell.name))?;
+            Some(summarise(d))
+        } else {
+            None
+        };
         let row = Row {
             seconds: started.elapsed().as_secs_f64(),
+            diagnostics,
             ..row
         };
         work_done += cell_work;
@@ -512,8 +528,24 @@ fn score_cell(
         top1_agreement: agree as f64 / nf,
         seconds: 0.0,
         finished_at: provenance::now_rfc3339(),
+        diagnostics: None,
     };
     Ok((row, filled))
+}
+
+fn summarise(d: crate::diagnose::Diagnosis) -> results::RowDiagnostics {
+    let n = d.layers.len().max(1) as f64;
+    let mean = |f: fn(&crate::diagnose::LayerStats) -> f64| d.layers.iter().map(f).sum::<f64>() / n;
+    results::RowDiagnostics {
+        deriv_mean: mean(|l| l.deriv_mean),
+        saturated_frac: mean(|l| l.saturated_frac),
+        post_mean: mean(|l| l.post_mean),
+        grad_norm_first: d.layers.first().map_or(0.0, |l| l.grad_norm),
+        grad_norm_last: d.layers.last().map_or(0.0, |l| l.grad_norm),
+        sigmoid_mass_mean: d.head.sigmoid_mass_mean,
+        sigmoid_ppl_normalized: d.head.sigmoid_ppl_normalized,
+        layers: d.layers,
+    }
 }
 
 /// Charts per model × dataset pair (suffixed when there is more than one).

@@ -487,7 +487,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     use crate::diagnose::{diagnose, Diagnosis};
-    runtime::set_threads(args.model.threads)?;
+    runtime::set_threads_with(args.model.threads, true)?;
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
     }

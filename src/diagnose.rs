@@ -9,6 +9,7 @@
 //! autograd with loss = mean next-token NLL of each window, one window's graph at a time.
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::activation::Activation;
@@ -16,7 +17,7 @@ use crate::kernels;
 use crate::model::Gpt2;
 
 /// One layer's numbers.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct LayerStats {
     pub layer: usize,
     pub activation: Activation,
@@ -81,6 +82,25 @@ struct Acc {
     grad_fc: f64,
 }
 
+impl Acc {
+    fn merged(mut self, other: Self) -> Self {
+        self.add(&other);
+        self
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.n += o.n;
+        self.pre += o.pre;
+        self.pre2 += o.pre2;
+        self.post += o.post;
+        self.post2 += o.post2;
+        self.deriv += o.deriv;
+        self.saturated += o.saturated;
+        self.grad += o.grad;
+        self.grad_fc += o.grad_fc;
+    }
+}
+
 /// Runs the diagnostics of `model` over `tokens` with windows of `context` tokens.
 pub fn diagnose(model: &Gpt2, tokens: &[u32], context: usize) -> anyhow::Result<Diagnosis> {
     let cfg = model.config();
@@ -135,17 +155,25 @@ pub fn diagnose(model: &Gpt2, tokens: &[u32], context: usize) -> anyhow::Result<
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1()?;
-            for &x in &h {
-                let x = x as f64;
-                let (f, d) = (act.eval_f64(x), act.derivative_f64(x).abs());
-                a.n += 1.0;
-                a.pre += x;
-                a.pre2 += x * x;
-                a.post += f;
-                a.post2 += f * f;
-                a.deriv += d;
-                a.saturated += f64::from(u8::from(d < 0.01));
-            }
+            let part = h
+                .par_chunks(64 * 1024)
+                .map(|chunk| {
+                    let mut p = Acc::default();
+                    for &x in chunk {
+                        let x = x as f64;
+                        let (f, d) = (act.eval_f64(x), act.derivative_f64(x).abs());
+                        p.n += 1.0;
+                        p.pre += x;
+                        p.pre2 += x * x;
+                        p.post += f;
+                        p.post2 += f * f;
+                        p.deriv += d;
+                        p.saturated += f64::from(u8::from(d < 0.01));
+                    }
+                    p
+                })
+                .reduce(Acc::default, Acc::merged);
+            a.add(&part);
         }
         let head = head_sums(&logits.detach().to_dtype(DType::F32)?, &tokens[b + 1..e])?;
         nll += head.0;
@@ -334,7 +362,7 @@ mod tests {
     fn log_sigmoid_is_stable() {
         for z in [-800.0, -30.0, -1.0, 0.0, 1.0, 30.0, 800.0] {
             let want = if z > -30.0 {
-                (1.0 / (1.0 + (-z as f64).exp())).ln()
+                (1.0 / (1.0 + (-z).exp())).ln()
             } else {
                 z
             };

@@ -14,6 +14,7 @@
 //! name = "sigmoid sweep"
 //! activation = "sigmoid"
 //! sweep_layers = true                       # this activation in one layer at a time
+//! diagnose = true                           # add per-layer diagnostics to its rows
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -57,7 +58,9 @@ struct RawGrid {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBaseline {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    diagnose: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +70,8 @@ struct RawVariant {
     activation: Spanned<String>,
     #[serde(default)]
     sweep_layers: bool,
+    #[serde(default)]
+    diagnose: bool,
 }
 
 /// How the results table is ordered.
@@ -85,6 +90,8 @@ pub struct Variant {
     pub name: String,
     pub map: ActivationMap,
     pub sweep_layers: bool,
+    /// Also run `diagnose` on this variant's cells.
+    pub diagnose: bool,
     /// Source text of the activation map, for reports.
     pub activation: String,
 }
@@ -108,6 +115,7 @@ pub struct Grid {
     pub threads: Option<usize>,
     pub sort: SortOrder,
     pub baseline_name: String,
+    pub baseline_diagnose: bool,
     pub variants: Vec<Variant>,
 }
 
@@ -124,6 +132,8 @@ pub struct Cell {
     /// For sweep cells: the sweep's name and the layer.
     pub sweep: Option<(String, usize)>,
     pub plan: ActivationPlan,
+    /// Add per-layer diagnostics to this cell's row.
+    pub diagnose: bool,
 }
 
 /// A config error: the message, with the file and line where one applies.
@@ -281,8 +291,10 @@ impl Grid {
         let baseline_name = raw
             .baseline
             .as_ref()
-            .map(|b| b.name.get_ref().trim().to_string())
+            .and_then(|b| b.name.as_ref())
+            .map(|n| n.get_ref().trim().to_string())
             .unwrap_or_else(|| "baseline".into());
+        let baseline_diagnose = raw.baseline.as_ref().is_some_and(|b| b.diagnose);
         let Some(raw_variants) = raw.variants else {
             return Err(err(
                 None,
@@ -334,6 +346,7 @@ impl Grid {
                 name,
                 map,
                 sweep_layers: v.sweep_layers,
+                diagnose: v.diagnose,
                 activation: v.activation.into_inner(),
             });
         }
@@ -352,6 +365,7 @@ impl Grid {
             threads,
             sort,
             baseline_name,
+            baseline_diagnose,
             variants,
         })
     }
@@ -365,18 +379,26 @@ impl Grid {
             let original = cfg.activation().unwrap_or(Activation::GeluNew);
             let base_plan = ActivationPlan::original(original, cfg.n_layer);
             for di in 0..self.datasets.len() {
-                let mut push = |name: String, is_baseline, sweep, plan| {
+                let mut push = |name: String, is_baseline, sweep, plan, diagnose| {
+                    let index = out.len();
                     out.push(Cell {
-                        index: out.len(),
+                        index,
                         model: mi,
                         dataset: di,
                         name,
                         is_baseline,
                         sweep,
                         plan,
+                        diagnose,
                     });
                 };
-                push(self.baseline_name.clone(), true, None, base_plan.clone());
+                push(
+                    self.baseline_name.clone(),
+                    true,
+                    None,
+                    base_plan.clone(),
+                    self.baseline_diagnose,
+                );
                 for v in &self.variants {
                     if v.sweep_layers {
                         let act = v.map.0[0].1;
@@ -386,11 +408,13 @@ impl Grid {
                                 .clone()
                                 .swap(act, &spec)
                                 .unwrap_or_else(|_| base_plan.clone());
+                            let sweep = Some((v.name.clone(), layer));
                             push(
                                 format!("{}@L{layer}", v.name),
                                 false,
-                                Some((v.name.clone(), layer)),
+                                sweep,
                                 plan,
+                                v.diagnose,
                             );
                         }
                     } else {
@@ -398,7 +422,7 @@ impl Grid {
                             .map
                             .apply(base_plan.clone())
                             .unwrap_or_else(|_| base_plan.clone());
-                        push(v.name.clone(), false, None, plan);
+                        push(v.name.clone(), false, None, plan, v.diagnose);
                     }
                 }
             }

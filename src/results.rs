@@ -44,6 +44,25 @@ pub struct Row {
     pub top1_agreement: f64,
     pub seconds: f64,
     pub finished_at: String,
+    /// Per-layer diagnostics (`diagnose = true` in the config), over non-overlapping
+    /// windows of the same context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<RowDiagnostics>,
+}
+
+/// The diagnostics of a cell: per-layer numbers, summarised for tables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RowDiagnostics {
+    /// Means over layers of mean |f′(h)|, fraction |f′| < 0.01 and mean f(h).
+    pub deriv_mean: f64,
+    pub saturated_frac: f64,
+    pub post_mean: f64,
+    /// ‖∂loss/∂x‖ entering the first and the last block.
+    pub grad_norm_first: f64,
+    pub grad_norm_last: f64,
+    pub sigmoid_mass_mean: f64,
+    pub sigmoid_ppl_normalized: f64,
+    pub layers: Vec<crate::diagnose::LayerStats>,
 }
 
 /// Reads `results.jsonl`, first cutting off a partial last line (a run killed mid-write), so
@@ -115,6 +134,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+const CSV_DIAGNOSTIC_COLUMNS: [&str; 7] = [
+    "diag_deriv_mean",
+    "diag_saturated_frac",
+    "diag_post_mean",
+    "diag_grad_norm_first",
+    "diag_grad_norm_last",
+    "diag_sigmoid_mass_mean",
+    "diag_sigmoid_ppl_normalized",
+];
+
 const CSV_COLUMNS: [&str; 22] = [
     "index",
     "model",
@@ -150,7 +179,12 @@ fn csv_field(s: &str) -> String {
 
 /// The rows as CSV (RFC 4180 quoting), in index order.
 pub fn to_csv(rows: &[Row]) -> String {
+    let with_diag = rows.iter().any(|r| r.diagnostics.is_some());
     let mut out = CSV_COLUMNS.join(",");
+    if with_diag {
+        out.push(',');
+        out.push_str(&CSV_DIAGNOSTIC_COLUMNS.join(","));
+    }
     out.push('\n');
     for r in rows {
         let layers = r
@@ -250,7 +284,11 @@ pub fn table(rows: &[Row]) -> String {
         "top-1 agree",
         "tokens",
     ]);
-    let numeric_from = header.len() - 8;
+    let with_diag = rows.iter().any(|r| r.diagnostics.is_some());
+    if with_diag {
+        header.extend(["mean |f′|", "|f′|<0.01", "mean f(h)", "‖∂L/∂x₀‖"]);
+    }
+    let numeric_from = header.len() - 8 - if with_diag { 4 } else { 0 };
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -273,6 +311,17 @@ pub fn table(rows: &[Row]) -> String {
                 format!("{:.2}%", 100.0 * r.top1_agreement),
                 r.tokens_scored.to_string(),
             ]);
+            if with_diag {
+                match &r.diagnostics {
+                    Some(d) => cells.extend([
+                        format!("{:.4}", d.deriv_mean),
+                        format!("{:.2}%", 100.0 * d.saturated_frac),
+                        format!("{:.4}", d.post_mean),
+                        format!("{:.4}", d.grad_norm_first),
+                    ]),
+                    None => cells.extend(std::iter::repeat_n(String::new(), 4)),
+                }
+            }
             cells
         })
         .collect();
@@ -356,6 +405,7 @@ pub(crate) fn sample_row(index: usize, variant: &str, ppl: f64) -> Row {
         top1_agreement: 0.9,
         seconds: 1.0,
         finished_at: "2026-01-01T00:00:00Z".into(),
+        diagnostics: None,
     }
 }
 

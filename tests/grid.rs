@@ -318,3 +318,49 @@ fn bad_configs_fail_before_any_computation() {
     let out = run(&config, &tmp.path().join("o"), &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2: datasets: file"));
 }
+
+#[test]
+fn diagnose_cells_add_pytorch_checked_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("diag.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "models = [{:?}]\ndatasets = [{:?}]\ncontext = 64\nstride = 64\nmax_tokens = 1000\n\
+             [[variants]]\nname = \"sigmoid\"\nactivation = \"sigmoid\"\ndiagnose = true\n\
+             [[variants]]\nname = \"relu\"\nactivation = \"relu\"\n",
+            fixture("tiny-gpt2"),
+            fixture("sample.txt")
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let table = ok(run(&config, &out, &[]));
+    assert!(table.contains("mean |f′|"), "{table}");
+    let rows = rows(&out);
+    assert!(rows[0].diagnostics.is_none() && rows[2].diagnostics.is_none());
+    let d = rows[1].diagnostics.as_ref().unwrap();
+    let text = std::fs::read_to_string(fixture("diagnose_reference.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["activation"] == "sigmoid")
+        .unwrap();
+    for (got, want) in d.layers.iter().zip(case["layers"].as_array().unwrap()) {
+        let w = want["grad_norm"].as_f64().unwrap();
+        assert!(
+            (got.grad_norm - w).abs() < 1e-3 * w,
+            "layer {}: {} vs {w}",
+            got.layer,
+            got.grad_norm
+        );
+        let w = want["post_mean"].as_f64().unwrap();
+        assert!((got.post_mean - w).abs() < 1e-4 * w.abs().max(1e-3));
+    }
+    // Perplexity over the 1000-token prefix uses the bytes that prefix covers.
+    assert!(rows[0].bytes < std::fs::metadata(fixture("sample.txt")).unwrap().len() as usize);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("diag_grad_norm_first"));
+}
