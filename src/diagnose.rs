@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn log_sigmoid_is_stable() {
-        for z in [-800.0, -30.0, -1.0, 0.0, 1.0, 30.0, 800.0] {
+        for z in [-800.0f64, -30.0, -1.0, 0.0, 1.0, 30.0, 800.0] {
             let want = if z > -30.0 {
                 (1.0 / (1.0 + (-z).exp())).ln()
             } else {
