@@ -57,9 +57,9 @@ Everything it writes (reruns overwrite; fixed seeds; about a minute on 2 CPU cor
     sample.txt and sample-2.txt encoded as one string each, no special tokens), ``logits``
     (full logits for the first 16 ids of sample.txt, for several model/activation/layer
     combinations; floats written as the shortest decimal that round-trips to the float32
-    value), ``perplexity`` (sliding-window results, contract below) and ``grid`` (activation
-    grid against the baseline, below).  Each ``logits``, ``perplexity`` and ``grid`` entry is on
-    its own line.
+    value), ``perplexity`` (sliding-window results, contract below), ``grid`` (activation
+    grid against the baseline, below) and ``generation`` (greedy generation, below).  Each
+    ``logits``, ``perplexity``, ``grid`` and ``generation`` entry is on its own line.
 
 Activation swap: ``model.transformer.h[i].mlp.act`` is replaced, for the selected layers
 ("all" or a comma list of indices and inclusive ranges such as "1,3" or "0-1"), by the exact
@@ -86,6 +86,17 @@ float64, p_b = exp(log p_b) and the vocabulary sum and the mean over tokens are 
 ``top1_agreement`` = fraction of scored tokens at which argmax of the baseline logits equals
 argmax of the variant logits (torch.argmax, first index on ties).  The baseline entry has
 kl_mean 0 and top1_agreement 1 exactly.
+
+Generation (``reference.json`` key ``generation``): tiny-gpt2 (loaded as for the other
+references: float32, eager attention, eval mode), one entry per activation null (the
+checkpoint's ``gelu_new``), "relu" and "sigmoid" (all layers, swapped as above).  The prompt is
+8 consecutive ids of the sample.txt tokenization starting at ``prompt_offset`` (the first offset
+in 0, 8, 16, ... for which the decoded prompt re-encodes to the same 8 ids and every entry gets
+at least 40 new tokens; it is 0, i.e. ``"GREMIO:\\n"``).  ``new_ids`` = what
+``model.generate(input_ids, attention_mask=ones, do_sample=False, max_new_tokens=48,
+eos_token_id=0, pad_token_id=0)`` returns after the prompt (KV cache on): greedy argmax, stopping
+after 48 new tokens or right after emitting ``<|endoftext|>`` (id 0, then included as the last new
+id), whichever comes first; no min_new_tokens, no repetition penalty.
 
 Note: results are bit-reproducible on the same machine/thread count; other CPUs may differ in
 the last bits of the trained weights, which is why the fixtures are committed, not regenerated
@@ -123,6 +134,8 @@ N_POSITIONS = 64
 SAMPLE_BYTES = 5000
 SAMPLE2_CHARS = 2000
 LOGITS_LEN = 16
+GEN_PROMPT_LEN, GEN_NEW_TOKENS, GEN_MIN_NEW = 8, 48, 40
+GEN_ACTIVATIONS = [None, "relu", "sigmoid"]
 NON_ENGLISH_LINE = (
     "सिग्मॉइड को बड़े भाषा मॉडलों में क्यों टाला जाता है? "
     "Café, naïve façade, Ångström, señor, déjà vu – ça marche 🚀"
@@ -548,13 +561,50 @@ def sliding_ppl(model, ids, context, stride) -> dict:
     return {"tokens_scored": scored, "nll_sum": nll_sum, "mean_nll": mean, "perplexity": math.exp(mean)}
 
 
+@torch.inference_mode()
+def greedy_generate(model, prompt_ids, eos_id) -> list:
+    """transformers greedy generation; the new ids only (eos included if it stopped there)."""
+    x = torch.tensor([prompt_ids], dtype=torch.long)
+    out = model.generate(
+        x,
+        attention_mask=torch.ones_like(x),
+        do_sample=False,
+        max_new_tokens=GEN_NEW_TOKENS,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    assert out[0, : len(prompt_ids)].tolist() == list(prompt_ids)
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def generation_entries(model, tok, ids, eos_id) -> list:
+    """Greedy references for GEN_ACTIVATIONS from the first usable prompt offset (see docstring)."""
+    for offset in range(0, len(ids) - GEN_PROMPT_LEN, GEN_PROMPT_LEN):
+        prompt = ids[offset : offset + GEN_PROMPT_LEN]
+        text = tok.decode(prompt, skip_special_tokens=False)
+        if tok.encode(text, add_special_tokens=False).ids != prompt:
+            continue
+        entries = []
+        for act in GEN_ACTIVATIONS:
+            with Swapped(model, act, "all") as m:
+                new = greedy_generate(m, prompt, eos_id)
+            assert len(new) == GEN_NEW_TOKENS or new[-1] == eos_id, (act, new)
+            entries.append(
+                {"model": "tiny-gpt2", "activation": act, "prompt_offset": offset, "prompt_ids": prompt,
+                 "new_ids": new}
+            )
+        if all(len(e["new_ids"]) >= GEN_MIN_NEW for e in entries):
+            return entries
+    raise AssertionError("no prompt offset gives every generation entry enough new tokens")
+
+
 def dump_reference(ref: dict, path: Path) -> None:
     lines = ["{"]
     keys = list(ref)
     for j, key in enumerate(keys):
         comma = "," if j < len(keys) - 1 else ""
         val = ref[key]
-        if key in ("logits", "perplexity", "grid"):
+        if key in ("logits", "perplexity", "grid", "generation"):
             lines.append(f"  {json.dumps(key)}: [")
             for i, e in enumerate(val):
                 c = "," if i < len(val) - 1 else ""
@@ -712,6 +762,8 @@ def main() -> int:
         e = by[("tiny-gpt2", "sample.txt", key[0], key[1], 64, 32)]
         assert (g[gname]["nll_sum"], g[gname]["tokens_scored"]) == (e["nll_sum"], e["tokens_scored"]), gname
 
+    gen_entries = generation_entries(m_bare, tok, ids, eot_id)
+
     ref = {
         "version": 1,
         "generator": "scripts/make_fixtures.py",
@@ -736,6 +788,7 @@ def main() -> int:
         "logits": logits_entries,
         "perplexity": ppl_entries,
         "grid": grid_entries,
+        "generation": gen_entries,
     }
     dump_reference(ref, FIX / "reference.json")
     json.loads((FIX / "reference.json").read_text(encoding="utf-8"))  # parses back
@@ -763,6 +816,13 @@ def main() -> int:
         print(
             f"{e['name'] + '  ' + str(e['activations']):<40} {','.join(e['per_layer']):<40} "
             f"{e['perplexity']:>10.4f} {e['kl_mean']:>10.6f} {e['top1_agreement']:>7.4f}"
+        )
+    print()
+    for e in gen_entries:
+        print(
+            f"generation {str(e['activation']):<8} prompt @{e['prompt_offset']} "
+            f"{tok.decode(e['prompt_ids'], skip_special_tokens=False)!r} -> {len(e['new_ids'])} new: "
+            f"{tok.decode(e['new_ids'], skip_special_tokens=False)!r}"
         )
     total = sum(f.stat().st_size for f in FIX.rglob("*") if f.is_file())
     print(f"\nfixtures total: {total} bytes")
@@ -812,7 +872,20 @@ Numbers from Hugging Face transformers (float32, eager attention, `model.eval()`
 loaded back from its dir (the f16 weights upcast to f32). Activation swaps replace
 `transformer.h[i].mlp.act` with exact PyTorch modules; `"activation": null` means the
 checkpoint's own (`gelu_new`). See the script docstring for the sliding-window perplexity
-contract and the layer-spec syntax.
+contract and the layer-spec syntax. `generation` holds greedy continuations from
+`model.generate` (48 new tokens at most, stopping after `<|endoftext|>`) of tiny-gpt2 with its
+own activation, relu and sigmoid, from an 8-token prompt of sample.txt.
+
+## diagnose_reference.json
+
+Reference numbers for `gpt-ablate diagnose`, written by `scripts/make_diagnose_fixtures.py` (its
+docstring defines every field): tiny-gpt2 on the first 1000 tokens of sample.txt, context 64
+(16 non-overlapping windows), for activation null / sigmoid / relu (all layers) and tanh on layers
+1,3 — per layer the pre-/post-activation mean and population std of the `mlp.c_fc` output,
+mean |f'(h)| and the fraction with |f'(h)| < 0.01 (float64 autograd), the mean over windows of
+the Frobenius norms of dloss/d(block input) and dloss/d(c_fc.weight), plus head softmax /
+sigmoid perplexities and the mean sigmoid mass. Regenerate with
+`python scripts/make_diagnose_fixtures.py` (seconds; reads only committed fixtures).
 """
     (FIX / "README.md").write_text(text, encoding="utf-8")
 

@@ -16,14 +16,24 @@ What it does (fixed seeds; CPU, 2 threads):
    ``make_fixtures.py``: no normalizer, ByteLevel pre-tokenizer add_prefix_space=False
    use_regex=True, ByteLevel post-processor trim_offsets=False, ByteLevel decoder, initial
    alphabet = all 256 byte symbols, special token ``<|endoftext|>`` = id 0), vocab 2048.
-3. Trains a GPT2LMHeadModel (n_positions 256, n_embd 160, n_layer 6, n_head 5, gelu_new, dropout
-   0.1, tied embeddings) with AdamW (betas 0.9/0.95, weight decay 0.1 on the 2-D weight matrices
+   Training is deterministic: when ``tokenizer.json`` already exists, the freshly trained
+   tokenizer must serialize to exactly the same bytes (the script stops otherwise and never
+   overwrites it), so retraining the model never changes the tokenizer.
+3. Trains a GPT2LMHeadModel (n_positions 256, n_embd 160, n_layer 6, n_head 5, gelu_new, no
+   dropout, tied embeddings) with AdamW (betas 0.9/0.95, weight decay 0.1 on the 2-D weight matrices
    and embeddings only, none on biases and LayerNorm), lr linear warmup 0 -> 3e-3 over 50 steps
    then cosine decay to 3e-4 at the last step, grad-norm clip 1.0, batches of 32 random crops of
    256 tokens of the training tokens, torch.manual_seed(1337).  Every 100 steps: train and
    validation loss (eval mode, 4 fixed batches each); the best-by-validation weights are kept.
-   Without ``--steps`` the step count is chosen after timing the first 20 steps so that training
-   fits in ``--budget`` seconds (rounded down to a multiple of 100, clamped to [300, 1500]).
+   Without ``--steps`` the step count is fixed after timing the first 30 steps: the measured
+   rate is assumed to slow down by 1.25x (the 2 cores are shared) and the evaluations are
+   accounted for, so that the whole cosine schedule fits in ``--budget`` seconds of training
+   (rounded down to a multiple of 100, clamped to [300, 5000]); the schedule is never re-planned,
+   so ``--steps N`` reproduces the run.  The budget (default 1500 s) is also enforced on the
+   measured elapsed time (with ``--steps`` only when ``--budget`` is given): if training has used
+   ``--budget`` seconds before the last step (the machine got much slower), it stops there,
+   evaluates, and keeps the best-by-validation weights; the log then records the stop step and
+   the command gets ``--stop-at STEP`` so the run stays reproducible.
 4. Saves with ``save_pretrained`` (float32 ``model.safetensors`` with ``transformer.``-prefixed
    keys, lm_head tied so not stored, ``config.json``) + ``tokenizer.json``; removes
    ``generation_config.json``.
@@ -31,7 +41,7 @@ What it does (fixed seeds; CPU, 2 threads):
    it reproduces the in-memory model's logits, and computes the exact sliding-window perplexity
    of the full ``data/shakespeare-val.txt`` at context 256, stride 128 (the contract of
    ``make_fixtures.sliding_ppl``), bits per byte, a greedy and a sampled continuation of
-   ``"ROMEO:\\n"``.
+   ``"ROMEO:\\n"`` (150 tokens each); also the perplexity at context 256, stride 256.
 6. Writes ``models/shakespeare-gpt2/README.md`` (model card) and ``training_log.json``.
 """
 
@@ -72,7 +82,9 @@ SEED = 1337
 EVAL_EVERY, EVAL_BATCHES = 100, 4
 PPL_CONTEXT, PPL_STRIDE = 256, 128
 PROMPT = "ROMEO:\n"
-GEN_TOKENS = 120
+GEN_TOKENS = 150
+PPL_STRIDE_2 = 256  # also reported: non-overlapping windows
+TIMING_STEPS, SLOWDOWN = 30, 1.25
 TEMPERATURE, TOP_K, SAMPLE_SEED = 0.8, 40, 0
 MAX_BYTES = 12_000_000
 
@@ -114,9 +126,9 @@ def make_config(vocab: int, eot_id: int) -> GPT2Config:
         n_layer=N_LAYER,
         n_head=N_HEAD,
         activation_function="gelu_new",
-        resid_pdrop=0.1,
-        embd_pdrop=0.1,
-        attn_pdrop=0.1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
         bos_token_id=eot_id,
         eos_token_id=eot_id,
         tie_word_embeddings=True,
@@ -173,9 +185,15 @@ def sample(model, ids, n, temperature, top_k, seed):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: fit --budget)")
-    ap.add_argument("--budget", type=float, default=840.0, help="seconds of training when --steps is not given")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of training (default 1500 without --steps, no limit with --steps): picks the "
+                         "step count when --steps is not given, and training stops once this much time is spent")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="stop after this step (the schedule still runs to --steps); reproduces a budget stop")
     args = ap.parse_args()
 
+    if args.budget is None:
+        args.budget = math.inf if args.steps else 1500.0
     torch.set_num_threads(2)
     t_start = time.time()
 
@@ -194,7 +212,13 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(train_text)
     tok_path = OUT / "tokenizer.json"
-    tok.save(str(tok_path))
+    tok_json = tok.to_str(pretty=True)  # what Tokenizer.save writes
+    if tok_path.exists():
+        if tok_path.read_bytes() != tok_json.encode("utf-8"):
+            raise SystemExit(f"{tok_path} differs from the tokenizer retrained now; refusing to overwrite it")
+        print(f"tokenizer: retrained, byte-identical to the existing {tok_path.name}")
+    else:
+        tok.save(str(tok_path))
     tok = Tokenizer.from_file(str(tok_path))
     vocab = tok.get_vocab_size()
     eot_id = tok.token_to_id(EOT)
@@ -224,13 +248,15 @@ def main() -> int:
     train_eval = [crops(train_ids, BATCH, egen) for _ in range(EVAL_BATCHES)]
     val_eval = [crops(val_ids, BATCH, egen) for _ in range(EVAL_BATCHES)]
 
-    total = args.steps if args.steps else 1500  # provisional when auto (only warmup uses it before step 20)
+    total = args.steps if args.steps else 5000  # provisional when auto (only warmup uses it before step 30)
+    stop_at = min(total, args.stop_at) if args.stop_at else total
     log, recent = [], []
     best = {"val": float("inf"), "step": 0, "state": None}
     t0 = time.time()
-    projected = None
+    sps = projected = None
+    budget_stop = None
     step = 0
-    while step < total:
+    while step < stop_at:
         lr = lr_at(step, total)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -242,15 +268,22 @@ def main() -> int:
         opt.step()
         recent.append(loss.item())
         step += 1
-        if step == 20:
-            sps = (time.time() - t0) / 20
+        if step == TIMING_STEPS:
+            sps = (time.time() - t0) / TIMING_STEPS
+            # an evaluation is 2 * EVAL_BATCHES forward passes, about 1/3 of a training step each
+            per_step = sps * SLOWDOWN * (1 + 2 * EVAL_BATCHES / 3 / EVAL_EVERY)
             if args.steps is None:
-                fit = int(args.budget / (sps * (1 + 2 * EVAL_BATCHES / 3 / EVAL_EVERY)))
-                total = max(300, min(1500, fit // 100 * 100))
-            projected = sps * total
-            print(f"timing: {sps:.3f} s/step over the first 20 steps -> {total} steps, "
-                  f"projected {projected / 60:.1f} min of training", flush=True)
-        if step % EVAL_EVERY == 0 or step == total:
+                total = max(300, min(5000, int(args.budget / per_step) // 100 * 100))
+                stop_at = min(total, args.stop_at) if args.stop_at else total
+            projected = per_step * total
+            print(f"timing: {sps:.3f} s/step over the first {TIMING_STEPS} steps -> {total} steps, "
+                  f"projected {projected / 60:.1f} min of training (assuming {SLOWDOWN}x slowdown)", flush=True)
+        elapsed = time.time() - t0
+        if step < stop_at and elapsed >= args.budget:
+            budget_stop = step
+            stop_at = step
+            print(f"budget of {args.budget:.0f} s spent after step {step} of {total}: stopping here", flush=True)
+        if step % EVAL_EVERY == 0 or step == stop_at:
             tl, vl = eval_loss(model, train_eval), eval_loss(model, val_eval)
             avg = sum(recent) / len(recent)
             recent = []
@@ -264,6 +297,10 @@ def main() -> int:
             print(f"step {step:5d}  lr {lr:.2e}  train(avg last) {avg:.4f}  train(eval) {tl:.4f}  "
                   f"val {vl:.4f}  |g| {gnorm:.2f}  {el:6.0f}s{mark}", flush=True)
     train_seconds = time.time() - t0
+    steps_run = step
+    if sps is None:  # stopped before the timing step
+        sps = train_seconds / steps_run
+        projected = sps * total
     final = log[-1]
     if best["step"] != final["step"]:
         print(f"restoring best-by-val weights from step {best['step']} (val {best['val']:.4f})")
@@ -300,6 +337,16 @@ def main() -> int:
     print(f"val perplexity (c={PPL_CONTEXT}, s={PPL_STRIDE}): {ppl['perplexity']:.6f}  "
           f"mean nll {ppl['mean_nll']:.6f}  scored {ppl['tokens_scored']}/{len(val_ids_list)}  "
           f"bits/byte {ppl['bits_per_byte']:.6f}")
+    t1 = time.time()
+    ppl2 = sliding_ppl(m, val_ids_list, PPL_CONTEXT, PPL_STRIDE_2)
+    ppl2["bits_per_byte"] = ppl2["nll_sum"] / math.log(2) / sp["val_bytes"]
+    ppl2["tokens"] = len(val_ids_list)
+    ppl2["bytes"] = sp["val_bytes"]
+    ppl2["context"], ppl2["stride"] = PPL_CONTEXT, PPL_STRIDE_2
+    ppl2["seconds"] = round(time.time() - t1, 1)
+    print(f"val perplexity (c={PPL_CONTEXT}, s={PPL_STRIDE_2}): {ppl2['perplexity']:.6f}  "
+          f"mean nll {ppl2['mean_nll']:.6f}  scored {ppl2['tokens_scored']}/{len(val_ids_list)}  "
+          f"bits/byte {ppl2['bits_per_byte']:.6f}")
 
     prompt_ids = tok.encode(PROMPT, add_special_tokens=False).ids
     g_ids = greedy(m, prompt_ids, GEN_TOKENS)
@@ -311,7 +358,8 @@ def main() -> int:
     # 6. log + card ----------------------------------------------------------------------
     info = {
         "generator": "scripts/train_default_model.py",
-        "command": f"python scripts/train_default_model.py --steps {total}",
+        "command": f"python scripts/train_default_model.py --steps {total}"
+                   + (f" --stop-at {steps_run}" if steps_run < total else ""),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
@@ -321,13 +369,17 @@ def main() -> int:
                       "val_tokens": len(val_ids_list)},
         "model": {"parameters": n_params, "safetensors_bytes": size, "n_positions": N_POSITIONS,
                   "n_embd": N_EMBD, "n_layer": N_LAYER, "n_head": N_HEAD, "activation": "gelu_new"},
-        "training": {"steps": total, "batch": BATCH, "seq": SEQ, "lr_max": LR_MAX, "lr_min": LR_MIN,
+        "training": {"steps": total, "steps_run": steps_run, "budget_seconds": args.budget if math.isfinite(args.budget) else None,
+                     "budget_stop": budget_stop, "step_count": "fixed by --steps" if args.steps else
+                     f"fitted to the budget from the rate of the first {TIMING_STEPS} steps x {SLOWDOWN}",
+                     "dropout": 0.0, "batch": BATCH, "seq": SEQ, "lr_max": LR_MAX, "lr_min": LR_MIN,
                      "warmup": WARMUP, "weight_decay": WEIGHT_DECAY, "betas": list(BETAS), "grad_clip": CLIP,
-                     "seconds_per_step_first20": round(sps, 4), "projected_seconds": round(projected, 1),
+                     "seconds_per_step_first30": round(sps, 4), "projected_seconds": round(projected, 1),
                      "train_seconds": round(train_seconds, 1), "kept_step": best["step"],
                      "final_train_loss_avg": kept["train_loss_avg"], "final_train_loss_eval": kept["train_loss_eval"],
                      "final_val_loss": kept["val_loss"], "log": log},
         "val_perplexity": ppl,
+        "val_perplexity_stride256": ppl2,
         "generation": {"prompt": PROMPT, "prompt_ids": prompt_ids, "new_tokens": GEN_TOKENS,
                        "greedy_ids": g_ids, "greedy_text": g_text,
                        "sample": {"temperature": TEMPERATURE, "top_k": TOP_K, "seed": SAMPLE_SEED,
@@ -347,10 +399,25 @@ def fence(s: str) -> str:
 
 def write_card(info: dict) -> None:
     sp, tr, pp, md, gen = info["split"], info["training"], info["val_perplexity"], info["model"], info["generation"]
-    avg_sps = tr["train_seconds"] / tr["steps"]
-    busy = "; the 2 cores were shared with other jobs during this run" if avg_sps > 1.25 * tr["seconds_per_step_first20"] else ""
+    pp2 = info["val_perplexity_stride256"]
+    avg_sps = tr["train_seconds"] / tr["steps_run"]
+    busy = "; the 2 cores were shared with other jobs during this run" if avg_sps > 1.25 * tr["seconds_per_step_first30"] else ""
     log = tr["log"]
-    still_falling = tr["kept_step"] == tr["steps"] and len(log) > 1 and log[-1]["val_loss"] < log[-2]["val_loss"]
+    still_falling = tr["kept_step"] == tr["steps_run"] and len(log) > 1 and log[-1]["val_loss"] < log[-2]["val_loss"]
+    if tr["steps_run"] < tr["steps"]:
+        why = (f"the {tr['budget_seconds']:.0f} s training budget was spent at step {tr['budget_stop']}"
+               if tr["budget_stop"] is not None else "`--stop-at`")
+        steps_line = (f"{tr['steps_run']} steps run of a {tr['steps']}-step schedule ({why}, so the cosine decay "
+                      f"did not finish)")
+    else:
+        steps_line = f"{tr['steps']} steps"
+    if "fitted" in tr["step_count"]:
+        steps_how = (f"\nThe step count was chosen by the script for a {tr['budget_seconds']:.0f} s training budget: "
+                     f"{tr['seconds_per_step_first30']:.2f} s/step measured over the first 30 steps, assumed "
+                     f"1.25x slower for the rest (shared cores), plus the evaluations, rounded down to a "
+                     f"multiple of 100; the schedule was then fixed, so the command above reproduces it.\n")
+    else:
+        steps_how = ""
     under = (
         f"\n\nThe model is small and trained only briefly (a CPU budget of minutes); the validation loss was "
         f"still falling at the last step ({log[-2]['val_loss']:.4f} -> {log[-1]['val_loss']:.4f} over the last "
@@ -394,7 +461,7 @@ Generated by `scripts/train_default_model.py`; do not edit by hand.
 | n_inner | {4 * md['n_embd']} (default 4 × n_embd) |
 | activation_function | `gelu_new` (GPT-2's tanh-approximated GELU) |
 | layer_norm_epsilon | 1e-5 |
-| dropout (resid / embd / attn) | 0.1 / 0.1 / 0.1 (training only) |
+| dropout (resid / embd / attn) | 0 / 0 / 0 (none, also in training) |
 | tie_word_embeddings | true |
 | bos / eos | `<|endoftext|>` = {info['tokenizer']['endoftext_id']} |
 
@@ -426,18 +493,18 @@ the cut is moved back to just after the nearest preceding newline, **char/byte o
 ```sh
 {info['command']}
 ```
-
-- seed: `torch.manual_seed({info['seed']})` (init + dropout); batch crops from a
+{steps_how}
+- seed: `torch.manual_seed({info['seed']})` (initialisation; no dropout); batch crops from a
   `torch.Generator` seeded {info['seed']}
-- {tr['steps']} steps, batch {tr['batch']} × {tr['seq']} tokens (random crops of the training tokens),
-  {tr['steps'] * tr['batch'] * tr['seq']:,} tokens seen
+- {steps_line}, batch {tr['batch']} × {tr['seq']} tokens (random crops of the training tokens),
+  {tr['steps_run'] * tr['batch'] * tr['seq']:,} tokens seen
 - AdamW, betas ({tr['betas'][0]}, {tr['betas'][1]}), weight decay {tr['weight_decay']} on weight
   matrices and embeddings (none on biases / LayerNorm), gradient-norm clip {tr['grad_clip']}
 - learning rate: linear warmup to {tr['lr_max']:g} over {tr['warmup']} steps, then cosine decay to
   {tr['lr_min']:g} at the last step
 - training attention: PyTorch SDPA; evaluation: eager, float32, `model.eval()`
-- wall time: {tr['train_seconds']:.0f} s of training ({tr['seconds_per_step_first20']:.2f} s/step over the
-  first 20 steps, {avg_sps:.2f} s/step on average{busy}), {info['total_seconds']:.0f} s for the whole
+- wall time: {tr['train_seconds']:.0f} s of training ({tr['seconds_per_step_first30']:.2f} s/step over the
+  first 30 steps, {avg_sps:.2f} s/step on average{busy}), {info['total_seconds']:.0f} s for the whole
   script, on {info['threads']} CPU threads
 - torch {info['torch']}, transformers {info['transformers']}
 - kept weights: step {tr['kept_step']} (best validation loss of the 100-step evaluations)
@@ -472,6 +539,11 @@ with transformers on the reloaded checkpoint (float32, eager attention):
 ```sh
 gpt-ablate perplexity --model models/shakespeare-gpt2 --data data/shakespeare-val.txt --context 256 --stride 128
 ```
+
+With non-overlapping windows (context {pp2['context']}, stride {pp2['stride']}; each token sees about
+{pp2['context'] // 2} tokens of context on average instead of at least {pp['context'] - pp['stride']}):
+perplexity **{pp2['perplexity']:.6f}** (mean NLL {pp2['mean_nll']:.6f} over
+{pp2['tokens_scored']:,} tokens, {pp2['bits_per_byte']:.6f} bits per byte).
 
 ## Samples
 
