@@ -14,6 +14,24 @@ use crate::results::Row;
 
 static FONT: Once = Once::new();
 
+/// Draws one chart twice, as `DIR/NAME.svg` and `DIR/NAME.png`, with `|area| body` run once
+/// per backend (plotters' drawing code is generic over the backend, closures are not).
+macro_rules! svg_and_png {
+    ($dir:expr, $name:expr, $size:expr, |$area:ident| $body:expr) => {{
+        let svg = $dir.join(format!("{}.svg", $name));
+        {
+            let $area = SVGBackend::new(&svg, $size).into_drawing_area();
+            $body?;
+        }
+        let png = $dir.join(format!("{}.png", $name));
+        {
+            let $area = BitMapBackend::new(&png, $size).into_drawing_area();
+            $body?;
+        }
+        [svg, png]
+    }};
+}
+
 fn register_font() {
     FONT.call_once(|| {
         // The font is a valid TTF shipped in the repository; a failure would only lose PNG text.
@@ -34,19 +52,10 @@ pub fn draw_all(rows: &[Row], dir: &Path, suffix: &str) -> anyhow::Result<Vec<Pa
     if !bars.is_empty() {
         let title = format!("Perplexity by FFN activation — {}", subtitle(rows));
         let h = 110 + 34 * bars.len() as u32;
-        let svg = dir.join(format!("perplexity{suffix}.svg"));
-        perplexity_bars(
-            SVGBackend::new(&svg, (900, h)).into_drawing_area(),
-            &bars,
-            &title,
-        )?;
-        let png = dir.join(format!("perplexity{suffix}.png"));
-        perplexity_bars(
-            BitMapBackend::new(&png, (900, h)).into_drawing_area(),
-            &bars,
-            &title,
-        )?;
-        written.extend([svg, png]);
+        let name = format!("perplexity{suffix}");
+        written.extend(svg_and_png!(dir, name, (900, h), |area| perplexity_bars(
+            area, &bars, &title
+        )));
     }
     let sweep: Vec<&Row> = rows.iter().filter(|r| r.sweep.is_some()).collect();
     if !sweep.is_empty() {
@@ -56,19 +65,10 @@ pub fn draw_all(rows: &[Row], dir: &Path, suffix: &str) -> anyhow::Result<Vec<Pa
         );
         let groups = sweep_groups(&sweep).len() as u32;
         let h = 110 + 60 * groups;
-        let svg = dir.join(format!("sweep{suffix}.svg"));
-        sweep_heatmap(
-            SVGBackend::new(&svg, (900, h)).into_drawing_area(),
-            &sweep,
-            &title,
-        )?;
-        let png = dir.join(format!("sweep{suffix}.png"));
-        sweep_heatmap(
-            BitMapBackend::new(&png, (900, h)).into_drawing_area(),
-            &sweep,
-            &title,
-        )?;
-        written.extend([svg, png]);
+        let name = format!("sweep{suffix}");
+        written.extend(svg_and_png!(dir, name, (900, h), |area| sweep_heatmap(
+            area, &sweep, &title
+        )));
     }
     Ok(written)
 }
@@ -313,19 +313,9 @@ pub fn draw_diagnosis(
             main.activation.clone(),
             main.layers.iter().map(metric).collect(),
         ));
-        let svg = dir.join(format!("{name}.svg"));
-        line_chart(
-            SVGBackend::new(&svg, (800, 420)).into_drawing_area(),
-            title,
-            &series,
-        )?;
-        let png = dir.join(format!("{name}.png"));
-        line_chart(
-            BitMapBackend::new(&png, (800, 420)).into_drawing_area(),
-            title,
-            &series,
-        )?;
-        written.extend([svg, png]);
+        written.extend(svg_and_png!(dir, name, (800, 420), |area| line_chart(
+            area, title, &series
+        )));
     }
     Ok(written)
 }
