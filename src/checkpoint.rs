@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 /// Why a checkpoint cannot be loaded. Every variant names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("model directory {0} does not exist")]
+    #[error("model directory {0} does not exist (Hub ids are not supported yet: pass a local checkpoint directory)")]
     NoDir(PathBuf),
     #[error("{dir}: no {what} found")]
     MissingFile { dir: PathBuf, what: &'static str },
