@@ -8,7 +8,9 @@ fn main() -> std::process::ExitCode {
     match gpt_ablate::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            // One line: candle appends a backtrace to some errors when RUST_BACKTRACE is set.
+            let message = format!("{e:#}");
+            eprintln!("Error: {}", message.lines().next().unwrap_or_default());
             std::process::ExitCode::FAILURE
         }
     }
