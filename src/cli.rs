@@ -19,7 +19,7 @@ use crate::perplexity::{perplexity, PplOptions};
 use crate::provenance;
 use crate::results;
 use crate::runtime::{self, DeviceSpec, Precision};
-use crate::text::read_text;
+use crate::text::{read_data, NAMED_DATASETS};
 
 /// Swap the feed-forward activation of GPT-2-family checkpoints at load time and measure
 /// what it costs.
@@ -46,6 +46,8 @@ pub enum Command {
     /// Generate text with a (swapped) model: KV cache, greedy or sampled, streamed.
     #[command(after_long_help = GENERATE_EXAMPLE)]
     Generate(GenerateArgs),
+    /// List the named datasets `--data` accepts besides file paths.
+    Datasets,
     /// Combine the output directories of `run --shard` into one result set.
     #[command(after_long_help = MERGE_EXAMPLE)]
     Merge(MergeArgs),
@@ -116,7 +118,8 @@ pub struct RunArgs {
 pub struct DiagnoseArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text file, tokenized as one string without special tokens.
+    /// UTF-8 text file (or a named dataset: wikitext-2, shakespeare-val), tokenized as one
+    /// string without special tokens.
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
     /// Tokens per (non-overlapping) window (default: the model's n_positions).
@@ -251,7 +254,8 @@ impl ModelArgs {
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text file, tokenized as one string without special tokens.
+    /// UTF-8 text file (or a named dataset: wikitext-2, shakespeare-val), tokenized as one
+    /// string without special tokens.
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
     /// Tokens per window (default: the model's n_positions).
@@ -275,6 +279,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_grid(args),
         Command::Generate(args) => run_generate(args),
         Command::Diagnose(args) => run_diagnose(args),
+        Command::Datasets => {
+            for d in &NAMED_DATASETS {
+                println!(
+                    "{:<16} {:>9} bytes  {:<40} {}\n{:<16} {}",
+                    d.name,
+                    d.text.len(),
+                    d.tokens,
+                    d.licence,
+                    "",
+                    d.description
+                );
+            }
+            Ok(())
+        }
         Command::Merge(args) => run_merge(args),
     }
 }
@@ -493,7 +511,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     }
     let opts = args.model.load_options()?;
     let loaded = load(&args.model.model, &opts)?;
-    let text = read_text(&args.data)?;
+    let text = read_data(&args.data)?;
     let mut tokens = loaded
         .tokenizer
         .encode(&text)
@@ -584,7 +602,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let loaded = load(&args.model.model, &opts)?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    let text = read_text(&args.data)?;
+    let text = read_data(&args.data)?;
     let t1 = Instant::now();
     let tokens = loaded
         .tokenizer

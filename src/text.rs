@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub enum TextError {
     #[error("data file {0} does not exist")]
     Missing(PathBuf),
+    #[error("data file {0} does not exist and is not a named dataset (`gpt-ablate datasets` lists them: wikitext-2, shakespeare-val)")]
+    MissingData(PathBuf),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -37,6 +39,45 @@ pub fn read_text(path: &Path) -> Result<String, TextError> {
         path: path.to_path_buf(),
         offset: e.utf8_error().valid_up_to(),
     })
+}
+
+/// A text shipped inside the binary, usable as `--data NAME`.
+pub struct NamedDataset {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub licence: &'static str,
+    /// Token counts with the tokenizers it is usually scored with.
+    pub tokens: &'static str,
+    pub text: &'static str,
+}
+
+/// The named datasets (the files under `data/`, embedded at build time).
+pub const NAMED_DATASETS: [NamedDataset; 2] = [
+    NamedDataset {
+        name: "wikitext-2",
+        description: "WikiText-2 raw test split, rows joined with \"\\n\\n\" as in the Hugging Face perplexity guide",
+        licence: "CC BY-SA 3.0 (Merity et al., 2016)",
+        tokens: "287,644 GPT-2 tokens",
+        text: include_str!("../data/wikitext-2-raw-test.txt"),
+    },
+    NamedDataset {
+        name: "shakespeare-val",
+        description: "the held-out last 10 % of Tiny Shakespeare (the default model's validation text)",
+        licence: "public domain",
+        tokens: "43,568 tokens of models/shakespeare-gpt2",
+        text: include_str!("../data/shakespeare-val.txt"),
+    },
+];
+
+/// Reads `--data`: an existing file, else a named dataset. Returns the text.
+pub fn read_data(arg: &Path) -> Result<String, TextError> {
+    if arg.exists() {
+        return read_text(arg);
+    }
+    match NAMED_DATASETS.iter().find(|d| arg.as_os_str() == d.name) {
+        Some(d) => Ok(d.text.to_string()),
+        None => Err(TextError::MissingData(arg.to_path_buf())),
+    }
 }
 
 /// A Hugging Face `tokenizer.json`, used without truncation, padding or added special tokens.
@@ -100,6 +141,21 @@ impl TextTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_datasets_resolve_and_unknown_names_are_explained() {
+        let wiki = read_data(Path::new("wikitext-2")).unwrap();
+        assert_eq!(wiki.len(), 1_296_370);
+        assert_eq!(
+            read_data(Path::new("shakespeare-val")).unwrap().len(),
+            111_558
+        );
+        let err = read_data(Path::new("no-such-set")).unwrap_err().to_string();
+        assert!(
+            err.contains("not a named dataset") && err.contains("wikitext-2"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn invalid_utf8_names_the_offset() {
