@@ -23,7 +23,7 @@ use crate::perplexity::{score_windows, token_nlls, windows, PplError, PplOptions
 use crate::provenance::{self, sha256_bytes, sha256_file};
 use crate::results::{self, Row};
 use crate::runtime::{DeviceSpec, Precision};
-use crate::text::{read_text, TextTokenizer};
+use crate::text::{read_data, TextTokenizer};
 
 /// Run only the cells whose index ≡ K (mod N).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,15 +102,12 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
 
     // 1. Everything that can fail on bad input, before computing anything.
     let mut models = Vec::new();
-    for dir in &grid.models {
-        let files = CheckpointFiles::locate(dir)?;
-        let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
+    for spec in &grid.models {
+        let files = spec.resolve()?;
+        let tokenizer = TextTokenizer::load(&files.tokenizer)?;
         let mut file_info = Vec::new();
         let mut all = Vec::new();
-        for p in [&files.config, &files.tokenizer]
-            .into_iter()
-            .chain(&files.weights)
-        {
+        for p in files.all_files() {
             let sha = sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
             let bytes = std::fs::metadata(p)?.len();
             file_info.push(json!({"file": p.display().to_string(), "bytes": bytes, "sha256": sha}));
@@ -125,7 +122,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     }
     let mut datasets = Vec::new();
     for path in &grid.datasets {
-        let text = read_text(path)?;
+        let text = read_data(path)?;
         let (mut tokens, mut covered_bytes) = (Vec::new(), Vec::new());
         for m in &models {
             let mut t = m

@@ -1,8 +1,9 @@
-//! A checkpoint directory on disk: finding its files, reading safetensors (single file or
-//! sharded) strictly, and handing the model each tensor by its GPT-2 key with the shape
-//! checked.
+//! A checkpoint on disk: finding its files (a local directory, or a Hub repo fetched into the
+//! cache by [`crate::hub`]), reading its tensors strictly — safetensors (single file or
+//! sharded) or PyTorch `pytorch_model.bin` — and handing the model each tensor by its GPT-2
+//! key with the shape checked.
 //!
-//! Tensors are read with plain file reads straight into their final buffers — no mmap — so
+//! Safetensors are read with plain file reads straight into their final buffers — no mmap — so
 //! peak memory stays close to the size of the weights. Keys are normalised to the bare
 //! layout of `openai-community/gpt2` (`h.0.attn.c_attn.weight`); the `transformer.`-prefixed
 //! layout written by `save_pretrained` is accepted too and errors quote keys as stored.
@@ -14,13 +15,17 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::hub::{self, Hub, RepoKind, RepoRef};
+
 /// Why a checkpoint cannot be loaded. Every variant names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("model directory {0} does not exist (Hub ids are not supported yet: pass a local checkpoint directory)")]
-    NoDir(PathBuf),
-    #[error("{dir}: no {what} found")]
-    MissingFile { dir: PathBuf, what: &'static str },
+    #[error("model {0}: no such directory, and not a Hub repo id (name or org/name)")]
+    NoDir(String),
+    #[error("model {0} is a file; pass the checkpoint directory (config.json, weights, tokenizer)")]
+    NotADir(PathBuf),
+    #[error("{place}: no {what} found")]
+    MissingFile { place: String, what: &'static str },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -28,6 +33,8 @@ pub enum LoadError {
     },
     #[error("{path}: not a valid safetensors file: {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    #[error("{path}: not a readable PyTorch checkpoint (zip format, torch >= 1.6): {msg}")]
+    Pickle { path: PathBuf, msg: String },
     #[error(
         "{path}: file is truncated: tensor '{key}' ends at byte {need} but the file has {have}"
     )]
@@ -60,56 +67,307 @@ pub enum LoadError {
     },
 }
 
-/// The files of a checkpoint directory.
-#[derive(Debug, Clone)]
-pub struct CheckpointFiles {
-    pub dir: PathBuf,
-    pub config: PathBuf,
-    pub tokenizer: PathBuf,
-    /// One `model.safetensors`, or the shards an index names, in index order.
-    pub weights: Vec<PathBuf>,
+/// Where a checkpoint came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A local directory, as given.
+    Local(PathBuf),
+    /// A Hub repo, with the commit its files were fetched at.
+    Hub { repo: RepoRef, commit: String },
 }
 
-impl CheckpointFiles {
-    /// Finds `config.json`, `tokenizer.json` and the weights (`model.safetensors`, else
-    /// `model.safetensors.index.json` and its shards) in `dir`.
-    pub fn locate(dir: &Path) -> Result<Self, LoadError> {
-        if !dir.is_dir() {
-            return Err(LoadError::NoDir(dir.to_path_buf()));
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Local(p) => write!(f, "{}", p.display()),
+            ModelSource::Hub { repo, commit } => write!(f, "{} (hub, commit {commit})", repo.id),
         }
-        let need = |name: &str, what: &'static str| {
-            let p = dir.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(LoadError::MissingFile {
-                    dir: dir.to_path_buf(),
-                    what,
-                })
-            }
-        };
-        let config = need("config.json", "config.json")?;
-        let tokenizer = need("tokenizer.json", "tokenizer.json")?;
-        let single = dir.join("model.safetensors");
-        let weights = if single.is_file() {
-            vec![single]
-        } else {
-            let index = need(
-                "model.safetensors.index.json",
-                "weights (model.safetensors or model.safetensors.index.json)",
-            )?;
-            shards_from_index(dir, &index)?
-        };
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            config,
-            tokenizer,
-            weights,
-        })
     }
 }
 
-fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// The tokenizer files: a `tokenizer.json`, or GPT-2's byte-level BPE `vocab.json` +
+/// `merges.txt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerFiles {
+    Json(PathBuf),
+    VocabMerges { vocab: PathBuf, merges: PathBuf },
+}
+
+impl TokenizerFiles {
+    pub fn paths(&self) -> Vec<&PathBuf> {
+        match self {
+            TokenizerFiles::Json(p) => vec![p],
+            TokenizerFiles::VocabMerges { vocab, merges } => vec![vocab, merges],
+        }
+    }
+}
+
+/// How the weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Safetensors,
+    /// `torch.save` zip archives (`pytorch_model.bin`).
+    PyTorch,
+}
+
+/// The files of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointFiles {
+    /// The directory holding them (for a Hub model: its snapshot in the cache).
+    pub dir: PathBuf,
+    pub source: ModelSource,
+    pub config: PathBuf,
+    pub tokenizer: TokenizerFiles,
+    pub format: WeightFormat,
+    /// The shard index, when the weights are sharded.
+    pub index: Option<PathBuf>,
+    /// One weights file, or the shards the index names, in name order.
+    pub weights: Vec<PathBuf>,
+}
+
+/// Weight files in order of preference: (file, index of shards, format).
+const WEIGHT_CHOICES: [(&str, &str, WeightFormat); 2] = [
+    (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        WeightFormat::Safetensors,
+    ),
+    (
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        WeightFormat::PyTorch,
+    ),
+];
+
+impl CheckpointFiles {
+    /// Resolves `--model` (see [`ModelSpec::parse`]) and finds or fetches its files.
+    pub fn resolve(spec: &str, revision: Option<&str>) -> anyhow::Result<Self> {
+        ModelSpec::parse(spec, revision, None)?.resolve()
+    }
+
+    /// Finds `config.json`, the tokenizer (`tokenizer.json`, else `vocab.json` +
+    /// `merges.txt`) and the weights (`model.safetensors`, a sharded safetensors index,
+    /// `pytorch_model.bin`, a sharded PyTorch index — in that order) in `dir`.
+    pub fn locate(dir: &Path) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::NoDir(dir.display().to_string()));
+        }
+        let place = dir.display().to_string();
+        let found = select(&place, |name| {
+            let p = dir.join(name);
+            Ok::<_, LoadError>(p.is_file().then_some(p))
+        })?;
+        Ok(found.into_files(dir.to_path_buf(), ModelSource::Local(dir.to_path_buf())))
+    }
+
+    /// The same choice over the files of a Hub repo, each fetched into the cache (or found
+    /// there) at one commit.
+    pub fn from_hub(hub: &Hub, repo: &RepoRef) -> anyhow::Result<Self> {
+        // The first file pins the commit; the rest are fetched at that commit.
+        let config = hub.fetch(repo, "config.json")?;
+        let pinned = RepoRef {
+            revision: config.commit.clone(),
+            ..repo.clone()
+        };
+        let place = format!("Hub repository {repo}");
+        let found = select(&place, |name| {
+            if name == "config.json" {
+                return Ok(Some(config.path.clone()));
+            }
+            Ok::<_, anyhow::Error>(hub.fetch_optional(&pinned, name)?.map(|f| f.path))
+        })?;
+        let dir = config
+            .path
+            .parent()
+            .expect("a snapshot file has a parent")
+            .to_path_buf();
+        Ok(found.into_files(
+            dir,
+            ModelSource::Hub {
+                repo: repo.clone(),
+                commit: config.commit,
+            },
+        ))
+    }
+
+    /// Every file, for hashing and sizes: config, tokenizer, index, weights.
+    pub fn all_files(&self) -> Vec<&PathBuf> {
+        let mut v = vec![&self.config];
+        v.extend(self.tokenizer.paths());
+        v.extend(self.index.iter());
+        v.extend(self.weights.iter());
+        v
+    }
+}
+
+/// A model as named on the command line or in a grid config, before anything is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    Local(PathBuf),
+    Hub(RepoRef),
+}
+
+impl ModelSpec {
+    /// An existing local directory (relative to `base` when given), else a Hub repo id
+    /// (`gpt2`, `org/name`, optionally `@revision`; `revision` is `--revision`).
+    pub fn parse(spec: &str, revision: Option<&str>, base: Option<&Path>) -> anyhow::Result<Self> {
+        let path = match base {
+            Some(b) if Path::new(spec).is_relative() => b.join(spec),
+            _ => PathBuf::from(spec),
+        };
+        if path.is_dir() {
+            if let Some(rev) = revision {
+                anyhow::bail!(
+                    "--revision {rev}: {spec} is a local directory; revisions apply to Hub ids"
+                );
+            }
+            return Ok(ModelSpec::Local(path));
+        }
+        if path.is_file() {
+            return Err(LoadError::NotADir(path).into());
+        }
+        let (id, rev) = match spec.rsplit_once('@') {
+            Some((id, rev)) if !rev.is_empty() => (id, Some(rev)),
+            _ => (spec, None),
+        };
+        let revision = match (rev, revision) {
+            (Some(a), Some(b)) if a != b => {
+                anyhow::bail!("model {spec}: revision given twice (@{a} and --revision {b})")
+            }
+            (a, b) => a.or(b),
+        };
+        if !hub::is_repo_id(id) || revision.is_some_and(|r| r.contains("..") || r.starts_with('/')) {
+            return Err(LoadError::NoDir(path.display().to_string()).into());
+        }
+        Ok(ModelSpec::Hub(RepoRef::new(RepoKind::Model, id, revision)))
+    }
+
+    /// Finds (local) or fetches (Hub) the checkpoint's files.
+    pub fn resolve(&self) -> anyhow::Result<CheckpointFiles> {
+        match self {
+            ModelSpec::Local(dir) => Ok(CheckpointFiles::locate(dir)?),
+            ModelSpec::Hub(repo) => {
+                CheckpointFiles::from_hub(&Hub::from_env(), repo).map_err(|e| self.hub_context(e))
+            }
+        }
+    }
+
+    /// Only `config.json` (for validating a grid before fetching weights).
+    pub fn config_path(&self) -> anyhow::Result<PathBuf> {
+        match self {
+            ModelSpec::Local(dir) => Ok(dir.join("config.json")),
+            ModelSpec::Hub(repo) => Hub::from_env()
+                .fetch(repo, "config.json")
+                .map(|f| f.path)
+                .map_err(|e| self.hub_context(e.into())),
+        }
+    }
+
+    fn hub_context(&self, e: anyhow::Error) -> anyhow::Error {
+        // `models/gpt2` may be a mistyped local path rather than a Hub id.
+        let first = self.to_string();
+        let first = first.split('/').next().unwrap_or_default();
+        if self.to_string().contains('/') && Path::new(first).is_dir() {
+            e.context(format!("model {self}: no such local directory; on the Hub"))
+        } else {
+            e.context(format!("model {self}"))
+        }
+    }
+
+    /// `display()` as for paths, so call sites read the same for both kinds.
+    pub fn display(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSpec::Local(p) => write!(f, "{}", p.display()),
+            ModelSpec::Hub(repo) => write!(f, "{repo}"),
+        }
+    }
+}
+
+/// What [`select`] found.
+struct Selected {
+    config: PathBuf,
+    tokenizer: TokenizerFiles,
+    format: WeightFormat,
+    index: Option<PathBuf>,
+    weights: Vec<PathBuf>,
+}
+
+impl Selected {
+    fn into_files(self, dir: PathBuf, source: ModelSource) -> CheckpointFiles {
+        CheckpointFiles {
+            dir,
+            source,
+            config: self.config,
+            tokenizer: self.tokenizer,
+            format: self.format,
+            index: self.index,
+            weights: self.weights,
+        }
+    }
+}
+
+/// The file choice, over any way of asking for a file by name (`Ok(None)`: not there).
+fn select<E: From<LoadError>>(
+    place: &str,
+    mut get: impl FnMut(&str) -> Result<Option<PathBuf>, E>,
+) -> Result<Selected, E> {
+    let missing = |what| {
+        E::from(LoadError::MissingFile {
+            place: place.to_string(),
+            what,
+        })
+    };
+    let config = get("config.json")?.ok_or_else(|| missing("config.json"))?;
+    let tokenizer = match get("tokenizer.json")? {
+        Some(p) => TokenizerFiles::Json(p),
+        None => match (get("vocab.json")?, get("merges.txt")?) {
+            (Some(vocab), Some(merges)) => TokenizerFiles::VocabMerges { vocab, merges },
+            _ => return Err(missing("tokenizer (tokenizer.json, or vocab.json + merges.txt)")),
+        },
+    };
+    for (single, index_name, format) in WEIGHT_CHOICES {
+        if let Some(p) = get(single)? {
+            return Ok(Selected {
+                config,
+                tokenizer,
+                format,
+                index: None,
+                weights: vec![p],
+            });
+        }
+        if let Some(index) = get(index_name)? {
+            let mut weights = Vec::new();
+            for shard in shard_names(&index)? {
+                let p = get(&shard)?.ok_or_else(|| {
+                    E::from(LoadError::ShardIndex {
+                        path: index.clone(),
+                        msg: format!("shard '{shard}' is missing"),
+                    })
+                })?;
+                weights.push(p);
+            }
+            return Ok(Selected {
+                config,
+                tokenizer,
+                format,
+                index: Some(index),
+                weights,
+            });
+        }
+    }
+    Err(missing(
+        "weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)",
+    ))
+}
+
+/// The shard file names an index's `weight_map` lists, sorted, each once.
+fn shard_names(index: &Path) -> Result<Vec<String>, LoadError> {
     let bad = |msg: String| LoadError::ShardIndex {
         path: index.to_path_buf(),
         msg,
@@ -142,17 +400,7 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError
         return Err(bad("weight_map is empty".into()));
     }
     files.sort();
-    files
-        .into_iter()
-        .map(|f| {
-            let p = dir.join(&f);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(bad(format!("shard '{f}' is missing")))
-            }
-        })
-        .collect()
+    Ok(files)
 }
 
 /// Where one tensor lives.
@@ -162,9 +410,19 @@ struct Entry {
     stored_key: String,
     dtype: DType,
     shape: Vec<usize>,
-    /// Absolute byte range in the file.
+    /// Absolute byte range in the file (safetensors; unused for PyTorch files).
     start: u64,
     end: u64,
+}
+
+/// Zip archives (`torch.save` since torch 1.6) start with a local-file-header signature.
+fn is_zip(path: &Path) -> Result<bool, LoadError> {
+    let mut magic = [0u8; 4];
+    let mut f = File::open(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(f.read_exact(&mut magic).is_ok() && &magic == b"PK\x03\x04")
 }
 
 /// Keys every GPT-2 checkpoint may carry that are not weights: causal-mask buffers.
@@ -175,6 +433,8 @@ fn is_known_buffer(key: &str) -> bool {
 /// The tensors of a checkpoint, read on demand into the compute dtype on the target device.
 pub struct TensorStore {
     files: Vec<PathBuf>,
+    /// For PyTorch files, candle's lazy reader of the archive.
+    pth: Vec<Option<candle_core::pickle::PthTensors>>,
     entries: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
     prefixed: bool,
@@ -183,12 +443,22 @@ pub struct TensorStore {
 }
 
 impl TensorStore {
-    /// Reads every file's header and checks that each tensor's bytes lie inside its file.
+    /// Reads every file's header (safetensors, or the pickle of a PyTorch zip archive; told
+    /// apart by their first bytes) and checks that each tensor's bytes lie inside its file.
     pub fn open(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self, LoadError> {
         let mut entries = BTreeMap::new();
         let mut prefixed = false;
+        let mut pth = Vec::new();
         for (i, path) in files.iter().enumerate() {
-            for mut e in read_header(path)? {
+            let headers = if is_zip(path)? {
+                let (reader, headers) = read_pth_header(path)?;
+                pth.push(Some(reader));
+                headers
+            } else {
+                pth.push(None);
+                read_header(path)?
+            };
+            for mut e in headers {
                 e.file = i;
                 let key = match e.stored_key.strip_prefix("transformer.") {
                     Some(rest) => {
@@ -204,6 +474,7 @@ impl TensorStore {
         }
         Ok(Self {
             files: files.to_vec(),
+            pth,
             entries,
             taken: BTreeSet::new(),
             prefixed,
@@ -219,6 +490,18 @@ impl TensorStore {
         } else {
             "bare (openai-community/gpt2)"
         }
+    }
+
+    /// Every stored tensor: (key as stored, dtype, shape), the mask buffers flagged.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, DType, &[usize], bool)> {
+        self.entries.iter().map(|(k, e)| {
+            (
+                e.stored_key.as_str(),
+                e.dtype,
+                e.shape.as_slice(),
+                is_known_buffer(k),
+            )
+        })
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -253,7 +536,16 @@ impl TensorStore {
             key: entry.stored_key.clone(),
             source,
         };
-        let cpu = read_tensor(&self.files[entry.file], &entry)?;
+        let cpu = match &self.pth[entry.file] {
+            Some(reader) => reader
+                .get(&entry.stored_key)
+                .map_err(candle)?
+                .ok_or_else(|| LoadError::MissingKey {
+                    key: entry.stored_key.clone(),
+                    expected: shape.to_vec(),
+                })?,
+            None => read_tensor(&self.files[entry.file], &entry)?,
+        };
         let t = if cpu.dtype() == self.dtype {
             cpu
         } else {
@@ -299,6 +591,45 @@ impl TensorStore {
             }),
         }
     }
+}
+
+/// Lists the tensors of a PyTorch zip archive (`pytorch_model.bin`) without reading them.
+fn read_pth_header(
+    path: &Path,
+) -> Result<(candle_core::pickle::PthTensors, Vec<Entry>), LoadError> {
+    let reader = candle_core::pickle::PthTensors::new(path, None).map_err(|e| LoadError::Pickle {
+        path: path.to_path_buf(),
+        msg: e.to_string().lines().next().unwrap_or_default().to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (key, info) in reader.tensor_infos() {
+        let dtype = match info.dtype {
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => info.dtype,
+            other if is_known_buffer(key.trim_start_matches("transformer.")) => other,
+            other => {
+                return Err(LoadError::Dtype {
+                    key: key.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        out.push(Entry {
+            file: 0,
+            stored_key: key.clone(),
+            dtype,
+            shape: info.layout.dims().to_vec(),
+            start: 0,
+            end: 0,
+        });
+    }
+    if out.is_empty() {
+        return Err(LoadError::Pickle {
+            path: path.to_path_buf(),
+            msg: "it holds no tensors (is it a state dict?)".into(),
+        });
+    }
+    out.sort_by(|a, b| a.stored_key.cmp(&b.stored_key));
+    Ok((reader, out))
 }
 
 /// Parses a safetensors header: 8-byte little-endian length, then a JSON table of tensors.

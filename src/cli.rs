@@ -14,7 +14,8 @@ use crate::activation::Activation;
 use crate::generate::{generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules};
 use crate::grid::{Grid, SortOrder};
 use crate::layers::{format_indices, LayerSpec};
-use crate::load::{load, LoadOptions};
+use crate::checkpoint::CheckpointFiles;
+use crate::load::{load_files, LoadOptions};
 use crate::perplexity::{perplexity, PplOptions};
 use crate::provenance;
 use crate::results;
@@ -48,9 +49,33 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List the named datasets `--data` accepts besides file paths.
     Datasets,
+    /// Describe a checkpoint (local directory or Hub id) without loading it: config,
+    /// parameters, dtypes, key layout, files with sizes and SHA-256.
+    #[command(after_long_help = INSPECT_EXAMPLE)]
+    Inspect(InspectArgs),
     /// Combine the output directories of `run --shard` into one result set.
     #[command(after_long_help = MERGE_EXAMPLE)]
     Merge(MergeArgs),
+}
+
+const INSPECT_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate inspect --model models/shakespeare-gpt2
+  gpt-ablate inspect --model openai-community/gpt2 --revision main --json
+Hub ids use the Hugging Face cache and environment: HF_HOME, HF_HUB_CACHE, HF_TOKEN,
+HF_ENDPOINT, HF_HUB_OFFLINE=1 (cache only).";
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Checkpoint directory or Hub id (ID@REV pins a revision).
+    #[arg(long, value_name = "DIR|ID")]
+    pub model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const RUN_EXAMPLE: &str = "\
@@ -217,10 +242,15 @@ Examples:
 /// Options shared by every command that loads a model.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Checkpoint directory in Hugging Face format (config.json, model.safetensors or a
-    /// sharded index, tokenizer.json).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// Checkpoint directory in Hugging Face format (config.json; model.safetensors, a sharded
+    /// index or pytorch_model.bin; tokenizer.json or vocab.json + merges.txt), or a Hub id such
+    /// as gpt2 or openai-community/gpt2-medium (fetched into the Hugging Face cache; ID@REV
+    /// pins a revision).
+    #[arg(long, value_name = "DIR|ID")]
+    pub model: String,
+    /// Hub revision (branch, tag or commit) of a Hub --model.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
     /// Activation to put in the MLPs at load time (gelu_new, gelu, relu, silu, sigmoid, tanh,
     /// identity, ...); default: the checkpoint's own.
     #[arg(long, value_name = "NAME")]
@@ -240,6 +270,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Finds or fetches the checkpoint and loads it with the swap.
+    fn load(&self) -> anyhow::Result<crate::load::Loaded> {
+        let files = CheckpointFiles::resolve(&self.model, self.revision.as_deref())?;
+        load_files(files, &self.load_options()?)
+    }
+
     fn load_options(&self) -> anyhow::Result<LoadOptions> {
         Ok(LoadOptions {
             activation: self.activation,
@@ -294,6 +330,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Merge(args) => run_merge(args),
+        Command::Inspect(args) => {
+            let files = CheckpointFiles::resolve(&args.model, args.revision.as_deref())?;
+            let report = crate::inspect::inspect(&files)?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.report());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -380,8 +426,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed,
     };
     params.validate()?;
-    let opts = args.model.load_options()?;
-    let loaded = load(&args.model.model, &opts)?;
+    let loaded = args.model.load()?;
     let ids = loaded.tokenizer.encode(&prompt)?;
     let eos = loaded
         .config
@@ -492,7 +537,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if args.json {
         let mut out = summary(&g);
         out["prompt"] = json!(prompt);
-        out["model"] = json!(args.model.model.display().to_string());
+        out["model"] = json!(args.model.model.clone());
         out["activation"] = json!(describe(&loaded.model));
         out["seed"] = json!(seed);
         out["sampling"] = json!(params);
@@ -509,8 +554,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
     }
-    let opts = args.model.load_options()?;
-    let loaded = load(&args.model.model, &opts)?;
+    let loaded = args.model.load()?;
     let text = read_data(&args.data)?;
     let mut tokens = loaded
         .tokenizer
@@ -536,7 +580,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let main = diagnose(&loaded.model, &tokens, context)?;
     let to_json = |d: &Diagnosis| json!({"layers": d.layers, "head": d.head, "activation": d.activation, "layers_swapped": d.layers_swapped, "windows": d.windows});
     let mut out = to_json(&main);
-    out["model"] = json!(args.model.model.display().to_string());
+    out["model"] = json!(args.model.model.clone());
     out["data"] = json!(args.data.display().to_string());
     out["context"] = json!(context);
     out["tokens"] = json!(tokens.len());
@@ -600,7 +644,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.model.threads)?;
     let opts = args.model.load_options()?;
     let t0 = Instant::now();
-    let loaded = load(&args.model.model, &opts)?;
+    let loaded = args.model.load()?;
     let load_seconds = t0.elapsed().as_secs_f64();
     let text = read_data(&args.data)?;
     let t1 = Instant::now();
@@ -643,7 +687,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     let bits_per_byte = report.nll_sum / std::f64::consts::LN_2 / bytes as f64;
     if args.json {
         let out = json!({
-            "model": args.model.model.display().to_string(),
+            "model": args.model.model.clone(),
             "data": args.data.display().to_string(),
             "activation": plan.describe(),
             "original_activation": plan.original.name(),
@@ -682,7 +726,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     };
     println!(
         "model        {} ({} layers, {} layout, {} on {})",
-        args.model.model.display(),
+        loaded.files.source,
         cfg.n_layer,
         loaded.layout,
         args.model.dtype,

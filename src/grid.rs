@@ -3,7 +3,8 @@
 //! variant per layer).
 //!
 //! ```toml
-//! models = ["../models/shakespeare-gpt2"]   # paths relative to this file
+//! models = ["../models/shakespeare-gpt2"]   # paths relative to this file, or Hub ids
+//!                                           # ("gpt2", "openai-community/gpt2@<commit>")
 //! datasets = ["../data/shakespeare-val.txt"]
 //! context = 256                             # default: each model's n_positions
 //! stride = 128                              # default: context / 2
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::activation::Activation;
+use crate::checkpoint::ModelSpec;
 use crate::config::Gpt2Config;
 use crate::layers::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::runtime::{DeviceSpec, Precision};
@@ -102,7 +104,8 @@ pub struct Grid {
     pub path: PathBuf,
     /// The config file's text, copied into the manifest.
     pub text: String,
-    pub models: Vec<PathBuf>,
+    /// Local directories or Hub ids.
+    pub models: Vec<ModelSpec>,
     /// Each model's config (read while validating).
     pub model_configs: Vec<Gpt2Config>,
     pub datasets: Vec<PathBuf>,
@@ -188,17 +191,13 @@ impl Grid {
         let mut models = Vec::new();
         let mut model_configs = Vec::new();
         for m in raw.models.get_ref() {
-            let dir = resolve(m.get_ref());
-            let cfg_path = dir.join("config.json");
-            if !dir.is_dir() {
-                return Err(err(
-                    Some(m.span()),
-                    format!("models: directory {} does not exist", dir.display()),
-                ));
-            }
-            let cfg = Gpt2Config::from_file(&cfg_path)
-                .map_err(|e| err(Some(m.span()), format!("models: {e}")))?;
-            models.push(dir);
+            let spec = ModelSpec::parse(m.get_ref(), None, Some(base))
+                .map_err(|e| err(Some(m.span()), format!("models: {e:#}")))?;
+            let cfg = spec
+                .config_path()
+                .and_then(|p| Ok(Gpt2Config::from_file(&p)?))
+                .map_err(|e| err(Some(m.span()), format!("models: {e:#}")))?;
+            models.push(spec);
             model_configs.push(cfg);
         }
         if raw.datasets.get_ref().is_empty() {
@@ -210,13 +209,16 @@ impl Grid {
         let mut datasets = Vec::new();
         for d in raw.datasets.get_ref() {
             let p = resolve(d.get_ref());
-            if !p.is_file() {
+            if p.is_file() {
+                datasets.push(p);
+            } else if crate::text::is_data_name(d.get_ref()) {
+                datasets.push(PathBuf::from(d.get_ref()));
+            } else {
                 return Err(err(
                     Some(d.span()),
-                    format!("datasets: file {} does not exist", p.display()),
+                    format!("datasets: file {} does not exist, and {} is not a named dataset or an hf:ORG/NAME/path", p.display(), d.get_ref()),
                 ));
             }
-            datasets.push(p);
         }
         let positive =
             |v: &Option<Spanned<usize>>, key: &str| -> Result<Option<usize>, GridError> {

@@ -23,6 +23,8 @@ pub mod config;
 pub mod diagnose;
 pub mod generate;
 pub mod grid;
+pub mod hub;
+pub mod inspect;
 pub mod kernels;
 pub mod layers;
 pub mod load;

@@ -1,5 +1,5 @@
-//! One call from a checkpoint directory to a ready model: config, tokenizer, weights, and the
-//! activation plan applied at load time.
+//! One call from a checkpoint (its files found locally or fetched from the Hub) to a ready
+//! model: config, tokenizer, weights, and the activation plan applied at load time.
 
 use std::path::Path;
 
@@ -60,15 +60,19 @@ pub fn plan(
     Ok((config, plan))
 }
 
-/// Loads the model in `dir` with the options' activation swap.
+/// Loads the model in the local directory `dir` with the options' activation swap.
 pub fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Loaded> {
-    let files = CheckpointFiles::locate(dir)?;
+    load_files(CheckpointFiles::locate(dir)?, opts)
+}
+
+/// Loads a checkpoint whose files are known (see [`CheckpointFiles::resolve`]).
+pub fn load_files(files: CheckpointFiles, opts: &LoadOptions) -> anyhow::Result<Loaded> {
     let (config, plan) = plan(&files, opts)?;
-    let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
+    let tokenizer = TextTokenizer::load(&files.tokenizer)?;
     let store = TensorStore::open(&files.weights, opts.dtype, &opts.device)?;
     let layout = store.layout_name();
     let model = Gpt2::load(&config, plan, store)
-        .with_context(|| format!("loading weights from {}", dir.display()))?;
+        .with_context(|| format!("loading weights from {}", files.source))?;
     Ok(Loaded {
         model,
         tokenizer,
