@@ -22,7 +22,9 @@ use crate::hub::{self, Hub, RepoKind, RepoRef};
 pub enum LoadError {
     #[error("model {0}: no such directory, and not a Hub repo id (name or org/name)")]
     NoDir(String),
-    #[error("model {0} is a file; pass the checkpoint directory (config.json, weights, tokenizer)")]
+    #[error(
+        "model {0} is a file; pass the checkpoint directory (config.json, weights, tokenizer)"
+    )]
     NotADir(PathBuf),
     #[error("{place}: no {what} found")]
     MissingFile { place: String, what: &'static str },
@@ -236,7 +238,8 @@ impl ModelSpec {
             }
             (a, b) => a.or(b),
         };
-        if !hub::is_repo_id(id) || revision.is_some_and(|r| r.contains("..") || r.starts_with('/')) {
+        if !hub::is_repo_id(id) || revision.is_some_and(|r| r.contains("..") || r.starts_with('/'))
+        {
             return Err(LoadError::NoDir(path.display().to_string()).into());
         }
         Ok(ModelSpec::Hub(RepoRef::new(RepoKind::Model, id, revision)))
@@ -328,7 +331,11 @@ fn select<E: From<LoadError>>(
         Some(p) => TokenizerFiles::Json(p),
         None => match (get("vocab.json")?, get("merges.txt")?) {
             (Some(vocab), Some(merges)) => TokenizerFiles::VocabMerges { vocab, merges },
-            _ => return Err(missing("tokenizer (tokenizer.json, or vocab.json + merges.txt)")),
+            _ => {
+                return Err(missing(
+                    "tokenizer (tokenizer.json, or vocab.json + merges.txt)",
+                ))
+            }
         },
     };
     for (single, index_name, format) in WEIGHT_CHOICES {
@@ -454,6 +461,14 @@ impl TensorStore {
                 let (reader, headers) = read_pth_header(path)?;
                 pth.push(Some(reader));
                 headers
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "bin" || e == "pt" || e == "pth")
+            {
+                return Err(LoadError::Pickle {
+                    path: path.clone(),
+                    msg: "not a zip archive (a legacy torch < 1.6 file, or truncated); re-save it with a current torch or convert it to safetensors".into(),
+                });
             } else {
                 pth.push(None);
                 read_header(path)?
@@ -597,10 +612,11 @@ impl TensorStore {
 fn read_pth_header(
     path: &Path,
 ) -> Result<(candle_core::pickle::PthTensors, Vec<Entry>), LoadError> {
-    let reader = candle_core::pickle::PthTensors::new(path, None).map_err(|e| LoadError::Pickle {
-        path: path.to_path_buf(),
-        msg: e.to_string().lines().next().unwrap_or_default().to_string(),
-    })?;
+    let reader =
+        candle_core::pickle::PthTensors::new(path, None).map_err(|e| LoadError::Pickle {
+            path: path.to_path_buf(),
+            msg: e.to_string().lines().next().unwrap_or_default().to_string(),
+        })?;
     let mut out = Vec::new();
     for (key, info) in reader.tensor_infos() {
         let dtype = match info.dtype {

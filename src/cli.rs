@@ -11,10 +11,10 @@ use serde_json::json;
 
 use crate::ablation::{self, RunSettings, Shard};
 use crate::activation::Activation;
+use crate::checkpoint::CheckpointFiles;
 use crate::generate::{generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules};
 use crate::grid::{Grid, SortOrder};
 use crate::layers::{format_indices, LayerSpec};
-use crate::checkpoint::CheckpointFiles;
 use crate::load::{load_files, LoadOptions};
 use crate::perplexity::{perplexity, PplOptions};
 use crate::provenance;
@@ -726,11 +726,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     };
     println!(
         "model        {} ({} layers, {} layout, {} on {})",
-        loaded.files.source,
-        cfg.n_layer,
-        loaded.layout,
-        args.model.dtype,
-        args.model.device
+        loaded.files.source, cfg.n_layer, loaded.layout, args.model.dtype, args.model.device
     );
     println!("activation   {activation}");
     println!(

@@ -36,9 +36,12 @@ impl HubEnv {
     /// [`HubEnv::from_env`] over any variable lookup (for tests).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let cache = var("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| var("HOME").map(PathBuf::from).unwrap_or_default().join(".cache"));
+            let cache = var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                var("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+                    .join(".cache")
+            });
             cache.join("huggingface")
         });
         let cache = var("HF_HUB_CACHE")
@@ -384,7 +387,10 @@ impl Hub {
 
     fn not_cached(&self, repo: &RepoRef, what: String) -> HubError {
         let (why, hint) = if self.env.offline {
-            ("HF_HUB_OFFLINE is set", "; unset HF_HUB_OFFLINE to download it")
+            (
+                "HF_HUB_OFFLINE is set",
+                "; unset HF_HUB_OFFLINE to download it",
+            )
         } else {
             ("the Hub cannot be reached", "")
         };
@@ -459,7 +465,10 @@ impl Hub {
                         .flatten()
                 });
             // Drain the (one-byte) body so the connection can be reused.
-            let _ = resp.into_reader().take(1 << 16).read_to_end(&mut Vec::new());
+            let _ = resp
+                .into_reader()
+                .take(1 << 16)
+                .read_to_end(&mut Vec::new());
             return Ok(Metadata { commit, etag, size });
         }
         Err(HubError::Http {
@@ -469,9 +478,18 @@ impl Hub {
         })
     }
 
-    fn status_error(&self, repo: &RepoRef, url: &str, status: u16, resp: &ureq::Response) -> HubError {
+    fn status_error(
+        &self,
+        repo: &RepoRef,
+        url: &str,
+        status: u16,
+        resp: &ureq::Response,
+    ) -> HubError {
         let code = resp.header("X-Error-Code").unwrap_or_default().to_string();
-        let message = resp.header("X-Error-Message").unwrap_or_default().to_string();
+        let message = resp
+            .header("X-Error-Message")
+            .unwrap_or_default()
+            .to_string();
         let name = repo.id.clone();
         match code.as_str() {
             "RepoNotFound" => HubError::RepoNotFound {
@@ -487,7 +505,10 @@ impl Hub {
             "EntryNotFound" => {
                 // Remember it as huggingface_hub does, so the next run asks no more.
                 if let Some(commit) = resp.header("X-Repo-Commit").filter(|c| is_commit(c)) {
-                    let file = url.rsplit_once("/resolve/").map(|(_, rest)| rest).unwrap_or("");
+                    let file = url
+                        .rsplit_once("/resolve/")
+                        .map(|(_, rest)| rest)
+                        .unwrap_or("");
                     let file = file.split_once('/').map(|(_, f)| f).unwrap_or("");
                     if !file.is_empty() && !file.contains("..") {
                         let marker = self
@@ -542,13 +563,23 @@ impl Hub {
 
     /// Downloads the blob with hf-hub (progress bar on a terminal, resumable `.part` file,
     /// lock against concurrent downloads of the same blob).
-    fn download(&self, repo: &RepoRef, file: &str, meta: &Metadata, blob: &Path) -> Result<(), HubError> {
+    fn download(
+        &self,
+        repo: &RepoRef,
+        file: &str,
+        meta: &Metadata,
+        blob: &Path,
+    ) -> Result<(), HubError> {
         if self.announce {
             let size = meta
                 .size
                 .map(|n| format!(" ({})", human_bytes(n)))
                 .unwrap_or_default();
-            eprintln!("downloading {file} of {repo}{size}");
+            let kind = match repo.kind {
+                RepoKind::Model => "",
+                RepoKind::Dataset => "dataset ",
+            };
+            eprintln!("downloading {file} of {kind}{}{size}", repo.id);
         }
         // Pin the download to the commit the metadata named, so all files of one call agree.
         let pinned = RepoRef {
@@ -593,10 +624,7 @@ impl Hub {
         // hf-hub leaves its lock file and a ref named after the commit; huggingface_hub
         // keeps neither.
         let _ = std::fs::remove_file(blob.with_extension("lock"));
-        let stray_ref = self.repo_dir(repo).join("refs").join(&meta.commit);
-        if stray_ref.is_file() && repo.revision != meta.commit {
-            let _ = std::fs::remove_file(stray_ref);
-        }
+        let _ = std::fs::remove_file(self.repo_dir(repo).join("refs").join(&meta.commit));
         Ok(())
     }
 
@@ -655,7 +683,12 @@ fn cached_file(repo_dir: &Path, commit: &str, file: &str) -> Option<Fetched> {
 
 /// `snapshots/<commit>/<file>` → `../../blobs/<etag>` (relative symlink, as huggingface_hub
 /// makes it; a copy where symlinks are not available).
-fn link_snapshot(repo_dir: &Path, commit: &str, file: &str, blob: &Path) -> Result<PathBuf, HubError> {
+fn link_snapshot(
+    repo_dir: &Path,
+    commit: &str,
+    file: &str,
+    blob: &Path,
+) -> Result<PathBuf, HubError> {
     let pointer = repo_dir.join("snapshots").join(commit).join(file);
     let io = |source| HubError::Cache {
         path: pointer.clone(),
@@ -744,17 +777,28 @@ mod tests {
         assert_eq!(env.endpoint, "http://127.0.0.1:9");
         assert!(env.offline);
         assert_eq!(env.token.as_deref(), Some("hf_x"));
-        let env = HubEnv::from_vars(vars(&[("HF_HOME", "/h"), ("HF_HUB_CACHE", "/c"), ("HF_HUB_OFFLINE", "0")]));
+        let env = HubEnv::from_vars(vars(&[
+            ("HF_HOME", "/h"),
+            ("HF_HUB_CACHE", "/c"),
+            ("HF_HUB_OFFLINE", "0"),
+        ]));
         assert_eq!(env.cache, Path::new("/c"));
         assert!(!env.offline);
     }
 
     #[test]
     fn repo_ids_and_urls() {
-        for ok in ["gpt2", "openai-community/gpt2-medium", "a/b.c_d", "distilgpt2"] {
+        for ok in [
+            "gpt2",
+            "openai-community/gpt2-medium",
+            "a/b.c_d",
+            "distilgpt2",
+        ] {
             assert!(is_repo_id(ok), "{ok}");
         }
-        for bad in ["", "a/b/c", "../x", "a--b/c", "a/.x", "x.git", "a b", "/abs", "a/", "./m"] {
+        for bad in [
+            "", "a/b/c", "../x", "a--b/c", "a/.x", "x.git", "a b", "/abs", "a/", "./m",
+        ] {
             assert!(!is_repo_id(bad), "{bad}");
         }
         let r = RepoRef::new(RepoKind::Dataset, "org/set", Some("refs/pr/1"));
@@ -763,7 +807,10 @@ mod tests {
             r.url("http://h", "dir/a b.jsonl"),
             "http://h/datasets/org/set/resolve/refs%2Fpr%2F1/dir/a%20b.jsonl"
         );
-        assert_eq!(RepoRef::new(RepoKind::Model, "gpt2", None).folder_name(), "models--gpt2");
+        assert_eq!(
+            RepoRef::new(RepoKind::Model, "gpt2", None).folder_name(),
+            "models--gpt2"
+        );
         assert_eq!(origin_of("http://127.0.0.1:80/a/b"), "http://127.0.0.1:80");
         assert_eq!(percent_decode("a%20b/c%2F"), "a b/c/");
         assert_eq!(human_bytes(1536), "1.5 KiB");

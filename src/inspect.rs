@@ -61,7 +61,9 @@ pub fn inspect(files: &CheckpointFiles) -> anyhow::Result<Inspection> {
         if buffer {
             continue;
         }
-        *dtypes.entry(format!("{dtype:?}").to_uppercase()).or_insert(0) += 1;
+        *dtypes
+            .entry(format!("{dtype:?}").to_uppercase())
+            .or_insert(0) += 1;
         let tied_copy = config.tie_word_embeddings && key.ends_with("lm_head.weight");
         if !tied_copy {
             parameters += shape.iter().map(|&d| d as u64).product::<u64>();
@@ -71,8 +73,8 @@ pub fn inspect(files: &CheckpointFiles) -> anyhow::Result<Inspection> {
     for path in files.all_files() {
         let meta = std::fs::metadata(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let sha256 = sha256_file(path)
-            .map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
+        let sha256 =
+            sha256_file(path).map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
         let matches_hub = match &files.source {
             ModelSource::Hub { .. } => std::fs::read_link(path).ok().and_then(|target| {
                 let blob = target.file_name()?.to_string_lossy().to_string();
@@ -154,7 +156,10 @@ impl Inspection {
         let source = match &self.source {
             ModelSource::Local(p) => format!("{} (local directory)", p.display()),
             ModelSource::Hub { repo, commit } => {
-                format!("{} (Hub, revision {}, commit {commit})", repo.id, repo.revision)
+                format!(
+                    "{} (Hub, revision {}, commit {commit})",
+                    repo.id, repo.revision
+                )
             }
         };
         let dtypes: Vec<String> = self
@@ -242,7 +247,7 @@ fn group_thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

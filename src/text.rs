@@ -178,10 +178,18 @@ pub fn parse_hub_data(spec: &str) -> Result<(RepoRef, String), TextError> {
     if !crate::hub::is_repo_id(&id) {
         return Err(bad("ORG/NAME is not a valid Hub repo id"));
     }
-    if file.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(bad("the path in the repo must not contain empty, . or .. components"));
+    if file
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad(
+            "the path in the repo must not contain empty, . or .. components",
+        ));
     }
-    Ok((RepoRef::new(RepoKind::Dataset, &id, revision), file.to_string()))
+    Ok((
+        RepoRef::new(RepoKind::Dataset, &id, revision),
+        file.to_string(),
+    ))
 }
 
 /// A Hugging Face `tokenizer.json`, used without truncation, padding or added special tokens.

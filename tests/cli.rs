@@ -5,7 +5,7 @@ mod common;
 
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
-use common::{copy_checkpoint, edit_config, edit_weights, fixture};
+use common::{copy_checkpoint, edit_config, edit_weights, fixture, reference};
 use predicates::prelude::*;
 
 fn bin() -> Command {
@@ -209,14 +209,17 @@ fn missing_and_unreadable_checkpoint_files_are_rejected() {
     let d = fixture("sample.txt");
     fails_with(
         ppl(std::path::Path::new("/no/such/model"), &d),
-        "model directory /no/such/model does not exist",
+        "model /no/such/model: no such directory, and not a Hub repo id",
     );
     for (file, needle) in [
         ("config.json", "no config.json found"),
-        ("tokenizer.json", "no tokenizer.json found"),
+        (
+            "tokenizer.json",
+            "no tokenizer (tokenizer.json, or vocab.json + merges.txt) found",
+        ),
         (
             "model.safetensors",
-            "no weights (model.safetensors or model.safetensors.index.json) found",
+            "no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json) found",
         ),
     ] {
         let (_tmp, dir) = copy_checkpoint("tiny-gpt2");
@@ -247,6 +250,56 @@ fn truncated_and_corrupt_safetensors_are_rejected() {
     fails_with(ppl(&dir, &d), "header is not JSON");
     std::fs::write(&path, [255u8; 64]).unwrap();
     fails_with(ppl(&dir, &d), "does not fit in a 64-byte file");
+}
+
+#[test]
+fn pytorch_bin_checkpoints_load_and_broken_ones_are_rejected() {
+    // tiny-gpt2-bin: tiny-gpt2-hf's weights as pytorch_model.bin, tokenizer as vocab + merges.
+    let d = fixture("sample.txt");
+    let want = reference()["perplexity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["model"] == "tiny-gpt2-hf"
+                && e["activation"].is_null()
+                && e["context"] == 64
+                && e["stride"] == 32
+        })
+        .unwrap()["perplexity"]
+        .as_f64()
+        .unwrap();
+    let out = ppl(&fixture("tiny-gpt2-bin"), &d)
+        .args(["--context", "64", "--stride", "32", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = v["perplexity"].as_f64().unwrap();
+    assert!(((got - want) / want).abs() < 1e-7, "{got} vs {want}");
+
+    let (_tmp, dir) = copy_checkpoint("tiny-gpt2-bin");
+    let path = dir.join("pytorch_model.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        ppl(&dir, &d),
+        "pytorch_model.bin: not a readable PyTorch checkpoint",
+    );
+    std::fs::write(&path, b"\x80\x02legacy pickle").unwrap();
+    fails_with(
+        ppl(&dir, &d),
+        "not a zip archive (a legacy torch < 1.6 file, or truncated)",
+    );
+    std::fs::remove_file(dir.join("merges.txt")).unwrap();
+    fails_with(
+        ppl(&dir, &d),
+        "no tokenizer (tokenizer.json, or vocab.json + merges.txt) found",
+    );
 }
 
 #[test]

@@ -64,3 +64,4 @@ pub fn max_abs_diff(got: &[f32], want: &[f64]) -> (f64, usize) {
             |m, v| if v.0 > m.0 || v.0.is_nan() { v } else { m },
         )
 }
+pub mod hub_server;
