@@ -227,6 +227,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             },
             "models": grid.models.iter().zip(&models).zip(&grid.model_configs).map(|((p, m), cfg)| json!({
                 "path": p.display().to_string(),
+                "source": m.files.source.to_json(),
                 "n_layer": cfg.n_layer,
                 "activation": cfg.activation_function,
                 "files": m.file_info,

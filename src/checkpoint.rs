@@ -78,6 +78,20 @@ pub enum ModelSource {
     Hub { repo: RepoRef, commit: String },
 }
 
+impl ModelSource {
+    /// For result files: where the weights came from, with the Hub commit when there is one.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ModelSource::Local(p) => {
+                serde_json::json!({"kind": "local", "path": p.display().to_string()})
+            }
+            ModelSource::Hub { repo, commit } => serde_json::json!({
+                "kind": "hub", "id": repo.id, "revision": repo.revision, "commit": commit,
+            }),
+        }
+    }
+}
+
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

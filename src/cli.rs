@@ -327,6 +327,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     d.description
                 );
             }
+            println!(
+                "\nAlso: any UTF-8 text file; a .jsonl file (one {{\"text\": ...}} per line); or\n\
+                 hf:ORG/NAME[@REV]/path/in/repo, a text or JSONL file of a Hub dataset repo."
+            );
             Ok(())
         }
         Command::Merge(args) => run_merge(args),
@@ -538,6 +542,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         let mut out = summary(&g);
         out["prompt"] = json!(prompt);
         out["model"] = json!(args.model.model.clone());
+        out["model_source"] = loaded.files.source.to_json();
         out["activation"] = json!(describe(&loaded.model));
         out["seed"] = json!(seed);
         out["sampling"] = json!(params);
@@ -581,6 +586,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let to_json = |d: &Diagnosis| json!({"layers": d.layers, "head": d.head, "activation": d.activation, "layers_swapped": d.layers_swapped, "windows": d.windows});
     let mut out = to_json(&main);
     out["model"] = json!(args.model.model.clone());
+    out["model_source"] = loaded.files.source.to_json();
     out["data"] = json!(args.data.display().to_string());
     out["context"] = json!(context);
     out["tokens"] = json!(tokens.len());
@@ -688,6 +694,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     if args.json {
         let out = json!({
             "model": args.model.model.clone(),
+            "model_source": loaded.files.source.to_json(),
             "data": args.data.display().to_string(),
             "activation": plan.describe(),
             "original_activation": plan.original.name(),

@@ -116,12 +116,7 @@ pub fn inspect(files: &CheckpointFiles) -> anyhow::Result<Inspection> {
 
 impl Inspection {
     pub fn to_json(&self) -> Value {
-        let source = match &self.source {
-            ModelSource::Local(p) => json!({"kind": "local", "path": p.display().to_string()}),
-            ModelSource::Hub { repo, commit } => json!({
-                "kind": "hub", "id": repo.id, "revision": repo.revision, "commit": commit,
-            }),
-        };
+        let source = self.source.to_json();
         let c = &self.config;
         json!({
             "source": source,
