@@ -594,6 +594,9 @@ impl Hub {
         };
         let mut waited = 0u32;
         loop {
+            if waited > 0 && blob.is_file() {
+                break; // the other process finished it
+            }
             match api_repo.download(file) {
                 Ok(_) => break,
                 // Another process holds the blob's lock: wait for its download to land.
@@ -603,9 +606,6 @@ impl Hub {
                     }
                     std::thread::sleep(Duration::from_secs(2));
                     waited += 2;
-                    if blob.is_file() {
-                        break;
-                    }
                 }
                 Err(hf_hub::api::sync::ApiError::RequestError(e)) => {
                     return Err(match *e {

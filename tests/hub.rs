@@ -35,7 +35,11 @@ impl Env {
 
     /// The binary with the HF environment pointing at `endpoint` and this cache only.
     fn cmd(&self, endpoint: &str) -> Command {
-        let mut c = Command::cargo_bin("gpt-ablate").unwrap();
+        Command::from_std(self.std_cmd(endpoint))
+    }
+
+    fn std_cmd(&self, endpoint: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("gpt-ablate"));
         for k in [
             "HF_TOKEN",
             "HUGGING_FACE_HUB_TOKEN",
@@ -451,6 +455,46 @@ fn sharded_safetensors_and_renamed_repos() {
         &run_json(env.cmd(&server.url()).args(ppl_args("old-name", &data))).0,
         want,
     );
+}
+
+#[test]
+fn concurrent_runs_share_one_cache_safely() {
+    // Slurm array shards start together on one cache: every one must get intact files.
+    let server = HubServer::start(vec![FakeRepo::model("org/tiny").commit_dir(
+        C1,
+        &fixture("tiny-gpt2"),
+        &["main"],
+    )]);
+    server.set_body_delay(std::time::Duration::from_millis(300));
+    let env = Env::new();
+    let data = fixture("sample.txt");
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            env.std_cmd(&server.url())
+                .args(ppl_args("org/tiny", &data))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let want = reference_ppl("tiny-gpt2");
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_close(&v, want);
+    }
+    let blobs = env.repo_dir("models--org--tiny").join("blobs");
+    let names: Vec<String> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
 }
 
 #[test]

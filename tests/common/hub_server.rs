@@ -109,6 +109,8 @@ struct State {
     requests: Vec<String>,
     /// Full downloads per file name (requests for more than the first byte).
     downloads: HashMap<String, usize>,
+    /// Pause before sending a file body (to make concurrent downloads overlap).
+    body_delay: Duration,
 }
 
 pub struct HubServer {
@@ -180,6 +182,11 @@ impl HubServer {
             .get(file)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Pause this long before each file body from now on.
+    pub fn set_body_delay(&self, d: Duration) {
+        self.state.lock().unwrap().body_delay = d;
     }
 
     pub fn total_downloads(&self) -> usize {
@@ -268,11 +275,14 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();
-    let reply = {
+    let (reply, delay) = {
         let mut st = state.lock().unwrap();
         st.requests.push(request_line.clone());
-        route(&mut st, &target, &headers)
+        (route(&mut st, &target, &headers), st.body_delay)
     };
+    if reply.body.len() > 1 {
+        std::thread::sleep(delay);
+    }
     let mut out = stream;
     let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reply.reason);
     for (k, v) in &reply.headers {
