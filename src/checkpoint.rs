@@ -252,9 +252,13 @@ impl ModelSpec {
             }
             (a, b) => a.or(b),
         };
-        if !hub::is_repo_id(id) || revision.is_some_and(|r| r.contains("..") || r.starts_with('/'))
-        {
+        if !hub::is_repo_id(id) {
             return Err(LoadError::NoDir(path.display().to_string()).into());
+        }
+        if let Some(rev) = revision.filter(|r| !hub::is_revision(r)) {
+            anyhow::bail!(
+                "model {spec}: '{rev}' is not a valid revision (a branch, tag or commit)"
+            );
         }
         Ok(ModelSpec::Hub(RepoRef::new(RepoKind::Model, id, revision)))
     }

@@ -559,8 +559,8 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
     }
+    let text = read_data(&args.data)?; // before a possibly long model download
     let loaded = args.model.load()?;
-    let text = read_data(&args.data)?;
     let mut tokens = loaded
         .tokenizer
         .encode(&text)
@@ -649,10 +649,10 @@ fn print_rows(rows: &[crate::results::Row], order: SortOrder, json: bool) -> any
 fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.model.threads)?;
     let opts = args.model.load_options()?;
+    let text = read_data(&args.data)?; // before a possibly long model download
     let t0 = Instant::now();
     let loaded = args.model.load()?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    let text = read_data(&args.data)?;
     let t1 = Instant::now();
     let tokens = loaded
         .tokenizer

@@ -179,6 +179,20 @@ pub fn is_repo_id(id: &str) -> bool {
         && !id.ends_with(".git")
 }
 
+/// Whether a revision is usable as a branch, tag or commit name: non-empty, no `..`
+/// component, no leading `/`, no backslash or control characters (it becomes a path under
+/// `refs/` in the cache).
+pub fn is_revision(rev: &str) -> bool {
+    !rev.is_empty()
+        && rev.len() <= 256
+        && !rev.starts_with('/')
+        && !rev.ends_with('/')
+        && !rev
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        && !rev.chars().any(|c| c == '\\' || c.is_control())
+}
+
 /// Whether a revision names a commit (40 hex digits).
 pub fn is_commit(revision: &str) -> bool {
     revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
@@ -277,7 +291,10 @@ impl Hub {
         let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(env.cache.clone()))
             .with_endpoint(env.endpoint.clone())
             .with_token(env.token.clone())
-            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_progress(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("HF_HUB_DISABLE_PROGRESS_BARS").is_none(),
+            )
             .with_retries(3)
             .with_user_agent("gpt-ablate", env!("CARGO_PKG_VERSION"))
             .build()

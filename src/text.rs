@@ -178,6 +178,9 @@ pub fn parse_hub_data(spec: &str) -> Result<(RepoRef, String), TextError> {
     if !crate::hub::is_repo_id(&id) {
         return Err(bad("ORG/NAME is not a valid Hub repo id"));
     }
+    if revision.is_some_and(|r| !crate::hub::is_revision(r)) {
+        return Err(bad("the @revision is not a valid branch, tag or commit"));
+    }
     if file
         .split('/')
         .any(|c| c.is_empty() || c == "." || c == "..")
