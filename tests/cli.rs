@@ -5,7 +5,7 @@ mod common;
 
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
-use common::{copy_checkpoint, edit_config, edit_weights, fixture, reference};
+use common::{copy_checkpoint, edit_config, edit_weights, fixture, reference_ppl, run_json};
 use predicates::prelude::*;
 
 fn bin() -> Command {
@@ -120,16 +120,9 @@ fn swap_is_reported_in_json_and_text() {
 #[test]
 fn f16_compute_runs_close_to_f32() {
     let get = |dtype: &str| -> f64 {
-        let out = ppl(&fixture("tiny-gpt2"), &fixture("sample.txt"))
-            .args(["--dtype", dtype, "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (v, _) = run_json(
+            ppl(&fixture("tiny-gpt2"), &fixture("sample.txt")).args(["--dtype", dtype, "--json"]),
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["perplexity"].as_f64().unwrap()
     };
     let f32_ppl = get("f32");
@@ -256,29 +249,14 @@ fn truncated_and_corrupt_safetensors_are_rejected() {
 fn pytorch_bin_checkpoints_load_and_broken_ones_are_rejected() {
     // tiny-gpt2-bin: tiny-gpt2-hf's weights as pytorch_model.bin, tokenizer as vocab + merges.
     let d = fixture("sample.txt");
-    let want = reference()["perplexity"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| {
-            e["model"] == "tiny-gpt2-hf"
-                && e["activation"].is_null()
-                && e["context"] == 64
-                && e["stride"] == 32
-        })
-        .unwrap()["perplexity"]
-        .as_f64()
-        .unwrap();
-    let out = ppl(&fixture("tiny-gpt2-bin"), &d)
-        .args(["--context", "64", "--stride", "32", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = reference_ppl("tiny-gpt2-hf", 64, 32);
+    let (v, _) = run_json(ppl(&fixture("tiny-gpt2-bin"), &d).args([
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--json",
+    ]));
     let got = v["perplexity"].as_f64().unwrap();
     assert!(((got - want) / want).abs() < 1e-7, "{got} vs {want}");
 

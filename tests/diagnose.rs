@@ -4,7 +4,7 @@
 mod common;
 
 use assert_cmd::Command;
-use common::fixture;
+use common::{fixture, run_json};
 use gpt_ablate::activation::Activation;
 use gpt_ablate::diagnose::diagnose;
 use gpt_ablate::load::{load, LoadOptions};
@@ -99,32 +99,26 @@ fn diagnostics_match_pytorch() {
 #[test]
 fn cli_reports_json_charts_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("gpt-ablate")
-        .unwrap()
-        .args([
-            "diagnose",
-            "--context",
-            "64",
-            "--max-tokens",
-            "300",
-            "--activation",
-            "sigmoid",
-            "--json",
-            "--out",
-        ])
-        .arg(tmp.path())
-        .arg("--model")
-        .arg(fixture("tiny-gpt2"))
-        .arg("--data")
-        .arg(fixture("sample.txt"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (v, _) = run_json(
+        Command::cargo_bin("gpt-ablate")
+            .unwrap()
+            .args([
+                "diagnose",
+                "--context",
+                "64",
+                "--max-tokens",
+                "300",
+                "--activation",
+                "sigmoid",
+                "--json",
+                "--out",
+            ])
+            .arg(tmp.path())
+            .arg("--model")
+            .arg(fixture("tiny-gpt2"))
+            .arg("--data")
+            .arg(fixture("sample.txt")),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in ["layers", "head", "activation", "layers_swapped", "original"] {
         assert!(v.get(key).is_some(), "missing {key}");
     }

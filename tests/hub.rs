@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use common::hub_server::{etag_of, sha256_hex, FakeRepo, HubServer};
-use common::{fixture, reference};
+use common::{fixture, run_json};
 
 const C1: &str = "1111111111111111111111111111111111111111";
 const C2: &str = "2222222222222222222222222222222222222222";
@@ -80,20 +80,6 @@ fn ppl_args(model: &str, data: &Path) -> Vec<String> {
     .collect()
 }
 
-/// Runs, expects success, returns the JSON on stdout (and stderr for messages).
-fn run_json(cmd: &mut Command) -> (serde_json::Value, String) {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "failed:\n{stderr}");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    (v, stderr)
-}
-
 /// Expects failure with `needle` in a single-line stderr.
 fn fails_with(cmd: &mut Command, needle: &str) {
     let out = cmd.output().unwrap();
@@ -124,21 +110,7 @@ fn fails_with(cmd: &mut Command, needle: &str) {
 
 /// transformers' perplexity of a fixture model on sample.txt (context 64, stride 32).
 fn reference_ppl(model: &str) -> f64 {
-    let r = reference();
-    r["perplexity"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| {
-            e["model"] == model
-                && e["activation"].is_null()
-                && e["context"] == 64
-                && e["stride"] == 32
-                && e["data"] == "sample.txt"
-        })
-        .unwrap_or_else(|| panic!("no reference for {model}"))["perplexity"]
-        .as_f64()
-        .unwrap()
+    common::reference_ppl(model, 64, 32)
 }
 
 fn assert_close(got: &serde_json::Value, want: f64) {
@@ -530,18 +502,12 @@ fn pytorch_bin_and_vocab_merges_fallbacks_work_online_and_offline() {
     assert_close(&run_json(&mut c).0, want);
 
     // inspect says what it found.
-    let out = env
-        .cmd(&url)
-        .env("HF_HUB_OFFLINE", "1")
-        .args(["inspect", "--model", "org/legacy", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (v, _) = run_json(env.cmd(&url).env("HF_HUB_OFFLINE", "1").args([
+        "inspect",
+        "--model",
+        "org/legacy",
+        "--json",
+    ]));
     assert_eq!(v["weights"]["format"], "pytorch (pickle)");
     assert_eq!(
         v["tokenizer"]["files"],

@@ -23,6 +23,38 @@ pub fn reference() -> serde_json::Value {
     r
 }
 
+/// transformers' perplexity of a fixture model (original activation) on sample.txt.
+pub fn reference_ppl(model: &str, context: u64, stride: u64) -> f64 {
+    reference()["perplexity"]
+        .as_array()
+        .expect("perplexity list")
+        .iter()
+        .find(|e| {
+            e["model"] == model
+                && e["activation"].is_null()
+                && e["context"] == context
+                && e["stride"] == stride
+                && e["data"] == "sample.txt"
+        })
+        .unwrap_or_else(|| panic!("no reference for {model} c{context} s{stride}"))["perplexity"]
+        .as_f64()
+        .expect("a number")
+}
+
+/// Runs `cmd`, which must succeed, and parses its stdout as JSON; also returns stderr.
+pub fn run_json(cmd: &mut assert_cmd::Command) -> (serde_json::Value, String) {
+    let out = cmd.output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "failed:\n{stderr}");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (v, stderr)
+}
+
 /// Copies a fixture checkpoint directory into a fresh temporary directory.
 pub fn copy_checkpoint(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
