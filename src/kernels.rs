@@ -220,19 +220,14 @@ pub fn causal_attention_composed(
     let scores = qh
         .to_dtype(DType::F32)?
         .matmul(&kh.to_dtype(DType::F32)?.t()?)?; // (b, h, tq, tk)
+    // The causal mask, made on the scores' device (0 where key j ≤ offset + query i, else
+    // -1e30, whose exp is exactly 0 like -inf's): building it on the host and copying it
+    // over for every layer cost a GPU forward more than the matmuls did.
     let offset = tk - tq;
-    let mask: Vec<f32> = (0..tq)
-        .flat_map(|i| {
-            (0..tk).map(move |j| {
-                if j <= offset + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (tq, tk), scores.device())?;
+    let dev = scores.device();
+    let query_pos = Tensor::arange(offset as u32, (offset + tq) as u32, dev)?.reshape((tq, 1))?;
+    let key_pos = Tensor::arange(0u32, tk as u32, dev)?.reshape((1, tk))?;
+    let mask = (key_pos.broadcast_gt(&query_pos)?.to_dtype(DType::F32)? * -1e30)?;
     let masked = (scores * scale)?.broadcast_add(&mask)?;
     let probs = if differentiable {
         candle_nn::ops::softmax(&masked, D::Minus1)?
