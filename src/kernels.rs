@@ -220,9 +220,9 @@ pub fn causal_attention_composed(
     let scores = qh
         .to_dtype(DType::F32)?
         .matmul(&kh.to_dtype(DType::F32)?.t()?)?; // (b, h, tq, tk)
-    // The causal mask, made on the scores' device (0 where key j ≤ offset + query i, else
-    // -1e30, whose exp is exactly 0 like -inf's): building it on the host and copying it
-    // over for every layer cost a GPU forward more than the matmuls did.
+                                                  // The causal mask, made on the scores' device (0 where key j ≤ offset + query i, else
+                                                  // -1e30, whose exp is exactly 0 like -inf's): building it on the host and copying it
+                                                  // over for every layer cost a GPU forward more than the matmuls did.
     let offset = tk - tq;
     let dev = scores.device();
     let query_pos = Tensor::arange(offset as u32, (offset + tq) as u32, dev)?.reshape((tq, 1))?;

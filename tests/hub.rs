@@ -422,6 +422,19 @@ fn sharded_safetensors_and_renamed_repos() {
         .join(C1)
         .join("model.safetensors")
         .exists());
+    // HF_HUB_CACHE moves the hub cache away from $HF_HOME/hub.
+    let elsewhere = tempfile::tempdir().unwrap();
+    run_json(
+        env.cmd(&server.url())
+            .env("HF_HUB_CACHE", elsewhere.path())
+            .args(ppl_args("org/sharded", &data)),
+    );
+    assert!(elsewhere
+        .path()
+        .join("models--org--sharded/snapshots")
+        .join(C1)
+        .join("model-00002-of-00002.safetensors")
+        .is_file());
     // A renamed repo redirects (relative 307) to its new name.
     assert_close(
         &run_json(env.cmd(&server.url()).args(ppl_args("old-name", &data))).0,
