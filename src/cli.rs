@@ -67,12 +67,8 @@ HF_ENDPOINT, HF_HUB_OFFLINE=1 (cache only).";
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Checkpoint directory or Hub id (ID@REV pins a revision).
-    #[arg(long, value_name = "DIR|ID")]
-    pub model: String,
-    /// Hub revision (branch, tag or commit).
-    #[arg(long, value_name = "REV")]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub source: ModelRefArgs,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
@@ -143,9 +139,10 @@ pub struct RunArgs {
 pub struct DiagnoseArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text file (or a named dataset: wikitext-2, shakespeare-val), tokenized as one
-    /// string without special tokens.
-    #[arg(long, value_name = "FILE")]
+    /// UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) or
+    /// hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without
+    /// special tokens.
+    #[arg(long, value_name = "FILE|NAME|hf:…")]
     pub data: PathBuf,
     /// Tokens per (non-overlapping) window (default: the model's n_positions).
     #[arg(long, value_name = "N")]
@@ -239,9 +236,9 @@ Examples:
   gpt-ablate perplexity --model DIR --data data/wikitext-2-raw-test.txt \\
       --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json";
 
-/// Options shared by every command that loads a model.
+/// Which checkpoint: `--model` and `--revision`.
 #[derive(Debug, Args)]
-pub struct ModelArgs {
+pub struct ModelRefArgs {
     /// Checkpoint directory in Hugging Face format (config.json; model.safetensors, a sharded
     /// index or pytorch_model.bin; tokenizer.json or vocab.json + merges.txt), or a Hub id such
     /// as gpt2 or openai-community/gpt2-medium (fetched into the Hugging Face cache; ID@REV
@@ -251,6 +248,20 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit) of a Hub --model.
     #[arg(long, value_name = "REV")]
     pub revision: Option<String>,
+}
+
+impl ModelRefArgs {
+    /// Finds (local) or fetches (Hub) the checkpoint's files.
+    pub fn files(&self) -> anyhow::Result<CheckpointFiles> {
+        CheckpointFiles::resolve(&self.model, self.revision.as_deref())
+    }
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub source: ModelRefArgs,
     /// Activation to put in the MLPs at load time (gelu_new, gelu, relu, silu, sigmoid, tanh,
     /// identity, ...); default: the checkpoint's own.
     #[arg(long, value_name = "NAME")]
@@ -272,8 +283,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Finds or fetches the checkpoint and loads it with the swap.
     fn load(&self) -> anyhow::Result<crate::load::Loaded> {
-        let files = CheckpointFiles::resolve(&self.model, self.revision.as_deref())?;
-        load_files(files, &self.load_options()?)
+        load_files(self.source.files()?, &self.load_options()?)
     }
 
     fn load_options(&self) -> anyhow::Result<LoadOptions> {
@@ -290,9 +300,10 @@ impl ModelArgs {
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text file (or a named dataset: wikitext-2, shakespeare-val), tokenized as one
-    /// string without special tokens.
-    #[arg(long, value_name = "FILE")]
+    /// UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) or
+    /// hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without
+    /// special tokens.
+    #[arg(long, value_name = "FILE|NAME|hf:…")]
     pub data: PathBuf,
     /// Tokens per window (default: the model's n_positions).
     #[arg(long, value_name = "N")]
@@ -335,8 +346,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Merge(args) => run_merge(args),
         Command::Inspect(args) => {
-            let files = CheckpointFiles::resolve(&args.model, args.revision.as_deref())?;
-            let report = crate::inspect::inspect(&files)?;
+            let report = crate::inspect::inspect(&args.source.files()?)?;
             if args.json {
                 println!("{}", report.to_json());
             } else {
@@ -541,7 +551,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if args.json {
         let mut out = summary(&g);
         out["prompt"] = json!(prompt);
-        out["model"] = json!(args.model.model.clone());
+        out["model"] = json!(args.model.source.model.clone());
         out["model_source"] = loaded.files.source.to_json();
         out["activation"] = json!(describe(&loaded.model));
         out["seed"] = json!(seed);
@@ -585,7 +595,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let main = diagnose(&loaded.model, &tokens, context)?;
     let to_json = |d: &Diagnosis| json!({"layers": d.layers, "head": d.head, "activation": d.activation, "layers_swapped": d.layers_swapped, "windows": d.windows});
     let mut out = to_json(&main);
-    out["model"] = json!(args.model.model.clone());
+    out["model"] = json!(args.model.source.model.clone());
     out["model_source"] = loaded.files.source.to_json();
     out["data"] = json!(args.data.display().to_string());
     out["context"] = json!(context);
@@ -693,7 +703,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     let bits_per_byte = report.nll_sum / std::f64::consts::LN_2 / bytes as f64;
     if args.json {
         let out = json!({
-            "model": args.model.model.clone(),
+            "model": args.model.source.model.clone(),
             "model_source": loaded.files.source.to_json(),
             "data": args.data.display().to_string(),
             "activation": plan.describe(),
