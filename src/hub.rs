@@ -615,7 +615,20 @@ impl Hub {
                 break; // the other process finished it
             }
             match api_repo.download(file) {
-                Ok(_) => break,
+                Ok(pointer) => {
+                    // hf-hub names the blob by the ETag as sent; a weak ETag (`W/"…"`, which
+                    // huggingface_hub normalises) would land elsewhere: move it to its name.
+                    if let Ok(real) = std::fs::canonicalize(&pointer) {
+                        if !blob.is_file() && real.is_file() && std::fs::rename(&real, blob).is_ok()
+                        {
+                            let _ = std::fs::remove_file(real.with_extension("lock"));
+                            if let Some(dir) = real.parent() {
+                                let _ = std::fs::remove_dir(dir); // only if empty
+                            }
+                        }
+                    }
+                    break;
+                }
                 // Another process holds the blob's lock: wait for its download to land.
                 Err(hf_hub::api::sync::ApiError::LockAcquisition(_)) if waited < 3600 => {
                     if waited == 0 {

@@ -435,6 +435,25 @@ fn sharded_safetensors_and_renamed_repos() {
         .join(C1)
         .join("model-00002-of-00002.safetensors")
         .is_file());
+    // Weak ETags (W/"…") name the same blobs as strong ones.
+    let weak = HubServer::start(vec![FakeRepo::model("org/weak")
+        .commit_dir(C1, &fixture("tiny-gpt2"), &["main"])
+        .with_weak_etags()]);
+    assert_close(
+        &run_json(env.cmd(&weak.url()).args(ppl_args("org/weak", &data))).0,
+        reference_ppl("tiny-gpt2"),
+    );
+    let mut blobs: Vec<String> = std::fs::read_dir(env.repo_dir("models--org--weak").join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    blobs.sort();
+    let mut want_blobs: Vec<String> = ["config.json", "tokenizer.json", "model.safetensors"]
+        .iter()
+        .map(|n| etag_of(n, &std::fs::read(fixture("tiny-gpt2").join(n)).unwrap()))
+        .collect();
+    want_blobs.sort();
+    assert_eq!(blobs, want_blobs);
     // A renamed repo redirects (relative 307) to its new name.
     assert_close(
         &run_json(env.cmd(&server.url()).args(ppl_args("old-name", &data))).0,

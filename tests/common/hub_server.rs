@@ -28,6 +28,8 @@ pub struct FakeRepo {
     pub refs: HashMap<String, String>,
     /// Gated: only this bearer token gets in.
     pub token: Option<String>,
+    /// Send weak ETags (`W/"…"`) for non-LFS files, as some proxies and mirrors do.
+    pub weak_etags: bool,
 }
 
 impl FakeRepo {
@@ -69,6 +71,11 @@ impl FakeRepo {
         for r in refs {
             self.refs.insert(r.to_string(), commit.to_string());
         }
+        self
+    }
+
+    pub fn with_weak_etags(mut self) -> Self {
+        self.weak_etags = true;
         self
     }
 
@@ -347,7 +354,14 @@ fn route(st: &mut State, target: &str, headers: &HashMap<String, String>) -> Rep
     let etag = etag_of(&file, bytes);
     let mut h = vec![
         ("X-Repo-Commit".to_string(), commit.clone()),
-        ("ETag".to_string(), format!("\"{etag}\"")),
+        (
+            "ETag".to_string(),
+            if repo.weak_etags && !is_lfs(&file) {
+                format!("W/\"{etag}\"")
+            } else {
+                format!("\"{etag}\"")
+            },
+        ),
         ("Accept-Ranges".to_string(), "bytes".to_string()),
     ];
     if is_lfs(&file) {
