@@ -286,9 +286,11 @@ impl ModelSpec {
 
     fn hub_context(&self, e: anyhow::Error) -> anyhow::Error {
         // `models/gpt2` may be a mistyped local path rather than a Hub id.
-        let first = self.to_string();
-        let first = first.split('/').next().unwrap_or_default();
-        if self.to_string().contains('/') && Path::new(first).is_dir() {
+        let typed = self.to_string();
+        let mistyped_path = typed
+            .split_once('/')
+            .is_some_and(|(first, _)| Path::new(first).is_dir());
+        if mistyped_path {
             e.context(format!("model {self}: no such local directory; on the Hub"))
         } else {
             e.context(format!("model {self}"))

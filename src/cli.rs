@@ -135,14 +135,16 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
+/// `--data` of the commands that score text.
+const DATA_HELP: &str = "UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) \
+    or hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without special \
+    tokens.";
+
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) or
-    /// hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without
-    /// special tokens.
-    #[arg(long, value_name = "FILE|NAME|hf:…")]
+    #[arg(long, value_name = "FILE|NAME|hf:…", help = DATA_HELP)]
     pub data: PathBuf,
     /// Tokens per (non-overlapping) window (default: the model's n_positions).
     #[arg(long, value_name = "N")]
@@ -300,10 +302,7 @@ impl ModelArgs {
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) or
-    /// hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without
-    /// special tokens.
-    #[arg(long, value_name = "FILE|NAME|hf:…")]
+    #[arg(long, value_name = "FILE|NAME|hf:…", help = DATA_HELP)]
     pub data: PathBuf,
     /// Tokens per window (default: the model's n_positions).
     #[arg(long, value_name = "N")]

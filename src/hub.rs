@@ -275,8 +275,6 @@ pub struct Hub {
     agent: ureq::Agent,
     api: hf_hub::api::sync::Api,
     fell_back: Cell<bool>,
-    /// Print a line per download (stderr); the progress bar shows only on a terminal.
-    announce: bool,
 }
 
 impl Hub {
@@ -304,16 +302,11 @@ impl Hub {
             agent,
             api,
             fell_back: Cell::new(false),
-            announce: true,
         }
     }
 
     pub fn from_env() -> Self {
         Self::new(HubEnv::from_env())
-    }
-
-    pub fn env(&self) -> &HubEnv {
-        &self.env
     }
 
     /// The cache folder of `repo`.
@@ -355,8 +348,7 @@ impl Hub {
                 return Ok(None);
             }
         }
-        let url = repo.url(&self.env.endpoint, file);
-        let meta = match self.metadata(repo, &url) {
+        let meta = match self.metadata(repo, file) {
             Ok(m) => m,
             Err(HubError::EntryNotFound { .. }) => return Ok(None),
             Err(HubError::Network { endpoint, cause }) => {
@@ -423,8 +415,8 @@ impl Hub {
     /// `Range: bytes=0-0` request for one file, following only relative redirects (renamed
     /// repos); the commit and blob come from the `X-Repo-Commit` and `X-Linked-Etag`/`ETag`
     /// headers, the size from `X-Linked-Size` or `Content-Range`.
-    fn metadata(&self, repo: &RepoRef, url: &str) -> Result<Metadata, HubError> {
-        let mut url = url.to_string();
+    fn metadata(&self, repo: &RepoRef, file: &str) -> Result<Metadata, HubError> {
+        let mut url = repo.url(&self.env.endpoint, file);
         for _ in 0..5 {
             let mut req = self.agent.get(&url).set("Range", "bytes=0-0");
             if let Some(t) = &self.env.token {
@@ -434,7 +426,7 @@ impl Hub {
                 Ok(r) => r,
                 Err(ureq::Error::Status(status, resp)) if (300..400).contains(&status) => resp,
                 Err(ureq::Error::Status(status, resp)) => {
-                    return Err(self.status_error(repo, &url, status, &resp))
+                    return Err(self.status_error(repo, file, &url, status, &resp))
                 }
                 Err(ureq::Error::Transport(t)) => {
                     return Err(HubError::Network {
@@ -498,6 +490,7 @@ impl Hub {
     fn status_error(
         &self,
         repo: &RepoRef,
+        file: &str,
         url: &str,
         status: u16,
         resp: &ureq::Response,
@@ -522,17 +515,12 @@ impl Hub {
             "EntryNotFound" => {
                 // Remember it as huggingface_hub does, so the next run asks no more.
                 if let Some(commit) = resp.header("X-Repo-Commit").filter(|c| is_commit(c)) {
-                    let file = url
-                        .rsplit_once("/resolve/")
-                        .map(|(_, rest)| rest)
-                        .unwrap_or("");
-                    let file = file.split_once('/').map(|(_, f)| f).unwrap_or("");
-                    if !file.is_empty() && !file.contains("..") {
+                    if !file.split('/').any(|c| c.is_empty() || c == "..") {
                         let marker = self
                             .repo_dir(repo)
                             .join(".no_exist")
                             .join(commit.to_ascii_lowercase())
-                            .join(percent_decode(file));
+                            .join(file);
                         if let Some(parent) = marker.parent() {
                             let _ = std::fs::create_dir_all(parent);
                             let _ = std::fs::write(&marker, b"");
@@ -587,17 +575,16 @@ impl Hub {
         meta: &Metadata,
         blob: &Path,
     ) -> Result<(), HubError> {
-        if self.announce {
-            let size = meta
-                .size
-                .map(|n| format!(" ({})", human_bytes(n)))
-                .unwrap_or_default();
-            let kind = match repo.kind {
-                RepoKind::Model => "",
-                RepoKind::Dataset => "dataset ",
-            };
-            eprintln!("downloading {file} of {kind}{}{size}", repo.id);
-        }
+        // A line per download, also in logs (the progress bar shows only on a terminal).
+        let size = meta
+            .size
+            .map(|n| format!(" ({})", human_bytes(n)))
+            .unwrap_or_default();
+        let kind = match repo.kind {
+            RepoKind::Model => "",
+            RepoKind::Dataset => "dataset ",
+        };
+        eprintln!("downloading {file} of {kind}{}{size}", repo.id);
         // Pin the download to the commit the metadata named, so all files of one call agree.
         let pinned = RepoRef {
             revision: meta.commit.clone(),
@@ -644,7 +631,8 @@ impl Hub {
                             cause: t.to_string(),
                         },
                         ureq::Error::Status(status, resp) => {
-                            self.status_error(repo, &self.api_url(repo, file), status, &resp)
+                            let url = repo.url(&self.env.endpoint, file);
+                            self.status_error(repo, file, &url, status, &resp)
                         }
                     })
                 }
@@ -657,10 +645,6 @@ impl Hub {
         let _ = std::fs::remove_file(self.repo_dir(repo).join("refs").join(&meta.commit));
         Ok(())
     }
-
-    fn api_url(&self, repo: &RepoRef, file: &str) -> String {
-        repo.url(&self.env.endpoint, file)
-    }
 }
 
 /// `scheme://host[:port]` of a URL.
@@ -670,24 +654,6 @@ fn origin_of(url: &str) -> &str {
         Some(i) => &url[..after_scheme + i],
         None => url,
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The commit a revision points to in the cache: `refs/<revision>`, or the revision itself
@@ -842,7 +808,6 @@ mod tests {
             "models--gpt2"
         );
         assert_eq!(origin_of("http://127.0.0.1:80/a/b"), "http://127.0.0.1:80");
-        assert_eq!(percent_decode("a%20b/c%2F"), "a b/c/");
         assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }
