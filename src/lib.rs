@@ -1,36 +1,23 @@
-//! gpt-ablate: load GPT-2-family checkpoints, swap the feed-forward activation at load time,
+//! gpt-ablate: load GPT-style checkpoints, swap the feed-forward activation at load time,
 //! and measure what that does.
 //!
-//! Where each number comes from:
-//! - [`config`]: `config.json` (Hugging Face `GPT2Config`) and what is rejected.
-//! - [`checkpoint`]: finding and strictly reading safetensors weights, both key layouts.
-//! - [`activation`]: the activation enum and its exact formulas; [`kernels`]: fast CPU kernels.
-//! - [`layers`]: `--layers` specs and the per-layer activation plan.
-//! - [`model`]: the GPT-2 forward pass; [`load`]: directory → ready model.
-//! - [`text`]: dataset files and tokenizers; [`generate`]: sampling and KV-cached decoding.
-//! - [`perplexity`]: sliding-window scoring; [`diagnose`]: per-layer saturation, centring,
-//!   gradient norms and the sigmoid-head comparison.
-//! - [`grid`]: ablation configs; [`ablation`]: the grid runner (resume, shard, merge);
-//!   [`results`]: rows, JSONL/CSV, tables; [`charts`]: SVG/PNG; [`provenance`]: hashes, times.
-//! - [`runtime`]: device, dtype, threads; [`cli`]: the command line.
+//! The folders name the architecture:
+//! - [`model`]: the [`model::CausalLm`] interface, the registry keyed on `config.json`'s
+//!   `model_type`, the activation plan, shared blocks, and one folder per family.
+//! - [`kernels`]: fast CPU kernels (scalar maths, elementwise maps, attention, reductions).
+//! - [`weights`]: checkpoint files and the strict tensor store; [`hub`]: the Hugging Face Hub.
+//! - [`data`]: text files, named datasets, tokenizers.
+//! - [`eval`]: windows, scoring, perplexity, diagnose, generation.
+//! - [`grid`]: ablation configs, the runner, results, charts.
+//! - [`cli`]: the command line; [`runtime`]: device, dtype, threads; [`provenance`]: hashes.
 
-pub mod ablation;
-pub mod activation;
-pub mod charts;
-pub mod checkpoint;
 pub mod cli;
-pub mod config;
-pub mod diagnose;
-pub mod generate;
+pub mod data;
+pub mod eval;
 pub mod grid;
 pub mod hub;
-pub mod inspect;
 pub mod kernels;
-pub mod layers;
-pub mod load;
 pub mod model;
-pub mod perplexity;
 pub mod provenance;
-pub mod results;
 pub mod runtime;
-pub mod text;
+pub mod weights;

@@ -5,10 +5,10 @@ mod common;
 
 use assert_cmd::Command;
 use common::{fixture, run_json};
-use gpt_ablate::activation::Activation;
-use gpt_ablate::diagnose::diagnose;
-use gpt_ablate::load::{load, LoadOptions};
-use gpt_ablate::text::read_text;
+use gpt_ablate::data::read_text;
+use gpt_ablate::eval::diagnose::diagnose;
+use gpt_ablate::model::activation::Activation;
+use gpt_ablate::model::load::{load, LoadOptions};
 
 fn reference() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture("diagnose_reference.json")).unwrap();

@@ -6,9 +6,11 @@ mod common;
 use assert_cmd::Command;
 use candle_core::Tensor;
 use common::{fixture, reference};
-use gpt_ablate::activation::Activation;
-use gpt_ablate::generate::{generate, uncached_last_logits, SamplingParams, StopReason, StopRules};
-use gpt_ablate::load::{load, LoadOptions, Loaded};
+use gpt_ablate::eval::generate::{
+    generate, uncached_last_logits, SamplingParams, StopReason, StopRules,
+};
+use gpt_ablate::model::activation::Activation;
+use gpt_ablate::model::load::{load, LoadOptions, Loaded};
 
 fn tiny(activation: Option<Activation>) -> Loaded {
     load(

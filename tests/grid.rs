@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use common::{fixture, reference};
-use gpt_ablate::results::{read_jsonl, Row};
+use gpt_ablate::grid::results::{read_jsonl, Row};
 
 fn run(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::cargo_bin("gpt-ablate")

@@ -701,7 +701,7 @@ fn vocab_merges_tokenizer_matches_tokenizer_json_on_real_gpt2() {
         })
         .collect();
     std::fs::write(&merges, format!("#version: 0.2\n{}\n", lines.join("\n"))).unwrap();
-    use gpt_ablate::text::TextTokenizer;
+    use gpt_ablate::data::TextTokenizer;
     let a = TextTokenizer::from_file(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/gpt2-tokenizer/tokenizer.json"),
     )

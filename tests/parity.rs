@@ -6,11 +6,11 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{fixture, max_abs_diff, reference};
-use gpt_ablate::activation::Activation;
-use gpt_ablate::layers::LayerSpec;
-use gpt_ablate::load::{load, LoadOptions, Loaded};
-use gpt_ablate::perplexity::{perplexity, PplOptions};
-use gpt_ablate::text::read_text;
+use gpt_ablate::data::read_text;
+use gpt_ablate::eval::perplexity::{perplexity, PplOptions};
+use gpt_ablate::model::activation::Activation;
+use gpt_ablate::model::load::{load, LoadOptions, Loaded};
+use gpt_ablate::model::plan::LayerSpec;
 
 fn options(entry: &serde_json::Value) -> LoadOptions {
     let activation = entry["activation"]
@@ -137,7 +137,7 @@ fn perplexity_matches_transformers() {
             checked_activations.insert(a.to_string());
         }
     }
-    for a in gpt_ablate::activation::ALL_ACTIVATIONS {
+    for a in gpt_ablate::model::activation::ALL_ACTIVATIONS {
         assert!(
             checked_activations.contains(a.name()),
             "no perplexity reference for {a}"
@@ -237,7 +237,7 @@ fn a_swap_changes_logits_and_only_downstream_of_the_chosen_layers() {
 #[test]
 fn real_gpt2_tokenizer_counts_wikitext_2_test_as_published() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tok = gpt_ablate::text::TextTokenizer::from_file(
+    let tok = gpt_ablate::data::TextTokenizer::from_file(
         &root.join("data/gpt2-tokenizer/tokenizer.json"),
     )
     .unwrap();

@@ -15,15 +15,15 @@ use anyhow::{bail, Context};
 use candle_core::Tensor;
 use serde_json::json;
 
-use crate::checkpoint::{CheckpointFiles, TensorStore};
-use crate::grid::{Cell, Grid};
+use crate::data::{read_data, TextTokenizer};
+use crate::eval::perplexity::{score_windows, token_nlls, windows, PplError, PplOptions};
+use crate::grid::config::{Cell, Grid};
+use crate::grid::results::{self, Row};
 use crate::kernels;
-use crate::model::Gpt2;
-use crate::perplexity::{score_windows, token_nlls, windows, PplError, PplOptions};
+use crate::model::gpt2::Gpt2;
 use crate::provenance::{self, sha256_bytes, sha256_file};
-use crate::results::{self, Row};
 use crate::runtime::{DeviceSpec, Precision};
-use crate::text::{read_data, TextTokenizer};
+use crate::weights::{CheckpointFiles, TensorStore};
 
 /// Run only the cells whose index ≡ K (mod N).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,7 +288,8 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             drop(loaded.take()); // free the previous model first
             let m = &models[cell.model];
             let cfg = &grid.model_configs[cell.model];
-            let base_plan = crate::layers::ActivationPlan::original(cfg.activation()?, cfg.n_layer);
+            let base_plan =
+                crate::model::plan::ActivationPlan::original(cfg.activation()?, cfg.n_layer);
             let store = TensorStore::open(&m.files.weights, dtype, &device)?;
             let model = Gpt2::load(cfg, base_plan, store).with_context(|| {
                 format!("loading weights from {}", grid.models[cell.model].display())
@@ -380,7 +381,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
         }
         let diagnostics = if cell.diagnose {
             let model = base.with_plan(cell.plan.clone());
-            let d = crate::diagnose::diagnose(&model, tokens, opts.context)
+            let d = crate::eval::diagnose::diagnose(&model, tokens, opts.context)
                 .with_context(|| format!("diagnostics of cell '{}'", cell.name))?;
             Some(summarise(d))
         } else {
@@ -531,9 +532,10 @@ fn score_cell(
     Ok((row, filled))
 }
 
-fn summarise(d: crate::diagnose::Diagnosis) -> results::RowDiagnostics {
+fn summarise(d: crate::eval::diagnose::Diagnosis) -> results::RowDiagnostics {
     let n = d.layers.len().max(1) as f64;
-    let mean = |f: fn(&crate::diagnose::LayerStats) -> f64| d.layers.iter().map(f).sum::<f64>() / n;
+    let mean =
+        |f: fn(&crate::eval::diagnose::LayerStats) -> f64| d.layers.iter().map(f).sum::<f64>() / n;
     results::RowDiagnostics {
         deriv_mean: mean(|l| l.deriv_mean),
         saturated_frac: mean(|l| l.saturated_frac),
@@ -567,7 +569,7 @@ pub fn write_charts(rows: &[Row], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         } else {
             String::new()
         };
-        files.extend(crate::charts::draw_all(&group, dir, &suffix)?);
+        files.extend(crate::grid::charts::draw_all(&group, dir, &suffix)?);
     }
     Ok(files)
 }

@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::Context;
 use candle_core::{DType, Device};
 
-use crate::activation::Activation;
-use crate::checkpoint::{CheckpointFiles, TensorStore};
-use crate::config::Gpt2Config;
-use crate::layers::{ActivationPlan, LayerSpec};
-use crate::model::Gpt2;
-use crate::text::TextTokenizer;
+use crate::data::TextTokenizer;
+use crate::model::activation::Activation;
+use crate::model::gpt2::config::Gpt2Config;
+use crate::model::gpt2::Gpt2;
+use crate::model::plan::{ActivationPlan, LayerSpec};
+use crate::weights::{CheckpointFiles, TensorStore};
 
 /// What to swap and where to compute.
 #[derive(Debug, Clone)]

@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::activation::Activation;
-use crate::checkpoint::ModelSpec;
-use crate::config::Gpt2Config;
-use crate::layers::{ActivationMap, ActivationPlan, LayerSpec};
+use crate::model::activation::Activation;
+use crate::model::gpt2::config::Gpt2Config;
+use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::runtime::{DeviceSpec, Precision};
+use crate::weights::ModelSpec;
 
 /// The config file as written.
 #[derive(Debug, Deserialize)]
@@ -211,7 +211,7 @@ impl Grid {
             let p = resolve(d.get_ref());
             if p.is_file() {
                 datasets.push(p);
-            } else if crate::text::is_data_name(d.get_ref()) {
+            } else if crate::data::is_data_name(d.get_ref()) {
                 datasets.push(PathBuf::from(d.get_ref()));
             } else {
                 return Err(err(

@@ -12,7 +12,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
 
 use crate::kernels;
-use crate::model::Gpt2;
+use crate::model::gpt2::Gpt2;
 
 /// Rows of LM-head logits computed at once: 128 × 50,257 × 4 B ≈ 26 MB.
 const HEAD_CHUNK: usize = 128;

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::TokenizerFiles;
 use crate::hub::{RepoKind, RepoRef};
+use crate::weights::TokenizerFiles;
 
 /// Why a text or tokenizer cannot be used. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -119,14 +119,14 @@ pub const NAMED_DATASETS: [NamedDataset; 2] = [
         description: "WikiText-2 raw test split, rows joined with \"\\n\\n\" as in the Hugging Face perplexity guide",
         licence: "CC BY-SA 3.0 (Merity et al., 2016)",
         tokens: "287,644 GPT-2 tokens",
-        text: include_str!("../data/wikitext-2-raw-test.txt"),
+        text: include_str!("../../data/wikitext-2-raw-test.txt"),
     },
     NamedDataset {
         name: "shakespeare-val",
         description: "the held-out last 10 % of Tiny Shakespeare (the default model's validation text)",
         licence: "public domain",
         tokens: "43,568 tokens of models/shakespeare-gpt2",
-        text: include_str!("../data/shakespeare-val.txt"),
+        text: include_str!("../../data/shakespeare-val.txt"),
     },
 ];
 

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::activation::Activation;
+use crate::model::activation::Activation;
 
 /// `e^x` in f32, ≤ 2 ulp on [−87, 88] (Cephes `expf`), written without branches. Inputs
 /// beyond the range are clamped (results stay finite); NaN propagates.

@@ -9,18 +9,20 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::ablation::{self, RunSettings, Shard};
-use crate::activation::Activation;
-use crate::checkpoint::CheckpointFiles;
-use crate::generate::{generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules};
-use crate::grid::{Grid, SortOrder};
-use crate::layers::{format_indices, LayerSpec};
-use crate::load::{load_files, LoadOptions};
-use crate::perplexity::{perplexity, PplOptions};
+use crate::data::{read_data, NAMED_DATASETS};
+use crate::eval::generate::{
+    generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules,
+};
+use crate::eval::perplexity::{perplexity, PplOptions};
+use crate::grid::config::{Grid, SortOrder};
+use crate::grid::results;
+use crate::grid::runner::{self, RunSettings, Shard};
+use crate::model::activation::Activation;
+use crate::model::load::{load_files, LoadOptions};
+use crate::model::plan::{format_indices, LayerSpec};
 use crate::provenance;
-use crate::results;
 use crate::runtime::{self, DeviceSpec, Precision};
-use crate::text::{read_data, NAMED_DATASETS};
+use crate::weights::CheckpointFiles;
 
 /// Swap the feed-forward activation of GPT-2-family checkpoints at load time and measure
 /// what it costs.
@@ -284,7 +286,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// Finds or fetches the checkpoint and loads it with the swap.
-    fn load(&self) -> anyhow::Result<crate::load::Loaded> {
+    fn load(&self) -> anyhow::Result<crate::model::load::Loaded> {
         load_files(self.source.files()?, &self.load_options()?)
     }
 
@@ -345,7 +347,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Merge(args) => run_merge(args),
         Command::Inspect(args) => {
-            let report = crate::inspect::inspect(&args.source.files()?)?;
+            let report = crate::model::inspect::inspect(&args.source.files()?)?;
             if args.json {
                 println!("{}", report.to_json());
             } else {
@@ -385,9 +387,9 @@ fn run_grid(args: RunArgs) -> anyhow::Result<()> {
         device: args.device.or(grid.device).unwrap_or_default(),
         dtype: args.dtype.or(grid.dtype).unwrap_or_default(),
         threads: runtime::threads(),
-        progress: ablation::stderr_is_terminal(),
+        progress: runner::stderr_is_terminal(),
     };
-    let summary = ablation::run(&grid, &settings)?;
+    let summary = runner::run(&grid, &settings)?;
     print_rows(&summary.rows, grid.sort, args.json)?;
     eprintln!(
         "{} cell(s) computed, {} already done; results in {} (results.jsonl, results.csv, manifest.json{})",
@@ -450,7 +452,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         stop,
         eos: if args.ignore_eos { None } else { eos },
     };
-    let describe = |m: &crate::model::Gpt2| {
+    let describe = |m: &crate::model::gpt2::Gpt2| {
         let plan = m.plan();
         if plan.swapped_layers().is_empty() {
             format!("{} (original)", plan.original)
@@ -490,7 +492,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if args.compare {
         let base = loaded
             .model
-            .with_plan(crate::layers::ActivationPlan::original(
+            .with_plan(crate::model::plan::ActivationPlan::original(
                 loaded.model.plan().original,
                 loaded.config.n_layer,
             ));
@@ -563,7 +565,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
-    use crate::diagnose::{diagnose, Diagnosis};
+    use crate::eval::diagnose::{diagnose, Diagnosis};
     runtime::set_threads_with(args.model.threads, true)?;
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
@@ -580,7 +582,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let context = args.context.unwrap_or(loaded.config.n_positions);
     let swapped = !loaded.model.plan().swapped_layers().is_empty();
     let original = if swapped {
-        let plan = crate::layers::ActivationPlan::original(
+        let plan = crate::model::plan::ActivationPlan::original(
             loaded.model.plan().original,
             loaded.config.n_layer,
         );
@@ -608,13 +610,16 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
             &dir.join("diagnose.json"),
             serde_json::to_string_pretty(&out)?.as_bytes(),
         )?;
-        crate::charts::draw_diagnosis(&main, original.as_ref(), dir)?;
+        crate::grid::charts::draw_diagnosis(&main, original.as_ref(), dir)?;
     }
     if args.json {
         println!("{out}");
         return Ok(());
     }
-    print!("{}", crate::diagnose::report(&main, original.as_ref()));
+    print!(
+        "{}",
+        crate::eval::diagnose::report(&main, original.as_ref())
+    );
     if let Some(dir) = &args.out {
         eprintln!("wrote {}/diagnose.json and charts", dir.display());
     }
@@ -622,7 +627,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
 }
 
 fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
-    let rows = ablation::merge(&args.dirs, &args.out)?;
+    let rows = runner::merge(&args.dirs, &args.out)?;
     // Sort as the original config asked, read back from the first shard's manifest.
     let sort = std::fs::read_to_string(args.dirs[0].join("manifest.json"))
         .ok()
@@ -645,7 +650,11 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_rows(rows: &[crate::results::Row], order: SortOrder, json: bool) -> anyhow::Result<()> {
+fn print_rows(
+    rows: &[crate::grid::results::Row],
+    order: SortOrder,
+    json: bool,
+) -> anyhow::Result<()> {
     let rows = results::sorted(rows, order);
     if json {
         println!("{}", serde_json::to_string(&rows)?);

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::activation::Activation;
+use crate::model::activation::Activation;
 
 /// A set of layer indices, as written on the command line. Parsing checks the syntax;
 /// [`LayerSpec::resolve`] checks the indices against a model's depth.
@@ -243,7 +243,7 @@ pub struct ActivationMap(pub Vec<(LayerSpec, Activation)>);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActivationMapError {
     #[error(transparent)]
-    Activation(#[from] crate::activation::UnknownActivation),
+    Activation(#[from] crate::model::activation::UnknownActivation),
     #[error(transparent)]
     Layers(#[from] LayerSpecError),
     #[error("'{0}': expected an activation name or entries like '0-1:relu,2-3:sigmoid'")]

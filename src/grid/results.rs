@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::grid::SortOrder;
+use crate::grid::config::SortOrder;
 
 /// One finished cell.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,7 +62,7 @@ pub struct RowDiagnostics {
     pub grad_norm_last: f64,
     pub sigmoid_mass_mean: f64,
     pub sigmoid_ppl_normalized: f64,
-    pub layers: Vec<crate::diagnose::LayerStats>,
+    pub layers: Vec<crate::eval::diagnose::LayerStats>,
 }
 
 /// Reads `results.jsonl`, first cutting off a partial last line (a run killed mid-write), so

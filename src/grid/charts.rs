@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::results::Row;
+use crate::grid::results::Row;
 
 static FONT: Once = Once::new();
 
@@ -38,7 +38,7 @@ fn register_font() {
         let _ = plotters::style::register_font(
             "sans-serif",
             FontStyle::Normal,
-            include_bytes!("../assets/fonts/DejaVuSans.ttf"),
+            include_bytes!("../../assets/fonts/DejaVuSans.ttf"),
         );
     });
 }
@@ -78,8 +78,8 @@ fn subtitle(rows: &[Row]) -> String {
         .map(|r| {
             format!(
                 "{} on {}",
-                crate::results::short_name(&r.model),
-                crate::results::short_name(&r.dataset)
+                crate::grid::results::short_name(&r.model),
+                crate::grid::results::short_name(&r.dataset)
             )
         })
         .unwrap_or_default()
@@ -280,12 +280,12 @@ where
 /// Diagnostics charts: mean |f′(h)| and mean f(h) per layer (original vs swapped), and the
 /// gradient norm entering each layer.
 pub fn draw_diagnosis(
-    main: &crate::diagnose::Diagnosis,
-    original: Option<&crate::diagnose::Diagnosis>,
+    main: &crate::eval::diagnose::Diagnosis,
+    original: Option<&crate::eval::diagnose::Diagnosis>,
     dir: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
     register_font();
-    type Metric = fn(&crate::diagnose::LayerStats) -> f64;
+    type Metric = fn(&crate::eval::diagnose::LayerStats) -> f64;
     let charts: [(&str, &str, Metric); 3] = [
         (
             "deriv_mean",

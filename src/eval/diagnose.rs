@@ -12,9 +12,9 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::activation::Activation;
 use crate::kernels;
-use crate::model::Gpt2;
+use crate::model::activation::Activation;
+use crate::model::gpt2::Gpt2;
 
 /// One layer's numbers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -283,7 +283,7 @@ pub fn report(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
     } else {
         format!(
             "layers {}",
-            crate::layers::format_indices(only.iter().copied())
+            crate::model::plan::format_indices(only.iter().copied())
         )
     };
     s.push_str("Claims (averages over ");

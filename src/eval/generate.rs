@@ -11,8 +11,8 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-use crate::model::Gpt2;
-use crate::text::TextTokenizer;
+use crate::data::TextTokenizer;
+use crate::model::gpt2::Gpt2;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -381,7 +381,7 @@ pub fn generate(
 fn last_logits(
     model: &Gpt2,
     input: &Tensor,
-    cache: &mut crate::model::Cache,
+    cache: &mut crate::model::gpt2::Cache,
 ) -> candle_core::Result<Vec<f32>> {
     let hidden = model.hidden_states_cached(input, cache)?; // (1, t, C)
     let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?; // (1, C)

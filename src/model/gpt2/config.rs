@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::activation::Activation;
+use crate::model::activation::Activation;
 
 /// GPT-2 hyper-parameters, as `transformers.GPT2Config` writes them.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,7 +143,7 @@ impl Gpt2Config {
     }
 
     /// The checkpoint's own MLP activation.
-    pub fn activation(&self) -> Result<Activation, crate::activation::UnknownActivation> {
+    pub fn activation(&self) -> Result<Activation, crate::model::activation::UnknownActivation> {
         self.activation_function.parse()
     }
 

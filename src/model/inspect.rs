@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{CheckpointFiles, ModelSource, TensorStore, TokenizerFiles, WeightFormat};
-use crate::config::Gpt2Config;
+use crate::data::TextTokenizer;
 use crate::hub::human_bytes;
+use crate::model::gpt2::config::Gpt2Config;
 use crate::provenance::sha256_file;
-use crate::text::TextTokenizer;
+use crate::weights::{CheckpointFiles, ModelSource, TensorStore, TokenizerFiles, WeightFormat};
 
 /// One file of the checkpoint.
 #[derive(Debug, Clone)]

@@ -4,15 +4,17 @@
 //! `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`), so loading is name matching. Each
 //! block's MLP activation comes from an [`ActivationPlan`]: that is the load-time swap.
 
+pub mod config;
+
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Embedding, LayerNorm, Linear};
 
-use crate::activation::Activation;
-use crate::checkpoint::{LoadError, TensorStore};
-use crate::config::Gpt2Config;
 use crate::kernels;
-use crate::layers::ActivationPlan;
+use crate::model::activation::Activation;
+use crate::model::plan::ActivationPlan;
+use crate::weights::{LoadError, TensorStore};
+use config::Gpt2Config;
 
 /// Causal multi-head self-attention with a fused `c_attn` projection.
 #[derive(Clone)]

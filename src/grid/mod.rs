@@ -1,0 +1,6 @@
+//! Ablation grids: the TOML config, the runner (resume, shard, merge), results and charts.
+
+pub mod charts;
+pub mod config;
+pub mod results;
+pub mod runner;
