@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::kernels;
 use crate::model::activation::Activation;
-use crate::model::gpt2::Gpt2;
+use crate::model::CausalLm;
 
 /// One layer's numbers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -102,8 +102,8 @@ impl Acc {
 }
 
 /// Runs the diagnostics of `model` over `tokens` with windows of `context` tokens.
-pub fn diagnose(model: &Gpt2, tokens: &[u32], context: usize) -> anyhow::Result<Diagnosis> {
-    let cfg = model.config();
+pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow::Result<Diagnosis> {
+    let cfg = model.info();
     if context < 2 || context > cfg.n_positions {
         anyhow::bail!(
             "--context must be between 2 and the model's n_positions ({}), got {context}",
@@ -146,7 +146,7 @@ pub fn diagnose(model: &Gpt2, tokens: &[u32], context: usize) -> anyhow::Result<
                 .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
             a.grad += l2(g)?;
             let g = grads
-                .get(trace.c_fc[l].as_tensor())
+                .get(trace.ffn_weights[l].as_tensor())
                 .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
             a.grad_fc += l2(g)?;
             let act = plan.per_layer[l];

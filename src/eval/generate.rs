@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::data::TextTokenizer;
-use crate::model::gpt2::Gpt2;
+use crate::model::CausalLm;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -293,7 +293,7 @@ impl Generation {
 /// Generates a continuation of `prompt` token ids, calling `emit` with each piece of text as
 /// soon as it is final.
 pub fn generate(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokenizer: &TextTokenizer,
     prompt: &[u32],
     params: SamplingParams,
@@ -301,8 +301,8 @@ pub fn generate(
     emit: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<Generation, GenError> {
     params.validate()?;
-    let n_positions = model.config().n_positions;
-    let vocab = model.config().vocab_size;
+    let n_positions = model.info().n_positions;
+    let vocab = model.info().vocab_size;
     if prompt.is_empty() {
         return Err(GenError::EmptyPrompt);
     }
@@ -379,9 +379,9 @@ pub fn generate(
 
 /// Runs `input` (1, t) through the model, extending `cache`; the last position's logits.
 fn last_logits(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     input: &Tensor,
-    cache: &mut crate::model::gpt2::Cache,
+    cache: &mut crate::model::Cache,
 ) -> candle_core::Result<Vec<f32>> {
     let hidden = model.hidden_states_cached(input, cache)?; // (1, t, C)
     let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?; // (1, C)
@@ -419,7 +419,7 @@ fn held_back(text: &str, stops: &[String]) -> usize {
 
 /// Logits of the last position from a full, uncached forward pass (the reference the cached
 /// path is tested against).
-pub fn uncached_last_logits(model: &Gpt2, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+pub fn uncached_last_logits(model: &dyn CausalLm, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
     let input = Tensor::from_slice(ids, (1, ids.len()), model.device())?;
     let logits = model.forward(&input)?; // (1, t, vocab)
     logits

@@ -12,7 +12,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
 
 use crate::kernels;
-use crate::model::gpt2::Gpt2;
+use crate::model::CausalLm;
 
 /// Rows of LM-head logits computed at once: 128 × 50,257 × 4 B ≈ 26 MB.
 const HEAD_CHUNK: usize = 128;
@@ -145,7 +145,7 @@ pub struct ScoredChunk<'a> {
     pub targets: &'a [u32],
     /// One (rows, C) tensor of final hidden states per model, row i predicting `targets[i]`.
     pub hidden: Vec<Tensor>,
-    models: &'a [&'a Gpt2],
+    models: &'a [&'a dyn CausalLm],
 }
 
 impl ScoredChunk<'_> {
@@ -161,7 +161,7 @@ impl ScoredChunk<'_> {
 /// chunk, in a fixed order. With several models (a baseline and a variant) the chunks line
 /// up, so comparisons need no logits files. `progress(done, total)` is called per batch.
 pub fn score_windows(
-    models: &[&Gpt2],
+    models: &[&dyn CausalLm],
     tokens: &[u32],
     opts: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),
@@ -170,7 +170,7 @@ pub fn score_windows(
     let Some(first) = models.first() else {
         return Ok(());
     };
-    let cfg = first.config();
+    let cfg = first.info();
     opts.validate(cfg.n_positions, tokens.len())?;
     if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
         return Err(PplError::TokenOutOfVocab {
@@ -254,7 +254,7 @@ pub fn token_nlls(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Vec<f
 
 /// Perplexity of `model` on `tokens`.
 pub fn perplexity(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokens: &[u32],
     opts: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),

@@ -1,7 +1,7 @@
 //! The feed-forward activation: one enum for the whole tool, with exactly the formulas
 //! PyTorch / Hugging Face use, their names, and how each is applied to a tensor.
 //!
-//! On CPU every activation runs through one fused elementwise kernel (`kernels::map_f32`):
+//! On CPU every activation runs through one fused elementwise kernel (`kernels::elementwise::map_f32`):
 //! candle's own CPU `gelu` is scalar and costs ~30 ms on a 1024×3072 tensor. On other devices
 //! the formulas are composed from candle ops (reusing `candle_nn::Activation` where it matches
 //! HF exactly), and the tests check both paths agree.
@@ -12,7 +12,8 @@ use std::str::FromStr;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::kernels;
+use crate::kernels::elementwise;
+use crate::kernels::math;
 
 /// A feed-forward activation function. Names follow Hugging Face's `ACT2FN` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,9 +117,9 @@ impl Activation {
     #[inline(always)]
     pub fn eval(self, x: f32) -> f32 {
         match self {
-            Self::GeluNew | Self::GeluPytorchTanh => kernels::gelu_tanh(x),
-            Self::Gelu => kernels::gelu_erf(x),
-            Self::QuickGelu => x * kernels::sigmoid(1.702 * x),
+            Self::GeluNew | Self::GeluPytorchTanh => math::gelu_tanh(x),
+            Self::Gelu => math::gelu_erf(x),
+            Self::QuickGelu => x * math::sigmoid(1.702 * x),
             Self::Relu => x.max(0.0),
             Self::Relu2 => {
                 let r = x.max(0.0);
@@ -139,12 +140,12 @@ impl Activation {
                     x.exp_m1()
                 }
             }
-            Self::Silu => x * kernels::sigmoid(x),
-            Self::Sigmoid => kernels::sigmoid(x),
+            Self::Silu => x * math::sigmoid(x),
+            Self::Sigmoid => math::sigmoid(x),
             Self::HardSigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
-            Self::Tanh => kernels::tanh(x),
+            Self::Tanh => math::tanh(x),
             Self::Softplus => softplus(x),
-            Self::Mish => x * kernels::tanh(softplus(x)),
+            Self::Mish => x * math::tanh(softplus(x)),
             Self::Identity => x,
         }
     }
@@ -344,6 +345,38 @@ fn erf_f64(x: f64) -> f64 {
     v.copysign(x)
 }
 
+/// `act` over a slice with the elementwise kernel; the match is outside the loop so that
+/// each activation gets its own vectorised loop.
+pub fn map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
+    macro_rules! each {
+        ($($variant:ident),*) => {
+            match act {
+                $(Activation::$variant => {
+                    elementwise::map_f32(xs, |x| Activation::$variant.eval(x))
+                })*
+            }
+        };
+    }
+    each!(
+        GeluNew,
+        Gelu,
+        GeluPytorchTanh,
+        QuickGelu,
+        Relu,
+        Relu2,
+        Relu6,
+        LeakyRelu,
+        Elu,
+        Silu,
+        Sigmoid,
+        HardSigmoid,
+        Tanh,
+        Softplus,
+        Mish,
+        Identity
+    )
+}
+
 /// The fused elementwise CPU kernel behind [`Activation::forward`].
 struct ActivationOp(Activation);
 
@@ -358,15 +391,15 @@ impl CustomOp1 for ActivationOp {
             .ok_or_else(|| candle_core::Error::Msg("activation: input not contiguous".into()))?;
         let act = self.0;
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(kernels::map_f32(&v[start..end], act)),
+            CpuStorage::F32(v) => CpuStorage::F32(map_f32(&v[start..end], act)),
             CpuStorage::F16(v) => {
                 let x: Vec<f32> = v[start..end].iter().map(|h| h.to_f32()).collect();
-                let y = kernels::map_f32(&x, act);
+                let y = map_f32(&x, act);
                 CpuStorage::F16(y.into_iter().map(half::f16::from_f32).collect())
             }
             CpuStorage::BF16(v) => {
                 let x: Vec<f32> = v[start..end].iter().map(|h| h.to_f32()).collect();
-                let y = kernels::map_f32(&x, act);
+                let y = map_f32(&x, act);
                 CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect())
             }
             CpuStorage::F64(v) => {

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::data::TextTokenizer;
 use crate::hub::human_bytes;
-use crate::model::gpt2::config::Gpt2Config;
+use crate::model::ModelConfig;
 use crate::provenance::sha256_file;
 use crate::weights::{CheckpointFiles, ModelSource, TensorStore, TokenizerFiles, WeightFormat};
 
@@ -30,14 +31,14 @@ pub struct FileInfo {
 pub struct Inspection {
     pub source: ModelSource,
     pub dir: PathBuf,
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     pub format: WeightFormat,
     pub layout: &'static str,
     /// Distinct weights (mask buffers excluded; a tied `lm_head` counted once).
     pub parameters: u64,
     /// Stored dtype → number of tensors.
     pub dtypes: BTreeMap<String, usize>,
-    pub lm_head: &'static str,
+    pub lm_head: String,
     pub tokenizer: &'static str,
     pub vocab_size: usize,
     pub weight_files: usize,
@@ -46,25 +47,32 @@ pub struct Inspection {
 
 /// Reads the config, the tokenizer and every weight header, and hashes every file.
 pub fn inspect(files: &CheckpointFiles) -> anyhow::Result<Inspection> {
-    let config = Gpt2Config::from_file(&files.config)?;
+    let config = ModelConfig::from_file(&files.config)?;
     let tokenizer = TextTokenizer::load(&files.tokenizer)?;
     let store = TensorStore::open(&files.weights, DType::F32, &Device::Cpu)?;
-    let stores_head = store.contains("lm_head.weight");
-    let lm_head = match (config.tie_word_embeddings, stores_head) {
-        (true, _) => "tied to wte",
-        (false, true) => "separate lm_head.weight",
-        (false, false) => "missing (tie_word_embeddings is false)",
+    let tied = config.info.tied_head;
+    let head_key = ["lm_head.weight", "embed_out.weight"]
+        .into_iter()
+        .find(|k| store.contains(k));
+    let lm_head = match (tied, head_key) {
+        (true, _) => "tied to the token embedding".to_string(),
+        (false, Some(k)) => format!("separate {k}"),
+        (false, None) => "missing (tie_word_embeddings is false)".to_string(),
     };
     let mut parameters = 0u64;
     let mut dtypes = BTreeMap::new();
     for (key, dtype, shape, buffer) in store.tensors() {
-        if buffer {
+        if buffer
+            || config
+                .arch
+                .is_buffer(key.strip_prefix("transformer.").unwrap_or(key))
+        {
             continue;
         }
         *dtypes
             .entry(format!("{dtype:?}").to_uppercase())
             .or_insert(0) += 1;
-        let tied_copy = config.tie_word_embeddings && key.ends_with("lm_head.weight");
+        let tied_copy = tied && (key == "lm_head.weight" || key == "embed_out.weight");
         if !tied_copy {
             parameters += shape.iter().map(|&d| d as u64).product::<u64>();
         }
@@ -116,37 +124,53 @@ pub fn inspect(files: &CheckpointFiles) -> anyhow::Result<Inspection> {
 
 impl Inspection {
     pub fn to_json(&self) -> Value {
-        let source = self.source.to_json();
-        let c = &self.config;
-        json!({
-            "source": source,
-            "directory": self.dir.display().to_string(),
-            "config": {
-                "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
-                "n_inner": c.n_inner.unwrap_or(4 * c.n_embd), "n_positions": c.n_positions,
-                "vocab_size": c.vocab_size, "activation_function": c.activation_function,
-                "layer_norm_epsilon": c.layer_norm_epsilon,
-                "tie_word_embeddings": c.tie_word_embeddings,
+        let files = self
+            .files
+            .iter()
+            .map(|f| FileJson {
+                name: &f.name,
+                path: f.path.display().to_string(),
+                bytes: f.bytes,
+                sha256: &f.sha256,
+                matches_hub_sha256: f.matches_hub,
+            })
+            .collect();
+        let out = InspectJson {
+            source: self.source.to_json(),
+            directory: self.dir.display().to_string(),
+            config: self.config_json(),
+            parameters: self.parameters,
+            weights: WeightsJson {
+                format: format_name(self.format),
+                dtypes: &self.dtypes,
+                key_layout: self.layout,
+                lm_head: &self.lm_head,
             },
-            "parameters": self.parameters,
-            "weights": {
-                "format": format_name(self.format),
-                "dtypes": self.dtypes,
-                "key_layout": self.layout,
-                "lm_head": self.lm_head,
+            tokenizer: TokenizerJson {
+                files: self.tokenizer,
+                vocab_size: self.vocab_size,
             },
-            "tokenizer": {"files": self.tokenizer, "vocab_size": self.vocab_size},
-            "files": self.files.iter().map(|f| json!({
-                "name": f.name, "path": f.path.display().to_string(), "bytes": f.bytes,
-                "sha256": f.sha256, "matches_hub_sha256": f.matches_hub,
-            })).collect::<Vec<_>>(),
-            "total_bytes": self.files.iter().map(|f| f.bytes).sum::<u64>(),
-        })
+            files,
+            total_bytes: self.files.iter().map(|f| f.bytes).sum(),
+        };
+        serde_json::to_value(out).unwrap_or(Value::Null)
+    }
+
+    /// `model_type`, the family's architecture options, vocabulary and head tying.
+    fn config_json(&self) -> serde_json::Map<String, Value> {
+        let info = &self.config.info;
+        let mut m = serde_json::Map::new();
+        m.insert("model_type".into(), info.model_type.clone().into());
+        for (k, v) in self.config.arch.describe() {
+            m.insert(k, v);
+        }
+        m.insert("vocab_size".into(), info.vocab_size.into());
+        m.insert("tie_word_embeddings".into(), info.tied_head.into());
+        m
     }
 
     /// The human-readable report.
     pub fn report(&self) -> String {
-        let c = &self.config;
         let mut out = String::new();
         let source = match &self.source {
             ModelSource::Local(p) => format!("{} (local directory)", p.display()),
@@ -165,25 +189,7 @@ impl Inspection {
         let lines = [
             ("model", source),
             ("directory", self.dir.display().to_string()),
-            (
-                "config",
-                format!(
-                    "{} layers, {} heads, n_embd {}, n_inner {}, n_positions {}, vocab {}",
-                    c.n_layer,
-                    c.n_head,
-                    c.n_embd,
-                    c.n_inner.unwrap_or(4 * c.n_embd),
-                    c.n_positions,
-                    c.vocab_size
-                ),
-            ),
-            (
-                "activation",
-                format!(
-                    "{} (layer_norm_epsilon {})",
-                    c.activation_function, c.layer_norm_epsilon
-                ),
-            ),
+            ("config", self.config_line()),
             (
                 "parameters",
                 format!(
@@ -228,6 +234,63 @@ impl Inspection {
         }
         out
     }
+}
+
+impl Inspection {
+    /// `gpt2: n_embd 768, n_layer 12, …`
+    fn config_line(&self) -> String {
+        let pairs: Vec<String> = self
+            .config
+            .arch
+            .describe()
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k} {s}"),
+                v => format!("{k} {v}"),
+            })
+            .collect();
+        format!(
+            "{}: {}, vocab {}",
+            self.config.info.model_type,
+            pairs.join(", "),
+            self.config.info.vocab_size
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct InspectJson<'a> {
+    source: Value,
+    directory: String,
+    config: serde_json::Map<String, Value>,
+    parameters: u64,
+    weights: WeightsJson<'a>,
+    tokenizer: TokenizerJson,
+    files: Vec<FileJson<'a>>,
+    total_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct WeightsJson<'a> {
+    format: &'static str,
+    dtypes: &'a BTreeMap<String, usize>,
+    key_layout: &'static str,
+    lm_head: &'a str,
+}
+
+#[derive(Serialize)]
+struct TokenizerJson {
+    files: &'static str,
+    vocab_size: usize,
+}
+
+#[derive(Serialize)]
+struct FileJson<'a> {
+    name: &'a str,
+    path: String,
+    bytes: u64,
+    sha256: &'a str,
+    matches_hub_sha256: Option<bool>,
 }
 
 fn format_name(f: WeightFormat) -> &'static str {

@@ -8,10 +8,9 @@ use candle_core::{DType, Device};
 
 use crate::data::TextTokenizer;
 use crate::model::activation::Activation;
-use crate::model::gpt2::config::Gpt2Config;
-use crate::model::gpt2::Gpt2;
 use crate::model::plan::{ActivationPlan, LayerSpec};
-use crate::weights::{CheckpointFiles, TensorStore};
+use crate::model::{CausalLm, ModelConfig};
+use crate::weights::{CheckpointFiles, LoadError, TensorStore};
 
 /// What to swap and where to compute.
 #[derive(Debug, Clone)]
@@ -36,28 +35,47 @@ impl Default for LoadOptions {
 
 /// A loaded checkpoint.
 pub struct Loaded {
-    pub model: Gpt2,
+    pub model: Box<dyn CausalLm>,
     pub tokenizer: TextTokenizer,
     pub files: CheckpointFiles,
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     /// Which key layout the weights use.
     pub layout: &'static str,
 }
+
+/// Layers were chosen but no activation to put in them.
+#[derive(Debug, thiserror::Error)]
+#[error("layers are given without an activation to put in them")]
+pub struct LayersWithoutActivation;
 
 /// Reads the config and plans the activations (cheap; no weights read).
 pub fn plan(
     files: &CheckpointFiles,
     opts: &LoadOptions,
-) -> anyhow::Result<(Gpt2Config, ActivationPlan)> {
-    let config = Gpt2Config::from_file(&files.config)?;
-    let original = config.activation()?;
-    let mut plan = ActivationPlan::original(original, config.n_layer);
+) -> anyhow::Result<(ModelConfig, ActivationPlan)> {
+    let config = ModelConfig::from_file(&files.config)?;
+    let mut plan = ActivationPlan::original(config.info.activation, config.info.n_layer);
     if let Some(act) = opts.activation {
-        plan = plan.swap(act, &opts.layers).context("--layers")?;
+        plan = plan.swap(act, &opts.layers)?;
     } else if opts.layers != LayerSpec::All {
-        anyhow::bail!("--layers needs --activation (which activation to put in those layers)");
+        return Err(LayersWithoutActivation.into());
     }
     Ok((config, plan))
+}
+
+/// Builds the model from a checkpoint's tensors; every key must be present with the shape
+/// the config implies, and nothing unexpected may be left over.
+pub fn build(
+    config: &ModelConfig,
+    plan: ActivationPlan,
+    mut store: TensorStore,
+) -> Result<Box<dyn CausalLm>, LoadError> {
+    debug_assert_eq!(plan.per_layer.len(), config.info.n_layer);
+    let model = config.arch.build(plan, &mut store)?;
+    // A tied checkpoint may still store its head; transformers ignores it, and so do we.
+    let arch = config.arch.clone();
+    store.finish(&|k| arch.is_buffer(k) || k == "lm_head.weight")?;
+    Ok(Box::new(model))
 }
 
 /// Loads the model in the local directory `dir` with the options' activation swap.
@@ -71,7 +89,7 @@ pub fn load_files(files: CheckpointFiles, opts: &LoadOptions) -> anyhow::Result<
     let tokenizer = TextTokenizer::load(&files.tokenizer)?;
     let store = TensorStore::open(&files.weights, opts.dtype, &opts.device)?;
     let layout = store.layout_name();
-    let model = Gpt2::load(&config, plan, store)
+    let model = build(&config, plan, store)
         .with_context(|| format!("loading weights from {}", files.source))?;
     Ok(Loaded {
         model,

@@ -62,6 +62,8 @@ pub enum LoadError {
     Duplicate { key: String },
     #[error("checkpoint has {count} unexpected tensor(s), e.g. '{first}' (does config.json match the weights?)")]
     Unexpected { count: usize, first: String },
+    #[error("{msg}")]
+    Config { msg: String },
     #[error("loading tensor '{key}': {source}")]
     Candle {
         key: String,
@@ -539,6 +541,16 @@ impl TensorStore {
         })
     }
 
+    /// The dtype tensors are converted to.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Where the tensors are put.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.entries.contains_key(key)
     }
@@ -606,16 +618,12 @@ impl TensorStore {
     }
 
     /// Fails if the checkpoint holds tensors the model did not ask for (other than the known
-    /// mask buffers and anything listed in `also_ignore`).
-    pub fn finish(self, also_ignore: &[&str]) -> Result<(), LoadError> {
+    /// mask buffers and the keys `also_ignore` accepts).
+    pub fn finish(self, also_ignore: &dyn Fn(&str) -> bool) -> Result<(), LoadError> {
         let left: Vec<&Entry> = self
             .entries
             .iter()
-            .filter(|(k, _)| {
-                !self.taken.contains(*k)
-                    && !is_known_buffer(k)
-                    && !also_ignore.contains(&k.as_str())
-            })
+            .filter(|(k, _)| !self.taken.contains(*k) && !is_known_buffer(k) && !also_ignore(k))
             .map(|(_, e)| e)
             .collect();
         match left.first() {

@@ -1,8 +1,6 @@
 //! The checkpoint's `config.json`: Hugging Face `GPT2Config` fields (with their aliases), and
 //! the checks that reject what this tool cannot run faithfully.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
 use crate::model::activation::Activation;
@@ -44,6 +42,8 @@ pub struct Gpt2Config {
     /// A number, a list of numbers, or null.
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub bos_token_id: Option<serde_json::Value>,
 }
 
 fn default_activation() -> String {
@@ -56,40 +56,7 @@ fn yes() -> bool {
     true
 }
 
-/// Why a `config.json` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("{path}: {msg}")]
-    Invalid { path: String, msg: String },
-}
-
 impl Gpt2Config {
-    /// Reads and validates `config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: shown.clone(),
-            source,
-        })?;
-        cfg.validate()
-            .map_err(|msg| ConfigError::Invalid { path: shown, msg })?;
-        Ok(cfg)
-    }
-
     /// Checks internal consistency and rejects architecture options this tool does not run.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(t) = &self.model_type {
@@ -149,11 +116,7 @@ impl Gpt2Config {
 
     /// The end-of-text token id the config names (the first, if it lists several).
     pub fn eos_id(&self) -> Option<u32> {
-        match self.eos_token_id.as_ref()? {
-            serde_json::Value::Number(n) => n.as_u64().map(|v| v as u32),
-            serde_json::Value::Array(a) => a.first()?.as_u64().map(|v| v as u32),
-            _ => None,
-        }
+        crate::model::config::token_id(&self.eos_token_id)
     }
 
     pub fn inner_size(&self) -> usize {

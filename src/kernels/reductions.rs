@@ -1,0 +1,301 @@
+//! Row-wise reductions over logits: log-sum-exp for the LM head, and KL divergence with
+//! top-1 agreement between two models' logits.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::math::exp;
+
+/// Lanes of the multi-accumulator reductions below: independent partial results let LLVM
+/// vectorise without reassociating floating-point sums on its own.
+const LANES: usize = 16;
+
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    tail.iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    tail.iter().chain(&acc).map(|&v| v as f64).sum::<f64>() as f32
+}
+
+/// `ln Σ_j e^{x_ij}` over the last dimension of a 2-D tensor, as f32 `(rows,)`. Accumulates
+/// the sum of exponentials in 16 f32 lanes per row and adds the lanes in f64.
+pub fn logsumexp_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1_no_bwd(&LogSumExp);
+    }
+    let xs = xs.to_dtype(DType::F32)?;
+    let m = xs.max_keepdim(D::Minus1)?;
+    let s = xs.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    (s + m)?.squeeze(D::Minus1)
+}
+
+struct LogSumExp;
+
+impl CustomOp1 for LogSumExp {
+    fn name(&self) -> &'static str {
+        "logsumexp"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = storage else {
+            candle_core::bail!("logsumexp: expected f32")
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("logsumexp: not contiguous".into()))?;
+        let (rows, cols) = layout.shape().dims2()?;
+        let src = &v[start..end];
+        let mut out = vec![0f32; rows];
+        out.par_iter_mut()
+            .zip(src.par_chunks(cols))
+            .for_each(|(o, x)| *o = logsumexp_row(x));
+        Ok((CpuStorage::F32(out), Shape::from(rows)))
+    }
+}
+
+fn logsumexp_row(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { logsumexp_row_avx2(x) };
+    }
+    logsumexp_row_generic(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn logsumexp_row_avx2(x: &[f32]) -> f32 {
+    logsumexp_row_generic(x)
+}
+
+#[inline(always)]
+fn logsumexp_row_generic(x: &[f32]) -> f32 {
+    let m = max(x);
+    if !m.is_finite() {
+        // All −∞ gives −∞; +∞ or NaN give NaN, which the caller reports as a non-finite loss.
+        return if m == f32::NEG_INFINITY { m } else { f32::NAN };
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += exp(c[l] - m);
+        }
+    }
+    let s: f64 = acc.iter().map(|&v| v as f64).sum::<f64>()
+        + tail.iter().map(|&v| exp(v - m) as f64).sum::<f64>();
+    m + s.ln() as f32
+}
+
+/// Per row of two (rows, vocab) f32 logits tensors `p` (reference) and `q`: the KL
+/// divergence `KL(softmax(p) ‖ softmax(q))` in f64, and whether their argmaxes (first index
+/// on ties, like `torch.argmax`) agree.
+pub fn kl_and_agreement(p: &Tensor, q: &Tensor) -> Result<(Vec<f64>, Vec<bool>)> {
+    if p.dims() != q.dims() || p.rank() != 2 {
+        candle_core::bail!("kl_and_agreement: shapes {:?} and {:?}", p.dims(), q.dims());
+    }
+    let out = if p.device().is_cpu() && p.dtype() == DType::F32 && q.dtype() == DType::F32 {
+        p.contiguous()?
+            .apply_op2_no_bwd(&q.contiguous()?, &KlAgreement)?
+    } else {
+        let (p, q) = (p.to_dtype(DType::F32)?, q.to_dtype(DType::F32)?);
+        let lp = p.broadcast_sub(&logsumexp_last_dim(&p)?.unsqueeze(1)?)?;
+        let lq = q.broadcast_sub(&logsumexp_last_dim(&q)?.unsqueeze(1)?)?;
+        let kl = (lp.exp()? * (&lp - &lq)?)?.sum_keepdim(D::Minus1)?;
+        let agree = p
+            .argmax_keepdim(D::Minus1)?
+            .eq(&q.argmax_keepdim(D::Minus1)?)?;
+        Tensor::cat(&[kl, agree.to_dtype(DType::F32)?], 1)?
+    };
+    let rows: Vec<Vec<f32>> = out.to_vec2()?;
+    Ok(rows.iter().map(|r| (r[0] as f64, r[1] > 0.5)).unzip())
+}
+
+struct KlAgreement;
+
+impl candle_core::CustomOp2 for KlAgreement {
+    fn name(&self) -> &'static str {
+        "kl-agreement"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(p), CpuStorage::F32(q)) = (s1, s2) else {
+            candle_core::bail!("kl-agreement: expected f32")
+        };
+        let offsets = |l: &Layout| {
+            l.contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("kl-agreement: not contiguous".into()))
+        };
+        let ((a0, a1), (b0, b1)) = (offsets(l1)?, offsets(l2)?);
+        let (rows, cols) = l1.shape().dims2()?;
+        let mut out = vec![0f32; rows * 2];
+        out.par_chunks_mut(2)
+            .zip(p[a0..a1].par_chunks(cols).zip(q[b0..b1].par_chunks(cols)))
+            .for_each(|(o, (p, q))| {
+                let (kl, agree) = kl_row(p, q);
+                o[0] = kl as f32;
+                o[1] = if agree { 1.0 } else { 0.0 };
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, 2))))
+    }
+}
+
+fn kl_row(p: &[f32], q: &[f32]) -> (f64, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { kl_row_avx2(p, q) };
+    }
+    kl_row_generic(p, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kl_row_avx2(p: &[f32], q: &[f32]) -> (f64, bool) {
+    kl_row_generic(p, q)
+}
+
+/// One pass for maxima and argmaxes, one for the sums: with `e = exp(p − max p)`,
+/// `KL = Σ e·(p − q) / Σ e − (lse(p) − lse(q))`, everything accumulated in f64.
+#[inline(always)]
+fn kl_row_generic(p: &[f32], q: &[f32]) -> (f64, bool) {
+    let argmax = |x: &[f32]| {
+        x.iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+    };
+    let ((ip, mp), (iq, mq)) = (argmax(p), argmax(q));
+    const L: usize = 8;
+    let (mut sp, mut sq, mut a) = ([0f64; L], [0f64; L], [0f64; L]);
+    let (pc, qc) = (p.chunks_exact(L), q.chunks_exact(L));
+    let (pt, qt) = (pc.remainder(), qc.remainder());
+    for (pc, qc) in pc.zip(qc) {
+        for l in 0..L {
+            let ep = exp(pc[l] - mp);
+            sp[l] += ep as f64;
+            sq[l] += exp(qc[l] - mq) as f64;
+            a[l] += ep as f64 * (pc[l] - qc[l]) as f64;
+        }
+    }
+    let (mut sp, mut sq, mut a) = (
+        sp.iter().sum::<f64>(),
+        sq.iter().sum::<f64>(),
+        a.iter().sum::<f64>(),
+    );
+    for (&pv, &qv) in pt.iter().zip(qt) {
+        let ep = exp(pv - mp) as f64;
+        sp += ep;
+        sq += exp(qv - mq) as f64;
+        a += ep * (pv - qv) as f64;
+    }
+    let lse_p = mp as f64 + sp.ln();
+    let lse_q = mq as f64 + sq.ln();
+    (a / sp - (lse_p - lse_q), ip == iq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn kl_and_agreement_match_a_direct_f64_computation() {
+        let dev = Device::Cpu;
+        let p = Tensor::randn(0f32, 3.0, (6, 1003), &dev).unwrap();
+        let noise = Tensor::randn(0f32, 0.5, (6, 1003), &dev).unwrap();
+        let q = (&p + noise).unwrap();
+        let (kl, agree) = kl_and_agreement(&p, &q).unwrap();
+        let (pr, qr): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (p.to_vec2().unwrap(), q.to_vec2().unwrap());
+        for r in 0..6 {
+            let lsm = |x: &[f32]| {
+                let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let l = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+                x.iter().map(|&v| v as f64 - l).collect::<Vec<f64>>()
+            };
+            let (lp, lq) = (lsm(&pr[r]), lsm(&qr[r]));
+            let want: f64 = lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum();
+            assert!(
+                (kl[r] - want).abs() < 1e-6 + 1e-4 * want,
+                "row {r}: {} vs {want}",
+                kl[r]
+            );
+            let am = |x: &[f32]| {
+                x.iter()
+                    .enumerate()
+                    .fold(0, |bi, (i, &v)| if v > x[bi] { i } else { bi })
+            };
+            assert_eq!(agree[r], am(&pr[r]) == am(&qr[r]));
+        }
+        // Composed path (used off-CPU) agrees too.
+        let (kl2, agree2) = kl_and_agreement(
+            &p.to_dtype(DType::F64).unwrap(),
+            &q.to_dtype(DType::F64).unwrap(),
+        )
+        .unwrap();
+        for r in 0..6 {
+            assert!(
+                (kl[r] - kl2[r]).abs() < 1e-5,
+                "row {r}: {} vs {}",
+                kl[r],
+                kl2[r]
+            );
+        }
+        assert_eq!(agree, agree2);
+        let (same, all) = kl_and_agreement(&p, &p).unwrap();
+        assert!(same.iter().all(|&k| k.abs() < 1e-9) && all.iter().all(|&a| a));
+    }
+
+    #[test]
+    fn logsumexp_matches_composed_version_and_handles_extremes() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 10.0, (5, 50_257), &dev).unwrap() + 3.0).unwrap();
+        let fast: Vec<f32> = logsumexp_last_dim(&x).unwrap().to_vec1().unwrap();
+        let rows: Vec<Vec<f32>> = x.to_vec2().unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let want = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            assert!(
+                (fast[r] as f64 - want).abs() < 1e-5,
+                "row {r}: {} vs {want}",
+                fast[r]
+            );
+        }
+        let bad = Tensor::new(&[[1.0f32, f32::NAN, 0.0], [1.0, f32::INFINITY, 0.0]], &dev).unwrap();
+        let out: Vec<f32> = logsumexp_last_dim(&bad).unwrap().to_vec1().unwrap();
+        assert!(out.iter().all(|v| v.is_nan()), "{out:?}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Rotary position embeddings as transformers applies them (`rotate_half`, the GPT-NeoX /
+//! Hugging Face Llama layout): on the first `rot` dimensions of each head, with
+//! `half = rot/2`, element `i < half` becomes `x_i·cos_i − x_{i+half}·sin_i` and element
+//! `i + half` becomes `x_{i+half}·cos_i + x_i·sin_i`; the other dimensions pass through.
+//!
+//! On CPU in f32 this is one kernel that reads a strided (fused-projection) view and writes a
+//! contiguous result; elsewhere, and for autograd, it is composed from candle ops.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// `x` (b, t, H·d) rotated on the first `cos.dim(1)·2` dimensions of each of `n_head` heads;
+/// `cos` and `sin` are (t, half) f32 tables for the positions of `x`'s rows. Returns a
+/// contiguous (b, t, H·d) tensor of `x`'s dtype.
+pub fn apply(x: &Tensor, n_head: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (_, t, c) = x.dims3()?;
+    let (tc, half) = cos.dims2()?;
+    if tc != t || sin.dims() != cos.dims() || c % n_head != 0 || 2 * half > c / n_head {
+        candle_core::bail!(
+            "rope: x {:?}, cos {:?}, sin {:?} with {n_head} heads",
+            x.dims(),
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.stride()[2] == 1 {
+        let op = Rope { n_head };
+        return x.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &op);
+    }
+    apply_composed(x, n_head, cos, sin)
+}
+
+/// The candle-ops version of [`apply`]: other devices and dtypes (computed in `x`'s dtype
+/// with the tables cast to it, as transformers does), and differentiable.
+pub fn apply_composed(x: &Tensor, n_head: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    let (d, half) = (c / n_head, cos.dim(1)?);
+    let xh = x.reshape((b, t, n_head, d))?; // (b, t, H, d)
+    let cos = cos.to_dtype(x.dtype())?.reshape((1, t, 1, half))?;
+    let sin = sin.to_dtype(x.dtype())?.reshape((1, t, 1, half))?;
+    let x1 = xh.narrow(D::Minus1, 0, half)?;
+    let x2 = xh.narrow(D::Minus1, half, half)?;
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    let mut parts = vec![r1, r2];
+    if 2 * half < d {
+        parts.push(xh.narrow(D::Minus1, 2 * half, d - 2 * half)?);
+    }
+    Tensor::cat(&parts, D::Minus1)?.reshape((b, t, c))
+}
+
+struct Rope {
+    n_head: usize,
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(cos), CpuStorage::F32(sin)) = (s1, s2, s3) else {
+            candle_core::bail!("rope: expected f32 inputs")
+        };
+        let (b, t, c) = l1.shape().dims3()?;
+        let half = l2.shape().dims2()?.1;
+        let [sb, st, _] = l1.stride() else {
+            candle_core::bail!("rope: expected a 3-D input")
+        };
+        let (sb, st, x0) = (*sb, *st, l1.start_offset());
+        let cos = &cos[l2.start_offset()..];
+        let sin = &sin[l3.start_offset()..];
+        let d = c / self.n_head;
+        let mut out = vec![0f32; b * t * c];
+        out.par_chunks_mut(c).enumerate().for_each(|(row, o)| {
+            let (bi, ti) = (row / t, row % t);
+            let src = &x[x0 + bi * sb + ti * st..][..c];
+            let (cr, sr) = (&cos[ti * half..][..half], &sin[ti * half..][..half]);
+            for (oh, xh) in o.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+                rotate_head(oh, xh, cr, sr);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, t, c))))
+    }
+}
+
+#[inline(always)]
+fn rotate_head(o: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        o[i] = a * cos[i] - b * sin[i];
+        o[i + half] = b * cos[i] + a * sin[i];
+    }
+    o[2 * half..].copy_from_slice(&x[2 * half..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A direct f64 evaluation of the formula in the module doc.
+    fn reference(x: &[f32], c: usize, d: usize, half: usize, cos: &[f32], sin: &[f32]) -> Vec<f64> {
+        let mut out = vec![0f64; x.len()];
+        for (r, (o, xr)) in out.chunks_mut(c).zip(x.chunks(c)).enumerate() {
+            for h in 0..c / d {
+                for i in 0..d {
+                    let xi = |j: usize| xr[h * d + j] as f64;
+                    let cs = |j: usize| cos[r * half + j] as f64;
+                    let sn = |j: usize| sin[r * half + j] as f64;
+                    o[h * d + i] = if i < half {
+                        xi(i) * cs(i) - xi(i + half) * sn(i)
+                    } else if i < 2 * half {
+                        xi(i) * cs(i - half) + xi(i - half) * sn(i - half)
+                    } else {
+                        xi(i)
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn kernel_and_composed_match_the_formula_full_and_partial() {
+        let dev = Device::Cpu;
+        for (t, h, d, half) in [(5, 2, 8, 4), (7, 3, 8, 1), (4, 2, 16, 2)] {
+            let c = h * d;
+            // x is a strided view: the middle columns of a wider fused projection.
+            let wide = Tensor::randn(0f32, 1.0, (1, t, 3 * c), &dev).unwrap();
+            let x = wide.narrow(2, c, c).unwrap();
+            let ang = Tensor::randn(0f32, 2.0, (t, half), &dev).unwrap();
+            let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+            let want = reference(
+                &x.contiguous()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                c,
+                d,
+                half,
+                &cos.flatten_all().unwrap().to_vec1().unwrap(),
+                &sin.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            for got in [
+                apply(&x, h, &cos, &sin).unwrap(),
+                apply_composed(&x, h, &cos, &sin).unwrap(),
+            ] {
+                let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(&g, &w)| (g as f64 - w).abs())
+                    .fold(0f64, f64::max);
+                assert!(worst < 1e-5, "t={t} h={h} d={d} half={half}: {worst:e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Causal self-attention with a fused q|k|v projection, optional rotary embeddings on q and
+//! k, grouped-query heads, and a key/value cache. Families whose checkpoints store q, k and v
+//! separately (or interleaved per head, like GPT-NeoX) are brought to the fused layout once,
+//! at load time.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::Linear;
+
+use crate::kernels::attention::{causal_attention, causal_attention_composed, Heads};
+use crate::model::decoder::Mode;
+use crate::model::rope::Rope;
+
+#[derive(Clone)]
+pub struct Attention {
+    /// (H·d + 2·G·d, C): query rows, then key rows, then value rows.
+    pub qkv: Linear,
+    /// (C, H·d)
+    pub out: Linear,
+    pub heads: Heads,
+    pub head_dim: usize,
+    /// Multiplies q·kᵀ.
+    pub scale: f64,
+    pub rope: Option<Arc<Rope>>,
+    /// Scores and softmax in f32 whatever the compute dtype (GPT-2's `reorder_and_upcast_attn`).
+    pub upcast: bool,
+}
+
+/// Shape and position of the rows a block works on.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows {
+    pub b: usize,
+    pub t: usize,
+    /// Position of each sequence's first row.
+    pub start: usize,
+}
+
+impl Attention {
+    /// `x`: (b·t, C) → (b·t, C). With a cache, the new keys and values are appended to it and
+    /// the queries attend to every cached position too.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rows: Rows,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t) = (rows.b, rows.t);
+        let (qw, kw) = (
+            self.heads.n_head * self.head_dim,
+            self.heads.n_kv * self.head_dim,
+        );
+        let qkv = self.qkv.forward(x)?.reshape((b, t, qw + 2 * kw))?;
+        let mut q = qkv.narrow(2, 0, qw)?; // (b, t, H·d), heads side by side
+        let mut k = qkv.narrow(2, qw, kw)?; // (b, t, G·d)
+        let mut v = qkv.narrow(2, qw + kw, kw)?; // (b, t, G·d)
+        if let Some(rope) = &self.rope {
+            q = rope.apply(&q, self.heads.n_head, rows.start, mode)?;
+            k = rope.apply(&k, self.heads.n_kv, rows.start, mode)?;
+        }
+        if let Some(cache) = cache {
+            // (b, cached + t, G·d) views of the cache's buffers.
+            (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
+        }
+        if self.upcast {
+            (q, k, v) = (
+                q.to_dtype(DType::F32)?,
+                k.to_dtype(DType::F32)?,
+                v.to_dtype(DType::F32)?,
+            );
+        }
+        let y = match mode {
+            Mode::Fast => causal_attention(&q, &k, &v, self.heads, self.scale)?,
+            Mode::Differentiable => {
+                causal_attention_composed(&q, &k, &v, self.heads, self.scale, true)?
+            }
+        }; // (b, t, H·d)
+        self.out
+            .forward(&y.to_dtype(x.dtype())?.reshape((b * t, qw))?)
+    }
+}

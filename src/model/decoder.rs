@@ -1,0 +1,206 @@
+//! The decoder-only transformer every family is built from, and its one forward pass:
+//! embeddings (+ learned positions) → blocks → final norm → LM head. A family decides the
+//! parts — which norm, which residual wiring, rotary or learned positions, plain or gated
+//! MLP, projections around the blocks — and the weight names; the arithmetic lives here.
+//!
+//! The same pass runs fast (fused kernels) or differentiable (candle ops only, with probes
+//! for autograd): a [`Mode`], not a second forward.
+
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::Linear;
+
+use crate::model::attention::{Attention, Rows};
+use crate::model::ffn::Ffn;
+use crate::model::norm::Norm;
+use crate::model::plan::ActivationPlan;
+use crate::model::{Cache, CausalLm, ModelInfo, Tracer};
+
+/// Fused kernels, or candle ops that autograd can differentiate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Fast,
+    Differentiable,
+}
+
+/// How a block adds its attention and MLP to the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// `h = x + attn(ln1(x)); h + mlp(ln2(h))` (GPT-2, Llama, pre-LN OPT, NeoX sequential).
+    PreNorm,
+    /// `mlp(ln2(x)) + attn(ln1(x)) + x` (GPT-NeoX `use_parallel_residual`, Pythia).
+    Parallel,
+    /// `h = ln1(x + attn(x)); ln2(h + mlp(h))` (OPT with `do_layer_norm_before = false`).
+    PostNorm,
+}
+
+#[derive(Clone)]
+pub struct Block {
+    pub ln1: Norm,
+    pub attn: Attention,
+    pub ln2: Norm,
+    pub ffn: Ffn,
+    pub residual: Residual,
+}
+
+impl Block {
+    /// `x`: (b·t, C) → (b·t, C).
+    fn forward(
+        &self,
+        x: &Tensor,
+        rows: Rows,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+        tracer: Option<&mut Tracer>,
+    ) -> Result<Tensor> {
+        match self.residual {
+            Residual::PreNorm => {
+                let attn = self
+                    .attn
+                    .forward(&self.ln1.forward(x, mode)?, rows, cache, mode)?;
+                let h = (x + attn)?;
+                let mlp = self
+                    .ffn
+                    .forward(&self.ln2.forward(&h, mode)?, mode, tracer)?;
+                &h + mlp
+            }
+            Residual::Parallel => {
+                let attn = self
+                    .attn
+                    .forward(&self.ln1.forward(x, mode)?, rows, cache, mode)?;
+                let mlp = self
+                    .ffn
+                    .forward(&self.ln2.forward(x, mode)?, mode, tracer)?;
+                (mlp + attn)? + x
+            }
+            Residual::PostNorm => {
+                let attn = self.attn.forward(x, rows, cache, mode)?;
+                let h = self.ln1.forward(&(x + attn)?, mode)?;
+                let mlp = self.ffn.forward(&h, mode, tracer)?;
+                self.ln2.forward(&(&h + mlp)?, mode)
+            }
+        }
+    }
+}
+
+/// Learned absolute positions: row `offset + p` of `table` for position `p` (OPT's offset
+/// is 2, GPT-2's 0).
+#[derive(Clone)]
+pub struct LearnedPositions {
+    pub table: Tensor,
+    pub offset: usize,
+}
+
+/// A decoder-only language model.
+#[derive(Clone)]
+pub struct Decoder {
+    pub info: ModelInfo,
+    /// (vocab, E)
+    pub embed: Tensor,
+    pub positions: Option<LearnedPositions>,
+    /// E → C before the blocks (OPT's `project_in` when `word_embed_proj_dim < hidden_size`).
+    pub project_in: Option<Linear>,
+    pub blocks: Vec<Block>,
+    pub final_norm: Option<Norm>,
+    /// C → E after the blocks (OPT's `project_out`).
+    pub project_out: Option<Linear>,
+    /// (vocab, E)
+    pub lm_head: Tensor,
+    pub plan: ActivationPlan,
+}
+
+impl Decoder {
+    /// Token (+ position) embeddings of `tokens` (b, t) at positions `start..start + t`:
+    /// (b·t, C).
+    fn embed(&self, tokens: &Tensor, start: usize) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if start + t > self.info.n_positions {
+            candle_core::bail!(
+                "positions {start}..{} exceed the model's {} positions",
+                start + t,
+                self.info.n_positions
+            );
+        }
+        let mut x = self.embed.embedding(&tokens.flatten_all()?)?; // (b·t, E)
+        if let Some(p) = &self.project_in {
+            x = p.forward(&x)?;
+        }
+        if let Some(pos) = &self.positions {
+            let rows = pos.table.narrow(0, pos.offset + start, t)?.repeat((b, 1))?;
+            x = (x + rows)?;
+        }
+        Ok(x)
+    }
+}
+
+impl CausalLm for Decoder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn plan(&self) -> &ActivationPlan {
+        &self.plan
+    }
+
+    fn with_plan(&self, plan: ActivationPlan) -> Box<dyn CausalLm> {
+        debug_assert_eq!(plan.per_layer.len(), self.blocks.len());
+        let mut model = self.clone();
+        for (block, &act) in model.blocks.iter_mut().zip(&plan.per_layer) {
+            block.ffn.set_activation(act);
+        }
+        model.plan = plan;
+        Box::new(model)
+    }
+
+    fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        mut cache: Option<&mut Cache>,
+        mut tracer: Option<&mut Tracer>,
+    ) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let rows = Rows { b, t, start };
+        let mode = match tracer {
+            Some(_) => Mode::Differentiable,
+            None => Mode::Fast,
+        };
+        let mut x = self.embed(tokens, start)?; // (b·t, C)
+        for (l, block) in self.blocks.iter().enumerate() {
+            if let Some(tr) = tracer.as_deref_mut() {
+                let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
+                x = (&x + probe.as_tensor())?;
+                tr.probes.push(probe);
+            }
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = block.forward(&x, rows, kv, mode, tracer.as_deref_mut())?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        if let Some(n) = &self.final_norm {
+            x = n.forward(&x, mode)?;
+        }
+        if let Some(p) = &self.project_out {
+            x = p.forward(&x)?;
+        }
+        x.reshape((b, t, ()))
+    }
+
+    fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        let e = hidden.dim(candle_core::D::Minus1)?;
+        let mut out_shape = hidden.dims().to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = self.info.vocab_size;
+        }
+        let flat = hidden.reshape(((), e))?; // (n, E)
+        flat.matmul(&self.lm_head.t()?)?.reshape(out_shape) // (…, vocab)
+    }
+}
