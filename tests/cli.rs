@@ -333,8 +333,8 @@ fn configs_the_tool_cannot_run_are_rejected() {
         ),
         (
             "model_type",
-            serde_json::json!("llama"),
-            "model_type is 'llama'",
+            serde_json::json!("bert"),
+            "model_type is 'bert'; supported: gpt2, gpt_neox, opt, llama, qwen2",
         ),
         (
             "architectures",

@@ -98,7 +98,7 @@ fn greedy_generation_equals_transformers() {
         let rules = StopRules {
             max_new_tokens: want.len(),
             stop: vec![],
-            eos: m.config.eos_id(),
+            eos: m.config.info.eos_id,
         };
         let g = generate(&m.model, &m.tokenizer, &prompt, params, &rules, &mut |_| {
             Ok(())

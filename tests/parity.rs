@@ -88,7 +88,7 @@ fn logits_match_transformers_at_every_position() {
             .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
             .collect();
         let (worst, at) = max_abs_diff(&got, &want);
-        let vocab = loaded.config.vocab_size;
+        let vocab = loaded.config.info.vocab_size;
         assert!(
             worst <= 1e-4,
             "{}: logits max abs diff {worst:e} at position {}, token {} (got {}, want {})",

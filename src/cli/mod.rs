@@ -291,6 +291,9 @@ impl ModelArgs {
     }
 
     fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        if self.activation.is_none() && self.layers != LayerSpec::All {
+            anyhow::bail!("--layers needs --activation (which activation to put in those layers)");
+        }
         Ok(LoadOptions {
             activation: self.activation,
             layers: self.layers.clone(),
@@ -445,14 +448,15 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let ids = loaded.tokenizer.encode(&prompt)?;
     let eos = loaded
         .config
-        .eos_id()
+        .info
+        .eos_id
         .or_else(|| loaded.tokenizer.token_to_id("<|endoftext|>"));
     let rules = StopRules {
         max_new_tokens: args.max_new_tokens,
         stop,
         eos: if args.ignore_eos { None } else { eos },
     };
-    let describe = |m: &crate::model::gpt2::Gpt2| {
+    let describe = |m: &dyn crate::model::CausalLm| {
         let plan = m.plan();
         if plan.swapped_layers().is_empty() {
             format!("{} (original)", plan.original)
@@ -485,7 +489,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         if g.stop_reason == StopReason::ContextFull {
             eprintln!(
                 "stopped: the model's context of {} positions is full",
-                loaded.config.n_positions
+                loaded.config.info.n_positions
             );
         }
     };
@@ -494,7 +498,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             .model
             .with_plan(crate::model::plan::ActivationPlan::original(
                 loaded.model.plan().original,
-                loaded.config.n_layer,
+                loaded.config.info.n_layer,
             ));
         let mut quiet = |_: &str| Ok(());
         let a = generate(&base, &loaded.tokenizer, &ids, params, &rules, &mut quiet)?;
@@ -579,12 +583,12 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     if let Some(max) = args.max_tokens {
         tokens.truncate(max);
     }
-    let context = args.context.unwrap_or(loaded.config.n_positions);
+    let context = args.context.unwrap_or(loaded.config.info.n_positions);
     let swapped = !loaded.model.plan().swapped_layers().is_empty();
     let original = if swapped {
         let plan = crate::model::plan::ActivationPlan::original(
             loaded.model.plan().original,
-            loaded.config.n_layer,
+            loaded.config.info.n_layer,
         );
         Some(
             diagnose(&loaded.model.with_plan(plan), &tokens, context)
@@ -679,7 +683,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     let tokenize_seconds = t1.elapsed().as_secs_f64();
 
     let cfg = &loaded.config;
-    let context = args.context.unwrap_or(cfg.n_positions);
+    let context = args.context.unwrap_or(cfg.info.n_positions);
     let stride = args.stride.unwrap_or((context / 2).max(1));
     let ppl_opts = PplOptions {
         context,
@@ -702,10 +706,10 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     let swapped = plan.swapped_layers();
     let layers = if opts.activation.is_none() {
         "none".to_string()
-    } else if swapped.len() == cfg.n_layer {
+    } else if swapped.len() == cfg.info.n_layer {
         "all".to_string()
     } else {
-        format_indices(opts.layers.resolve(cfg.n_layer)?)
+        format_indices(opts.layers.resolve(cfg.info.n_layer)?)
     };
     let bytes = text.len();
     let bits_per_byte = report.nll_sum / std::f64::consts::LN_2 / bytes as f64;
@@ -751,7 +755,7 @@ fn run_perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     };
     println!(
         "model        {} ({} layers, {} layout, {} on {})",
-        loaded.files.source, cfg.n_layer, loaded.layout, args.model.dtype, args.model.device
+        loaded.files.source, cfg.info.n_layer, loaded.layout, args.model.dtype, args.model.device
     );
     println!("activation   {activation}");
     println!(

@@ -24,8 +24,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::activation::Activation;
-use crate::model::gpt2::config::Gpt2Config;
 use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
+use crate::model::ModelConfig;
 use crate::runtime::{DeviceSpec, Precision};
 use crate::weights::ModelSpec;
 
@@ -107,7 +107,7 @@ pub struct Grid {
     /// Local directories or Hub ids.
     pub models: Vec<ModelSpec>,
     /// Each model's config (read while validating).
-    pub model_configs: Vec<Gpt2Config>,
+    pub model_configs: Vec<ModelConfig>,
     pub datasets: Vec<PathBuf>,
     pub context: Option<usize>,
     pub stride: Option<usize>,
@@ -195,7 +195,7 @@ impl Grid {
                 .map_err(|e| err(Some(m.span()), format!("models: {e:#}")))?;
             let cfg = spec
                 .config_path()
-                .and_then(|p| Ok(Gpt2Config::from_file(&p)?))
+                .and_then(|p| Ok(ModelConfig::from_file(&p)?))
                 .map_err(|e| err(Some(m.span()), format!("models: {e:#}")))?;
             models.push(spec);
             model_configs.push(cfg);
@@ -245,13 +245,13 @@ impl Grid {
         }
         if let Some(c) = &raw.context {
             for (m, cfg) in models.iter().zip(&model_configs) {
-                if *c.get_ref() > cfg.n_positions {
+                if *c.get_ref() > cfg.info.n_positions {
                     return Err(err(
                         Some(c.span()),
                         format!(
                             "context {} exceeds n_positions {} of {}",
                             c.get_ref(),
-                            cfg.n_positions,
+                            cfg.info.n_positions,
                             m.display()
                         ),
                     ));
@@ -336,7 +336,7 @@ impl Grid {
                 ));
             }
             for (m, cfg) in models.iter().zip(&model_configs) {
-                let plan = ActivationPlan::original(Activation::Identity, cfg.n_layer);
+                let plan = ActivationPlan::original(Activation::Identity, cfg.info.n_layer);
                 map.apply(plan).map_err(|e| {
                     err(
                         Some(v.activation.span()),
@@ -378,8 +378,8 @@ impl Grid {
         let mut out = Vec::new();
         for (mi, cfg) in self.model_configs.iter().enumerate() {
             // Validated in `parse`, so the config's own activation is known.
-            let original = cfg.activation().unwrap_or(Activation::GeluNew);
-            let base_plan = ActivationPlan::original(original, cfg.n_layer);
+            let original = cfg.info.activation;
+            let base_plan = ActivationPlan::original(original, cfg.info.n_layer);
             for di in 0..self.datasets.len() {
                 let mut push = |name: String, is_baseline, sweep, plan, diagnose| {
                     let index = out.len();
@@ -404,7 +404,7 @@ impl Grid {
                 for v in &self.variants {
                     if v.sweep_layers {
                         let act = v.map.0[0].1;
-                        for layer in 0..cfg.n_layer {
+                        for layer in 0..cfg.info.n_layer {
                             let spec = LayerSpec::Some([layer].into());
                             let plan = base_plan
                                 .clone()

@@ -20,7 +20,7 @@ use crate::eval::perplexity::{score_windows, token_nlls, windows, PplError, PplO
 use crate::grid::config::{Cell, Grid};
 use crate::grid::results::{self, Row};
 use crate::kernels;
-use crate::model::gpt2::Gpt2;
+use crate::model::CausalLm;
 use crate::provenance::{self, sha256_bytes, sha256_file};
 use crate::runtime::{DeviceSpec, Precision};
 use crate::weights::{CheckpointFiles, TensorStore};
@@ -148,7 +148,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
         .model_configs
         .iter()
         .map(|cfg| {
-            let context = grid.context.unwrap_or(cfg.n_positions);
+            let context = grid.context.unwrap_or(cfg.info.n_positions);
             PplOptions {
                 context,
                 stride: grid.stride.unwrap_or((context / 2).max(1)),
@@ -159,7 +159,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     for (mi, cfg) in grid.model_configs.iter().enumerate() {
         for (di, d) in datasets.iter().enumerate() {
             options[mi]
-                .validate(cfg.n_positions, d.tokens[mi].len())
+                .validate(cfg.info.n_positions, d.tokens[mi].len())
                 .with_context(|| {
                     format!(
                         "{} on {}",
@@ -228,8 +228,8 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             "models": grid.models.iter().zip(&models).zip(&grid.model_configs).map(|((p, m), cfg)| json!({
                 "path": p.display().to_string(),
                 "source": m.files.source.to_json(),
-                "n_layer": cfg.n_layer,
-                "activation": cfg.activation_function,
+                "n_layer": cfg.info.n_layer,
+                "activation": cfg.info.activation.name(),
                 "files": m.file_info,
             })).collect::<Vec<_>>(),
             "datasets": grid.datasets.iter().zip(&datasets).map(|(p, d)| json!({
@@ -281,7 +281,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     let total_work: usize = pending.iter().map(|(c, _)| work_of(c, true)).sum();
     let mut work_done = 0usize;
     let run_start = Instant::now();
-    let mut loaded: Option<(usize, Gpt2)> = None;
+    let mut loaded: Option<(usize, Box<dyn CausalLm>)> = None;
     let mut cache: Option<BaselineCache> = None;
     for (i, (cell, key)) in pending.iter().enumerate() {
         if loaded.as_ref().is_none_or(|(mi, _)| *mi != cell.model) {
@@ -289,9 +289,9 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             let m = &models[cell.model];
             let cfg = &grid.model_configs[cell.model];
             let base_plan =
-                crate::model::plan::ActivationPlan::original(cfg.activation()?, cfg.n_layer);
+                crate::model::plan::ActivationPlan::original(cfg.info.activation, cfg.info.n_layer);
             let store = TensorStore::open(&m.files.weights, dtype, &device)?;
-            let model = Gpt2::load(cfg, base_plan, store).with_context(|| {
+            let model = crate::model::load::build(cfg, base_plan, store).with_context(|| {
                 format!("loading weights from {}", grid.models[cell.model].display())
             })?;
             loaded = Some((cell.model, model));
@@ -312,7 +312,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             .filter(|(c, _)| (c.model, c.dataset) == pair && !c.is_baseline)
             .count();
         let cache_bytes =
-            tokens.len() * grid.model_configs[cell.model].n_embd * dtype.size_in_bytes();
+            tokens.len() * grid.model_configs[cell.model].info.hidden_size * dtype.size_in_bytes();
         let want_cache = cache.is_none()
             && cache_bytes <= CACHE_BUDGET_BYTES
             && (if cell.is_baseline {
@@ -438,7 +438,7 @@ fn score_cell(
     grid: &Grid,
     cell: &Cell,
     key: &str,
-    base: &Gpt2,
+    base: &dyn CausalLm,
     cache: Option<&[Tensor]>,
     fill: bool,
     tokens: &[u32],
@@ -447,7 +447,7 @@ fn score_cell(
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<(Row, Vec<Tensor>)> {
     let variant = (!cell.is_baseline).then(|| base.with_plan(cell.plan.clone()));
-    let models: Vec<&Gpt2> = match (&variant, cache) {
+    let models: Vec<&dyn CausalLm> = match (&variant, cache) {
         (None, _) => vec![base],
         (Some(v), Some(_)) => vec![v],
         (Some(v), None) => vec![base, v],

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Result, Tensor};
+use crate::model::linear::Linear;
+use candle_core::{DType, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::Linear;
 
 use crate::kernels::attention::{causal_attention, causal_attention_composed, Heads};
 use crate::model::decoder::Mode;

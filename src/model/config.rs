@@ -19,10 +19,10 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Parse {
         path: String,
-        source: serde_json::Error,
+        err: serde_json::Error,
     },
     #[error("{path}: {msg}")]
     Invalid { path: String, msg: String },
@@ -62,10 +62,7 @@ impl ModelConfig {
             source,
         })?;
         Self::from_json(&text).map_err(|e| match e {
-            Invalid::Json(source) => ConfigError::Parse {
-                path: shown,
-                source,
-            },
+            Invalid::Json(err) => ConfigError::Parse { path: shown, err },
             Invalid::Msg(msg) => ConfigError::Invalid { path: shown, msg },
         })
     }

@@ -6,8 +6,8 @@
 //! The same pass runs fast (fused kernels) or differentiable (candle ops only, with probes
 //! for autograd): a [`Mode`], not a second forward.
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::Linear;
+use crate::model::linear::Linear;
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::model::attention::{Attention, Rows};
 use crate::model::ffn::Ffn;
@@ -168,19 +168,25 @@ impl CausalLm for Decoder {
         let (b, t) = tokens.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len);
         let rows = Rows { b, t, start };
-        let mode = match tracer {
-            Some(_) => Mode::Differentiable,
-            None => Mode::Fast,
+        let mode = match tracer.as_deref().is_some_and(|t| t.differentiable) {
+            true => Mode::Differentiable,
+            false => Mode::Fast,
         };
         let mut x = self.embed(tokens, start)?; // (b·t, C)
         for (l, block) in self.blocks.iter().enumerate() {
             if let Some(tr) = tracer.as_deref_mut() {
-                let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
-                x = (&x + probe.as_tensor())?;
-                tr.probes.push(probe);
+                if tr.differentiable {
+                    let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
+                    x = (&x + probe.as_tensor())?;
+                    tr.probes.push(probe);
+                }
+                tr.residuals.push(x.clone());
             }
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             x = block.forward(&x, rows, kv, mode, tracer.as_deref_mut())?;
+        }
+        if let Some(tr) = tracer {
+            tr.residuals.push(x.clone());
         }
         if let Some(c) = cache {
             c.len += t;

@@ -2,8 +2,8 @@
 //! (`down(act(gate(x)) · up(x))`, Llama, Qwen2), with one swappable nonlinearity. Swapping on
 //! a gated model replaces the gate's activation.
 
-use candle_core::{Module, Result, Tensor, Var};
-use candle_nn::Linear;
+use crate::model::linear::Linear;
+use candle_core::{Result, Tensor, Var};
 
 use crate::model::activation::Activation;
 use crate::model::decoder::Mode;
@@ -45,11 +45,16 @@ impl Ffn {
         }
     }
 
-    /// `x`: (n, C) → (n, C). With a tracer (differentiable mode), the first weight becomes a
-    /// variable and the pre-activation is recorded.
+    /// `x`: (n, C) → (n, C). With a tracer the pre-activation is recorded; with a
+    /// differentiable one the first weight becomes a variable too.
     pub fn forward(&self, x: &Tensor, mode: Mode, tracer: Option<&mut Tracer>) -> Result<Tensor> {
         let h = match tracer {
             None => self.first().forward(x)?,
+            Some(tr) if !tr.differentiable => {
+                let h = self.first().forward(x)?;
+                tr.pre_activations.push(h.clone());
+                h
+            }
             Some(tr) => {
                 let w = Var::from_tensor(self.first().weight())?; // (inner, C)
                 let h =

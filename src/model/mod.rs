@@ -16,6 +16,7 @@ pub mod decoder;
 pub mod ffn;
 pub mod gpt2;
 pub mod inspect;
+pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod neox;
@@ -79,16 +80,36 @@ impl Cache {
     }
 }
 
-/// What a traced (differentiable) forward pass records, filled in by the blocks.
+/// What a traced forward pass records, filled in by the blocks. A differentiable tracer
+/// also makes the pass use differentiable ops only and adds probe variables.
 #[derive(Default)]
 pub struct Tracer {
-    /// Zero-valued variables added to each block's input.
+    pub differentiable: bool,
+    /// The residual stream entering each block, then the last block's output (before any
+    /// final norm): `n_layer + 1` tensors of shape (b·t, C).
+    pub residuals: Vec<Tensor>,
+    /// Zero-valued variables added to each block's input (differentiable only).
     pub probes: Vec<Var>,
     /// Each block's first feed-forward weight (`c_fc`, `fc1`, `dense_h_to_4h` or
-    /// `gate_proj`), (inner, C), as a variable.
+    /// `gate_proj`), (inner, C), as a variable (differentiable only).
     pub ffn_weights: Vec<Var>,
-    /// Each block's activation input: `fc(x)`, or `gate(x)` in a gated MLP, (t, inner).
+    /// Each block's activation input: `fc(x)`, or `gate(x)` in a gated MLP, (b·t, inner).
     pub pre_activations: Vec<Tensor>,
+}
+
+impl Tracer {
+    /// Records, and makes the pass differentiable.
+    pub fn differentiable() -> Self {
+        Self {
+            differentiable: true,
+            ..Self::default()
+        }
+    }
+
+    /// Records only; the pass runs its fast kernels.
+    pub fn observer() -> Self {
+        Self::default()
+    }
 }
 
 /// The result of [`CausalLm::forward_traced`].
@@ -142,6 +163,19 @@ pub trait CausalLm: Send + Sync {
         self.forward_hidden(tokens, Some(cache), None)
     }
 
+    /// The residual stream entering each block, then the output of the last block:
+    /// `n_layer + 1` tensors of shape (b, t, C).
+    fn residual_stream(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
+        let (b, t) = tokens.dims2()?;
+        let mut tracer = Tracer::observer();
+        self.forward_hidden(tokens, None, Some(&mut tracer))?;
+        tracer
+            .residuals
+            .iter()
+            .map(|x| x.reshape((b, t, ())))
+            .collect()
+    }
+
     /// Logits at every position: (b, t) tokens → (b, t, vocab).
     fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         self.logits_from_hidden(&self.hidden_states(tokens)?)
@@ -155,7 +189,7 @@ pub trait CausalLm: Send + Sync {
         if b != 1 {
             candle_core::bail!("forward_traced takes one sequence, got a batch of {b}");
         }
-        let mut tracer = Tracer::default();
+        let mut tracer = Tracer::differentiable();
         let hidden = self.forward_hidden(tokens, None, Some(&mut tracer))?; // (1, t, C)
         let logits = self.logits_from_hidden(&hidden.squeeze(0)?)?; // (t, vocab)
         debug_assert_eq!(logits.dim(0)?, t);
@@ -165,5 +199,42 @@ pub trait CausalLm: Send + Sync {
             ffn_weights: tracer.ffn_weights,
             pre_activations: tracer.pre_activations,
         })
+    }
+}
+
+/// A boxed model is a model: callers can pass `&loaded.model` where `&dyn CausalLm` is
+/// expected.
+impl CausalLm for Box<dyn CausalLm> {
+    fn info(&self) -> &ModelInfo {
+        (**self).info()
+    }
+
+    fn plan(&self) -> &ActivationPlan {
+        (**self).plan()
+    }
+
+    fn with_plan(&self, plan: ActivationPlan) -> Box<dyn CausalLm> {
+        (**self).with_plan(plan)
+    }
+
+    fn device(&self) -> &Device {
+        (**self).device()
+    }
+
+    fn dtype(&self) -> DType {
+        (**self).dtype()
+    }
+
+    fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut Cache>,
+        tracer: Option<&mut Tracer>,
+    ) -> Result<Tensor> {
+        (**self).forward_hidden(tokens, cache, tracer)
+    }
+
+    fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        (**self).logits_from_hidden(hidden)
     }
 }

@@ -2,8 +2,8 @@
 //! base-model prefix (`gpt_neox.`, `model.`) are found with or without it, as transformers
 //! finds them; linear layers come out as candle `Linear`s with (out, in) weights.
 
+use crate::model::linear::Linear;
 use candle_core::Tensor;
-use candle_nn::Linear;
 
 use crate::weights::{LoadError, TensorStore};
 

@@ -148,7 +148,7 @@ impl RopeFields {
             Some(serde_json::Value::Object(m)) => m,
             Some(_) => return Err("rope_parameters must be an object".into()),
         };
-        let num = |key: &str| -> Result<Option<f64>, String> {
+        let num = |key: &str| -> std::result::Result<Option<f64>, String> {
             match dict.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(v) => v

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
+use crate::model::linear::Linear;
 use candle_core::Tensor;
-use candle_nn::Linear;
 use serde::Deserialize;
 
 use crate::kernels::attention::Heads;
