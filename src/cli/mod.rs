@@ -14,9 +14,8 @@ use crate::eval::generate::{
     generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules,
 };
 use crate::eval::perplexity::{perplexity, PplOptions};
-use crate::grid::config::{Grid, SortOrder};
-use crate::grid::results;
-use crate::grid::runner::{self, RunSettings, Shard};
+use crate::grid::runner::{self, RunSettings};
+use crate::grid::{results, table, Grid, Shard, SortOrder};
 use crate::model::activation::Activation;
 use crate::model::load::{load_files, LoadOptions};
 use crate::model::plan::{format_indices, LayerSpec};
@@ -631,7 +630,7 @@ fn run_diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
 }
 
 fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
-    let rows = runner::merge(&args.dirs, &args.out)?;
+    let rows = crate::grid::merge(&args.dirs, &args.out)?;
     // Sort as the original config asked, read back from the first shard's manifest.
     let sort = std::fs::read_to_string(args.dirs[0].join("manifest.json"))
         .ok()
@@ -659,11 +658,11 @@ fn print_rows(
     order: SortOrder,
     json: bool,
 ) -> anyhow::Result<()> {
-    let rows = results::sorted(rows, order);
+    let rows = table::sorted(rows, order);
     if json {
         println!("{}", serde_json::to_string(&rows)?);
     } else {
-        print!("{}", results::table(&rows));
+        print!("{}", table::table(&rows));
     }
     Ok(())
 }

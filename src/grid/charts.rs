@@ -379,3 +379,29 @@ where
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// Charts per model × dataset pair (suffixed when there is more than one).
+pub fn write_charts(rows: &[Row], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        let p = (r.model.clone(), r.dataset.clone());
+        if !pairs.contains(&p) {
+            pairs.push(p);
+        }
+    }
+    let mut files = Vec::new();
+    for (i, (m, d)) in pairs.iter().enumerate() {
+        let group: Vec<Row> = rows
+            .iter()
+            .filter(|r| &r.model == m && &r.dataset == d)
+            .cloned()
+            .collect();
+        let suffix = if pairs.len() > 1 {
+            format!("-{}", i + 1)
+        } else {
+            String::new()
+        };
+        files.extend(draw_all(&group, dir, &suffix)?);
+    }
+    Ok(files)
+}

@@ -1,6 +1,5 @@
-//! Ablation grid configs (TOML): what to run, checked before anything is computed, and
-//! expanded into cells — one per model × dataset × variant (a layer sweep expands to one
-//! variant per layer).
+//! Ablation grid configs (TOML): what to run, checked before anything is computed. The
+//! expansion into cells is in [`crate::grid::cells`].
 //!
 //! ```toml
 //! models = ["../models/shakespeare-gpt2"]   # paths relative to this file, or Hub ids
@@ -18,14 +17,15 @@
 //! diagnose = true                           # add per-layer diagnostics to its rows
 //! ```
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::activation::Activation;
-use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::model::ModelConfig;
+use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::runtime::{DeviceSpec, Precision};
 use crate::weights::ModelSpec;
 
@@ -122,23 +122,6 @@ pub struct Grid {
     pub variants: Vec<Variant>,
 }
 
-/// One unit of work: a model, a dataset and the activation of every layer.
-#[derive(Debug, Clone)]
-pub struct Cell {
-    /// Position in the full expansion (shards take index mod N).
-    pub index: usize,
-    pub model: usize,
-    pub dataset: usize,
-    /// Variant name (`relu`, `sigmoid sweep@L3`, or the baseline's name).
-    pub name: String,
-    pub is_baseline: bool,
-    /// For sweep cells: the sweep's name and the layer.
-    pub sweep: Option<(String, usize)>,
-    pub plan: ActivationPlan,
-    /// Add per-layer diagnostics to this cell's row.
-    pub diagnose: bool,
-}
-
 /// A config error: the message, with the file and line where one applies.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {msg}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
@@ -161,93 +144,188 @@ impl Grid {
         Self::parse(path, &text)
     }
 
-    /// Parses config text; relative paths resolve against `path`'s directory.
+    /// Parses config text; relative paths resolve against `path`'s directory. Sections are
+    /// checked in a fixed order (models, datasets, windowing, device, dtype, sort, baseline,
+    /// variants) and the first error found is the one reported.
     pub fn parse(path: &Path, text: &str) -> Result<Self, GridError> {
-        let file = path.display().to_string();
-        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-        let err = |span: Option<std::ops::Range<usize>>, msg: String| GridError {
-            file: file.clone(),
+        let p = Parser::new(path, text);
+        let raw: RawGrid =
+            toml::from_str(text).map_err(|e| p.err(e.span(), e.message().to_string()))?;
+        let (models, model_configs) = p.models(&raw.models)?;
+        let datasets = p.datasets(&raw.datasets)?;
+        let w = p.windowing(&raw, &models, &model_configs)?;
+        let device = p.device(raw.device.as_ref())?;
+        let dtype = p.dtype(raw.dtype.as_ref())?;
+        let sort = p.sort(raw.sort.as_ref())?;
+        let (baseline_name, baseline_diagnose) = baseline(raw.baseline.as_ref());
+        let variants = p.variants(raw.variants, &baseline_name, &models, &model_configs)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            models,
+            model_configs,
+            datasets,
+            context: w.context,
+            stride: w.stride,
+            batch_size: w.batch_size,
+            max_tokens: w.max_tokens,
+            device,
+            dtype,
+            threads: w.threads,
+            sort,
+            baseline_name,
+            baseline_diagnose,
+            variants,
+        })
+    }
+}
+
+/// The counts of a config, each at least 1 when given.
+struct Windowing {
+    context: Option<usize>,
+    stride: Option<usize>,
+    batch_size: usize,
+    max_tokens: Option<usize>,
+    threads: Option<usize>,
+}
+
+/// The baseline's name (default `baseline`) and whether it is diagnosed.
+fn baseline(raw: Option<&RawBaseline>) -> (String, bool) {
+    let name = raw
+        .and_then(|b| b.name.as_ref())
+        .map(|n| n.get_ref().trim().to_string())
+        .unwrap_or_else(|| "baseline".into());
+    (name, raw.is_some_and(|b| b.diagnose))
+}
+
+/// Checks one config file's sections; errors name the file and the line.
+struct Parser<'a> {
+    file: String,
+    text: &'a str,
+    /// The config's directory: relative paths resolve against it.
+    base: &'a Path,
+}
+
+impl<'a> Parser<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Self {
+        Self {
+            file: path.display().to_string(),
+            text,
+            base: path.parent().unwrap_or(Path::new(".")),
+        }
+    }
+
+    fn err(&self, span: Option<Range<usize>>, msg: String) -> GridError {
+        let line_of = |offset: usize| {
+            self.text[..offset.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        };
+        GridError {
+            file: self.file.clone(),
             line: span.map(|s| line_of(s.start)),
             msg,
-        };
-        let raw: RawGrid =
-            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &str| -> PathBuf {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        }
+    }
 
-        if raw.models.get_ref().is_empty() {
-            return Err(err(
-                Some(raw.models.span()),
-                "models: the list is empty".into(),
-            ));
+    fn err_at<T>(&self, value: &Spanned<T>, msg: String) -> GridError {
+        self.err(Some(value.span()), msg)
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// `models`: each a local directory or Hub id, with its config read.
+    fn models(
+        &self,
+        raw: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<(Vec<ModelSpec>, Vec<ModelConfig>), GridError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.err_at(raw, "models: the list is empty".into()));
         }
         let mut models = Vec::new();
         let mut model_configs = Vec::new();
-        for m in raw.models.get_ref() {
-            let spec = ModelSpec::parse(m.get_ref(), None, Some(base))
-                .map_err(|e| err(Some(m.span()), format!("models: {e:#}")))?;
+        for m in raw.get_ref() {
+            let spec = ModelSpec::parse(m.get_ref(), None, Some(self.base))
+                .map_err(|e| self.err_at(m, format!("models: {e:#}")))?;
             let cfg = spec
                 .config_path()
                 .and_then(|p| Ok(ModelConfig::from_file(&p)?))
-                .map_err(|e| err(Some(m.span()), format!("models: {e:#}")))?;
+                .map_err(|e| self.err_at(m, format!("models: {e:#}")))?;
             models.push(spec);
             model_configs.push(cfg);
         }
-        if raw.datasets.get_ref().is_empty() {
-            return Err(err(
-                Some(raw.datasets.span()),
-                "datasets: the list is empty".into(),
-            ));
+        Ok((models, model_configs))
+    }
+
+    /// `datasets`: each an existing file (relative to the config) or a named dataset.
+    fn datasets(&self, raw: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<PathBuf>, GridError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.err_at(raw, "datasets: the list is empty".into()));
         }
         let mut datasets = Vec::new();
-        for d in raw.datasets.get_ref() {
-            let p = resolve(d.get_ref());
+        for d in raw.get_ref() {
+            let p = self.resolve(d.get_ref());
             if p.is_file() {
                 datasets.push(p);
             } else if crate::data::is_data_name(d.get_ref()) {
                 datasets.push(PathBuf::from(d.get_ref()));
             } else {
-                return Err(err(
-                    Some(d.span()),
+                return Err(self.err_at(
+                    d,
                     format!("datasets: file {} does not exist, and {} is not a named dataset or an hf:ORG/NAME/path", p.display(), d.get_ref()),
                 ));
             }
         }
-        let positive =
-            |v: &Option<Spanned<usize>>, key: &str| -> Result<Option<usize>, GridError> {
-                match v {
-                    Some(s) if *s.get_ref() == 0 => {
-                        Err(err(Some(s.span()), format!("{key} must be at least 1")))
-                    }
-                    Some(s) => Ok(Some(*s.get_ref())),
-                    None => Ok(None),
-                }
-            };
-        let context = positive(&raw.context, "context")?;
-        let stride = positive(&raw.stride, "stride")?;
-        let batch_size = positive(&raw.batch_size, "batch_size")?.unwrap_or(1);
-        let max_tokens = positive(&raw.max_tokens, "max_tokens")?;
-        let threads = positive(&raw.threads, "threads")?;
+        Ok(datasets)
+    }
+
+    /// A count that must be at least 1 when given.
+    fn positive(&self, v: &Option<Spanned<usize>>, key: &str) -> Result<Option<usize>, GridError> {
+        match v {
+            Some(s) if *s.get_ref() == 0 => {
+                Err(self.err_at(s, format!("{key} must be at least 1")))
+            }
+            Some(s) => Ok(Some(*s.get_ref())),
+            None => Ok(None),
+        }
+    }
+
+    /// `context`, `stride`, `batch_size`, `max_tokens` and `threads`: positive, the stride
+    /// within the context, the context within every model's `n_positions`.
+    fn windowing(
+        &self,
+        raw: &RawGrid,
+        models: &[ModelSpec],
+        model_configs: &[ModelConfig],
+    ) -> Result<Windowing, GridError> {
+        let w = Windowing {
+            context: self.positive(&raw.context, "context")?,
+            stride: self.positive(&raw.stride, "stride")?,
+            batch_size: self.positive(&raw.batch_size, "batch_size")?.unwrap_or(1),
+            max_tokens: self.positive(&raw.max_tokens, "max_tokens")?,
+            threads: self.positive(&raw.threads, "threads")?,
+        };
         if let (Some(c), Some(s)) = (&raw.context, &raw.stride) {
             if s.get_ref() > c.get_ref() {
-                return Err(err(
-                    Some(s.span()),
+                return Err(self.err_at(
+                    s,
                     format!("stride {} exceeds context {}", s.get_ref(), c.get_ref()),
                 ));
             }
         }
         if let Some(c) = &raw.context {
-            for (m, cfg) in models.iter().zip(&model_configs) {
+            for (m, cfg) in models.iter().zip(model_configs) {
                 if *c.get_ref() > cfg.info.n_positions {
-                    return Err(err(
-                        Some(c.span()),
+                    return Err(self.err_at(
+                        c,
                         format!(
                             "context {} exceeds n_positions {} of {}",
                             c.get_ref(),
@@ -258,218 +336,125 @@ impl Grid {
                 }
             }
         }
-        let device = raw
-            .device
-            .as_ref()
-            .map(|d| {
-                d.get_ref()
-                    .parse::<DeviceSpec>()
-                    .map_err(|e| err(Some(d.span()), format!("device: {e}")))
-            })
-            .transpose()?;
-        let dtype = raw
-            .dtype
-            .as_ref()
-            .map(|d| {
-                <Precision as clap::ValueEnum>::from_str(d.get_ref(), true).map_err(|_| {
-                    err(
-                        Some(d.span()),
-                        format!("dtype: '{}' is not one of f32, f16, bf16", d.get_ref()),
-                    )
-                })
-            })
-            .transpose()?;
-        let sort = match raw.sort.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-            None | Some(("config", _)) => SortOrder::Config,
-            Some(("perplexity", _)) => SortOrder::Perplexity,
-            Some((other, span)) => {
-                return Err(err(
-                    Some(span),
-                    format!("sort: '{other}' is not one of config, perplexity"),
-                ))
-            }
-        };
+        Ok(w)
+    }
 
-        let baseline_name = raw
-            .baseline
-            .as_ref()
-            .and_then(|b| b.name.as_ref())
-            .map(|n| n.get_ref().trim().to_string())
-            .unwrap_or_else(|| "baseline".into());
-        let baseline_diagnose = raw.baseline.as_ref().is_some_and(|b| b.diagnose);
-        let Some(raw_variants) = raw.variants else {
-            return Err(err(
+    fn device(&self, raw: Option<&Spanned<String>>) -> Result<Option<DeviceSpec>, GridError> {
+        raw.map(|d| {
+            d.get_ref()
+                .parse::<DeviceSpec>()
+                .map_err(|e| self.err_at(d, format!("device: {e}")))
+        })
+        .transpose()
+    }
+
+    fn dtype(&self, raw: Option<&Spanned<String>>) -> Result<Option<Precision>, GridError> {
+        raw.map(|d| {
+            <Precision as clap::ValueEnum>::from_str(d.get_ref(), true).map_err(|_| {
+                self.err_at(
+                    d,
+                    format!("dtype: '{}' is not one of f32, f16, bf16", d.get_ref()),
+                )
+            })
+        })
+        .transpose()
+    }
+
+    fn sort(&self, raw: Option<&Spanned<String>>) -> Result<SortOrder, GridError> {
+        match raw.map(|s| (s.get_ref().as_str(), s)) {
+            None | Some(("config", _)) => Ok(SortOrder::Config),
+            Some(("perplexity", _)) => Ok(SortOrder::Perplexity),
+            Some((other, s)) => Err(self.err_at(
+                s,
+                format!("sort: '{other}' is not one of config, perplexity"),
+            )),
+        }
+    }
+
+    /// `[[variants]]`: at least one, names unique (the baseline's included).
+    fn variants(
+        &self,
+        raw: Option<Spanned<Vec<RawVariant>>>,
+        baseline_name: &str,
+        models: &[ModelSpec],
+        model_configs: &[ModelConfig],
+    ) -> Result<Vec<Variant>, GridError> {
+        let Some(raw) = raw else {
+            return Err(self.err(
                 None,
                 "no [[variants]]: add at least one variant to compare with the baseline".into(),
             ));
         };
-        if raw_variants.get_ref().is_empty() {
-            return Err(err(
-                Some(raw_variants.span()),
-                "variants: the list is empty".into(),
-            ));
+        if raw.get_ref().is_empty() {
+            return Err(self.err_at(&raw, "variants: the list is empty".into()));
         }
-        let mut variants: Vec<Variant> = Vec::new();
-        let mut names = vec![baseline_name.clone()];
-        for v in raw_variants.into_inner() {
-            let name = v.name.get_ref().trim().to_string();
-            if name.is_empty() {
-                return Err(err(Some(v.name.span()), "variants: name is empty".into()));
-            }
-            if names.contains(&name) {
-                return Err(err(
-                    Some(v.name.span()),
-                    format!("variants: duplicate name '{name}'"),
-                ));
-            }
-            names.push(name.clone());
-            let map: ActivationMap = v.activation.get_ref().parse().map_err(|e| {
-                err(
-                    Some(v.activation.span()),
-                    format!("variant '{name}': activation: {e}"),
-                )
-            })?;
-            if v.sweep_layers && (map.0.len() != 1 || map.0[0].0 != LayerSpec::All) {
-                return Err(err(
-                    Some(v.activation.span()),
-                    format!("variant '{name}': sweep_layers needs a single activation name, not a per-layer map"),
-                ));
-            }
-            for (m, cfg) in models.iter().zip(&model_configs) {
-                let plan = ActivationPlan::original(Activation::Identity, cfg.info.n_layer);
-                map.apply(plan).map_err(|e| {
-                    err(
-                        Some(v.activation.span()),
-                        format!("variant '{name}': {e} ({})", m.display()),
-                    )
-                })?;
-            }
-            variants.push(Variant {
-                name,
-                map,
-                sweep_layers: v.sweep_layers,
-                diagnose: v.diagnose,
-                activation: v.activation.into_inner(),
-            });
+        let mut variants = Vec::new();
+        let mut names = vec![baseline_name.to_string()];
+        for v in raw.into_inner() {
+            let variant = self.variant(v, &names, models, model_configs)?;
+            names.push(variant.name.clone());
+            variants.push(variant);
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            text: text.to_string(),
-            models,
-            model_configs,
-            datasets,
-            context,
-            stride,
-            batch_size,
-            max_tokens,
-            device,
-            dtype,
-            threads,
-            sort,
-            baseline_name,
-            baseline_diagnose,
-            variants,
-        })
+        Ok(variants)
     }
 
-    /// Every cell, in order: per model, per dataset, the baseline then each variant (sweeps
-    /// expanded layer by layer).
-    pub fn cells(&self) -> Vec<Cell> {
-        let mut out = Vec::new();
-        for (mi, cfg) in self.model_configs.iter().enumerate() {
-            // Validated in `parse`, so the config's own activation is known.
-            let original = cfg.info.activation;
-            let base_plan = ActivationPlan::original(original, cfg.info.n_layer);
-            for di in 0..self.datasets.len() {
-                let mut push = |name: String, is_baseline, sweep, plan, diagnose| {
-                    let index = out.len();
-                    out.push(Cell {
-                        index,
-                        model: mi,
-                        dataset: di,
-                        name,
-                        is_baseline,
-                        sweep,
-                        plan,
-                        diagnose,
-                    });
-                };
-                push(
-                    self.baseline_name.clone(),
-                    true,
-                    None,
-                    base_plan.clone(),
-                    self.baseline_diagnose,
-                );
-                for v in &self.variants {
-                    if v.sweep_layers {
-                        let act = v.map.0[0].1;
-                        for layer in 0..cfg.info.n_layer {
-                            let spec = LayerSpec::Some([layer].into());
-                            let plan = base_plan
-                                .clone()
-                                .swap(act, &spec)
-                                .unwrap_or_else(|_| base_plan.clone());
-                            let sweep = Some((v.name.clone(), layer));
-                            push(
-                                format!("{}@L{layer}", v.name),
-                                false,
-                                sweep,
-                                plan,
-                                v.diagnose,
-                            );
-                        }
-                    } else {
-                        let plan = v
-                            .map
-                            .apply(base_plan.clone())
-                            .unwrap_or_else(|_| base_plan.clone());
-                        push(v.name.clone(), false, None, plan, v.diagnose);
-                    }
-                }
-            }
+    /// One variant: a new name, an activation map that fits every model, and for a sweep a
+    /// single activation.
+    fn variant(
+        &self,
+        v: RawVariant,
+        taken: &[String],
+        models: &[ModelSpec],
+        model_configs: &[ModelConfig],
+    ) -> Result<Variant, GridError> {
+        let name = v.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(self.err_at(&v.name, "variants: name is empty".into()));
         }
-        out
+        if taken.contains(&name) {
+            return Err(self.err_at(&v.name, format!("variants: duplicate name '{name}'")));
+        }
+        let map: ActivationMap = v.activation.get_ref().parse().map_err(|e| {
+            self.err_at(&v.activation, format!("variant '{name}': activation: {e}"))
+        })?;
+        if v.sweep_layers && (map.0.len() != 1 || map.0[0].0 != LayerSpec::All) {
+            return Err(self.err_at(
+                &v.activation,
+                format!("variant '{name}': sweep_layers needs a single activation name, not a per-layer map"),
+            ));
+        }
+        for (m, cfg) in models.iter().zip(model_configs) {
+            let plan = ActivationPlan::original(Activation::Identity, cfg.info.n_layer);
+            map.apply(plan).map_err(|e| {
+                self.err_at(
+                    &v.activation,
+                    format!("variant '{name}': {e} ({})", m.display()),
+                )
+            })?;
+        }
+        Ok(Variant {
+            name,
+            map,
+            sweep_layers: v.sweep_layers,
+            diagnose: v.diagnose,
+            activation: v.activation.into_inner(),
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fixture_dir() -> PathBuf {
+    pub(crate) fn fixture_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grid.toml")
     }
 
-    fn parse(text: &str) -> Result<Grid, String> {
+    pub(crate) fn parse(text: &str) -> Result<Grid, String> {
         Grid::parse(&fixture_dir(), text).map_err(|e| e.to_string())
     }
 
-    const HEAD: &str = "models = [\"tiny-gpt2\"]\ndatasets = [\"sample.txt\"]\n";
-
-    #[test]
-    fn expands_variants_and_sweeps_into_cells() {
-        let g = parse(&format!(
-            "{HEAD}context = 64\n[[variants]]\nname = \"relu\"\nactivation = \"relu\"\n\
-             [[variants]]\nname = \"mixed\"\nactivation = \"0-1:relu,2-3:sigmoid\"\n\
-             [[variants]]\nname = \"sig\"\nactivation = \"sigmoid\"\nsweep_layers = true\n"
-        ))
-        .unwrap();
-        let cells = g.cells();
-        let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["baseline", "relu", "mixed", "sig@L0", "sig@L1", "sig@L2", "sig@L3"]
-        );
-        assert!(cells[0].is_baseline && cells[0].plan.swapped_layers().is_empty());
-        assert_eq!(cells[2].plan.describe(), "relu@0-1,sigmoid@2-3");
-        assert_eq!(cells[5].plan.swapped_layers(), vec![2]);
-        assert_eq!(cells[5].sweep, Some(("sig".to_string(), 2)));
-        assert_eq!(
-            cells.iter().map(|c| c.index).collect::<Vec<_>>(),
-            (0..7).collect::<Vec<_>>()
-        );
-    }
+    pub(crate) const HEAD: &str = "models = [\"tiny-gpt2\"]\ndatasets = [\"sample.txt\"]\n";
 
     #[test]
     fn errors_name_the_key_and_line() {
@@ -496,5 +481,22 @@ mod tests {
             assert!(e.starts_with(&fixture_dir().display().to_string()), "{e}");
             assert!(!e.contains('\n'), "multi-line: {e}");
         }
+    }
+
+    #[test]
+    fn the_first_error_in_check_order_is_reported() {
+        let v = "[[variants]]\nname = \"a\"\nactivation = \"nope\"\n";
+        let e = parse(&format!(
+            "{HEAD}context = 8\nstride = 9\nthreads = 0\nsort = \"x\"\n{v}"
+        ));
+        assert!(e
+            .unwrap_err()
+            .contains("line 5: threads must be at least 1"));
+        let e = parse(&format!("{HEAD}context = 8\nstride = 9\nsort = \"x\"\n{v}"));
+        assert!(e
+            .unwrap_err()
+            .contains("line 4: stride 9 exceeds context 8"));
+        let e = parse(&format!("{HEAD}sort = \"x\"\n{v}"));
+        assert!(e.unwrap_err().contains("line 3: sort: 'x'"));
     }
 }

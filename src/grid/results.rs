@@ -1,6 +1,6 @@
 //! Result rows of an ablation grid and their on-disk forms: `results.jsonl` (append-only,
-//! one flushed line per finished cell, repaired after a crash), `results.csv`, and the aligned
-//! markdown table printed on stdout.
+//! one flushed line per finished cell, repaired after a crash) and `results.csv` (replaced
+//! atomically). The table printed on stdout is in [`crate::grid::table`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -8,12 +8,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::grid::config::SortOrder;
-
 /// One finished cell.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Row {
-    /// Content hash of everything the numbers depend on (see `ablation::cell_key`).
+    /// Content hash of everything the numbers depend on (see `grid::inputs`).
     pub key: String,
     pub index: usize,
     pub model: String,
@@ -229,145 +227,6 @@ pub fn to_csv(rows: &[Row]) -> String {
     out
 }
 
-/// Orders rows for display: grouped by model then dataset (in index order), and within a
-/// group either as configured or by ascending perplexity.
-pub fn sorted(rows: &[Row], order: SortOrder) -> Vec<Row> {
-    let mut rows = rows.to_vec();
-    rows.sort_by_key(|r| r.index);
-    if order == SortOrder::Perplexity {
-        let group_of = |r: &Row| (r.model.clone(), r.dataset.clone());
-        let mut groups: Vec<(String, String)> = Vec::new();
-        for r in &rows {
-            if !groups.contains(&group_of(r)) {
-                groups.push(group_of(r));
-            }
-        }
-        rows.sort_by(|a, b| {
-            let (ga, gb) = (
-                groups.iter().position(|g| *g == group_of(a)),
-                groups.iter().position(|g| *g == group_of(b)),
-            );
-            ga.cmp(&gb).then(a.perplexity.total_cmp(&b.perplexity))
-        });
-    }
-    rows
-}
-
-/// An aligned, markdown-compatible table. Model and dataset columns appear only when the
-/// rows span more than one.
-pub fn table(rows: &[Row]) -> String {
-    let many = |f: fn(&Row) -> &str| {
-        rows.iter()
-            .map(f)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-            > 1
-    };
-    let show_model = many(|r| r.model.as_str());
-    let show_data = many(|r| r.dataset.as_str());
-    let mut header = Vec::new();
-    if show_model {
-        header.push("model");
-    }
-    if show_data {
-        header.push("dataset");
-    }
-    header.extend([
-        "variant",
-        "activation",
-        "perplexity",
-        "Δ ppl",
-        "× base",
-        "mean NLL",
-        "bits/byte",
-        "KL(base‖var)",
-        "top-1 agree",
-        "tokens",
-    ]);
-    let with_diag = rows.iter().any(|r| r.diagnostics.is_some());
-    if with_diag {
-        header.extend(["mean |f′|", "|f′|<0.01", "mean f(h)", "‖∂L/∂x₀‖"]);
-    }
-    let numeric_from = header.len() - 8 - if with_diag { 4 } else { 0 };
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut cells = Vec::new();
-            if show_model {
-                cells.push(short_name(&r.model));
-            }
-            if show_data {
-                cells.push(short_name(&r.dataset));
-            }
-            cells.extend([
-                r.variant.clone(),
-                r.activation.clone(),
-                format!("{:.3}", r.perplexity),
-                format!("{:+.3}", r.delta_perplexity),
-                format!("{:.3}", r.ratio_perplexity),
-                format!("{:.4}", r.mean_nll),
-                format!("{:.4}", r.bits_per_byte),
-                format!("{:.4}", r.kl_mean),
-                format!("{:.2}%", 100.0 * r.top1_agreement),
-                r.tokens_scored.to_string(),
-            ]);
-            if with_diag {
-                match &r.diagnostics {
-                    Some(d) => cells.extend([
-                        format!("{:.4}", d.deriv_mean),
-                        format!("{:.2}%", 100.0 * d.saturated_frac),
-                        format!("{:.4}", d.post_mean),
-                        format!("{:.4}", d.grad_norm_first),
-                    ]),
-                    None => cells.extend(std::iter::repeat_n(String::new(), 4)),
-                }
-            }
-            cells
-        })
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            body.iter()
-                .map(|row| row[c].chars().count())
-                .chain([header[c].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(c, s)| {
-                let pad = " ".repeat(widths[c] - s.chars().count());
-                if c >= numeric_from {
-                    format!("{pad}{s}")
-                } else {
-                    format!("{s}{pad}")
-                }
-            })
-            .collect();
-        format!("| {} |\n", padded.join(" | "))
-    };
-    let mut out = line(header.iter().map(|s| s.to_string()).collect());
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(c, &w)| {
-            if c >= numeric_from {
-                format!("{}:", "-".repeat(w + 1))
-            } else {
-                "-".repeat(w + 2)
-            }
-        })
-        .collect();
-    out.push_str(&format!("|{}|\n", rule.join("|")));
-    for row in body {
-        out.push_str(&line(row));
-    }
-    out
-}
-
 /// The last path component, for compact tables.
 pub fn short_name(path: &str) -> String {
     Path::new(path)
@@ -433,27 +292,12 @@ mod tests {
     }
 
     #[test]
-    fn table_is_aligned_and_sortable() {
+    fn csv_has_a_header_and_a_line_per_row_quoted_as_rfc_4180() {
         let rows = vec![
             sample_row(0, "baseline", 10.0),
             sample_row(1, "sigmoid", 40.0),
             sample_row(2, "relu", 11.0),
         ];
-        let t = table(&sorted(&rows, SortOrder::Perplexity));
-        let lines: Vec<&str> = t.lines().collect();
-        assert!(
-            lines
-                .iter()
-                .all(|l| l.chars().count() == lines[0].chars().count()),
-            "{t}"
-        );
-        assert!(
-            lines[2].contains("baseline")
-                && lines[3].contains("relu")
-                && lines[4].contains("sigmoid"),
-            "{t}"
-        );
-        assert!(lines[1].contains("---:"), "{t}");
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 4);
         assert!(csv.lines().nth(2).unwrap().contains(",sigmoid,"));

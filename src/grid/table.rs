@@ -1,0 +1,202 @@
+//! The results table printed on stdout: rows in display order, as an aligned,
+//! markdown-compatible table.
+
+use std::collections::BTreeSet;
+
+use crate::grid::config::SortOrder;
+use crate::grid::results::{short_name, Row, RowDiagnostics};
+
+/// Orders rows for display: grouped by model then dataset (in index order), and within a
+/// group either as configured or by ascending perplexity.
+pub fn sorted(rows: &[Row], order: SortOrder) -> Vec<Row> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| r.index);
+    if order == SortOrder::Perplexity {
+        let group_of = |r: &Row| (r.model.clone(), r.dataset.clone());
+        let mut groups: Vec<(String, String)> = Vec::new();
+        for r in &rows {
+            if !groups.contains(&group_of(r)) {
+                groups.push(group_of(r));
+            }
+        }
+        rows.sort_by(|a, b| {
+            let (ga, gb) = (
+                groups.iter().position(|g| *g == group_of(a)),
+                groups.iter().position(|g| *g == group_of(b)),
+            );
+            ga.cmp(&gb).then(a.perplexity.total_cmp(&b.perplexity))
+        });
+    }
+    rows
+}
+
+/// Which optional columns a table has.
+struct Columns {
+    /// Model and dataset columns appear only when the rows span more than one.
+    model: bool,
+    dataset: bool,
+    /// Diagnostic columns appear when any row has diagnostics.
+    diagnostics: bool,
+}
+
+/// Headers of the numeric (right-aligned) columns that every table has.
+const NUMERIC: [&str; 8] = [
+    "perplexity",
+    "Δ ppl",
+    "× base",
+    "mean NLL",
+    "bits/byte",
+    "KL(base‖var)",
+    "top-1 agree",
+    "tokens",
+];
+
+/// Headers of the diagnostic columns.
+const DIAGNOSTIC: [&str; 4] = ["mean |f′|", "|f′|<0.01", "mean f(h)", "‖∂L/∂x₀‖"];
+
+/// An aligned, markdown-compatible table. Model and dataset columns appear only when the
+/// rows span more than one.
+pub fn table(rows: &[Row]) -> String {
+    let many = |f: fn(&Row) -> &str| rows.iter().map(f).collect::<BTreeSet<_>>().len() > 1;
+    let cols = Columns {
+        model: many(|r| r.model.as_str()),
+        dataset: many(|r| r.dataset.as_str()),
+        diagnostics: rows.iter().any(|r| r.diagnostics.is_some()),
+    };
+    let header = header(&cols);
+    let numeric_from = header.len() - NUMERIC.len() - cols.diagnostics as usize * DIAGNOSTIC.len();
+    let body: Vec<Vec<String>> = rows.iter().map(|r| cells(r, &cols)).collect();
+    layout(&header, &body, numeric_from)
+}
+
+fn header(cols: &Columns) -> Vec<String> {
+    let mut header = Vec::new();
+    if cols.model {
+        header.push("model");
+    }
+    if cols.dataset {
+        header.push("dataset");
+    }
+    header.extend(["variant", "activation"]);
+    header.extend(NUMERIC);
+    if cols.diagnostics {
+        header.extend(DIAGNOSTIC);
+    }
+    header.into_iter().map(str::to_string).collect()
+}
+
+/// One row's cells, formatted.
+fn cells(r: &Row, cols: &Columns) -> Vec<String> {
+    let mut cells = Vec::new();
+    if cols.model {
+        cells.push(short_name(&r.model));
+    }
+    if cols.dataset {
+        cells.push(short_name(&r.dataset));
+    }
+    cells.extend([
+        r.variant.clone(),
+        r.activation.clone(),
+        format!("{:.3}", r.perplexity),
+        format!("{:+.3}", r.delta_perplexity),
+        format!("{:.3}", r.ratio_perplexity),
+        format!("{:.4}", r.mean_nll),
+        format!("{:.4}", r.bits_per_byte),
+        format!("{:.4}", r.kl_mean),
+        format!("{:.2}%", 100.0 * r.top1_agreement),
+        r.tokens_scored.to_string(),
+    ]);
+    if cols.diagnostics {
+        cells.extend(diagnostic_cells(r.diagnostics.as_ref()));
+    }
+    cells
+}
+
+/// The diagnostic cells of a row (empty when it has none).
+fn diagnostic_cells(d: Option<&RowDiagnostics>) -> [String; 4] {
+    match d {
+        Some(d) => [
+            format!("{:.4}", d.deriv_mean),
+            format!("{:.2}%", 100.0 * d.saturated_frac),
+            format!("{:.4}", d.post_mean),
+            format!("{:.4}", d.grad_norm_first),
+        ],
+        None => Default::default(),
+    }
+}
+
+/// Pads every column to its widest cell: text left-aligned, columns from `numeric_from` on
+/// right-aligned (and marked so in the rule under the header).
+fn layout(header: &[String], body: &[Vec<String>], numeric_from: usize) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            body.iter()
+                .map(|row| row[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let pad = " ".repeat(widths[c] - s.chars().count());
+                if c >= numeric_from {
+                    format!("{pad}{s}")
+                } else {
+                    format!("{s}{pad}")
+                }
+            })
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(c, &w)| {
+            if c >= numeric_from {
+                format!("{}:", "-".repeat(w + 1))
+            } else {
+                "-".repeat(w + 2)
+            }
+        })
+        .collect();
+    let mut out = line(header);
+    out.push_str(&format!("|{}|\n", rule.join("|")));
+    for row in body {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grid::results::sample_row;
+
+    #[test]
+    fn table_is_aligned_and_sortable() {
+        let rows = vec![
+            sample_row(0, "baseline", 10.0),
+            sample_row(1, "sigmoid", 40.0),
+            sample_row(2, "relu", 11.0),
+        ];
+        let t = table(&sorted(&rows, SortOrder::Perplexity));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.chars().count() == lines[0].chars().count()),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("baseline")
+                && lines[3].contains("relu")
+                && lines[4].contains("sigmoid"),
+            "{t}"
+        );
+        assert!(lines[1].contains("---:"), "{t}");
+    }
+}
