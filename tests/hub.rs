@@ -726,3 +726,77 @@ fn vocab_merges_tokenizer_matches_tokenizer_json_on_real_gpt2() {
     assert_eq!(a.vocab_size(), b.vocab_size());
     assert_eq!(b.token_to_id("<|endoftext|>"), Some(50256));
 }
+
+#[test]
+fn family_grid_configs_run_from_the_hub() {
+    // configs/pythia.toml and configs/smollm.toml name real Hub ids at context 2048; a
+    // stand-in Hub serves fixture checkpoints of the same families under those ids, with
+    // max_position_embeddings raised to 2048 (only the config is read by --dry-run).
+    let long = |dir: &str| {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(fixture(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let mut bytes = std::fs::read(&path).unwrap();
+            if name == "config.json" {
+                let mut c: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                c["max_position_embeddings"] = 2048.into();
+                bytes = c.to_string().into_bytes();
+            }
+            files.insert(name, bytes);
+        }
+        files
+    };
+    let server = HubServer::start(vec![
+        FakeRepo::model("EleutherAI/pythia-160m").commit_files(
+            C1,
+            long("families/pythia-parallel"),
+            &["main"],
+        ),
+        FakeRepo::model("HuggingFaceTB/SmolLM-135M").commit_files(
+            C1,
+            long("families/llama-gqa"),
+            &["main"],
+        ),
+        FakeRepo::model("org/llama").commit_dir(C2, &fixture("families/llama-gqa"), &["main"]),
+    ]);
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (config, layers) in [("pythia.toml", 3), ("smollm.toml", 2)] {
+        let cfg = root.join("configs").join(config);
+        let out = env
+            .cmd(&server.url())
+            .args(["run", cfg.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{config}: {}", String::from_utf8_lossy(&out.stderr));
+        // The baseline, six variants and one sweep cell per layer, each listed.
+        let cells = stdout.lines().filter(|l| l.contains(" run ")).count();
+        assert_eq!(cells, 7 + layers, "{config}: {stdout}");
+    }
+    // A scored run on a family from the Hub: the perplexity transformers computed.
+    let data = fixture("sample.txt");
+    let (v, _) = run_json(env.cmd(&server.url()).args([
+        "perplexity",
+        "--model",
+        "org/llama",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("families/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let want = r["perplexity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["model"] == "llama-gqa" && e["activation"].is_null() && e["data"] == "sample.txt")
+        .unwrap();
+    assert_eq!(v["model_source"]["commit"], C2);
+    assert_eq!(v["context"], want["context"]);
+    let (got, want) = (v["perplexity"].as_f64().unwrap(), want["perplexity"].as_f64().unwrap());
+    assert!((got - want).abs() / want < 1e-5, "{got} vs {want}");
+}
