@@ -124,3 +124,23 @@ impl ModelArgs {
         })
     }
 }
+
+/// Library errors name options neutrally (`batch_size`); on the command line they are flags
+/// (`--batch-size`).
+pub(super) fn at_flags(e: anyhow::Error) -> anyhow::Error {
+    use crate::eval::{diagnose::ContextOutOfRange, generate::GenError, perplexity::PplError};
+    use crate::eval::{respell, FieldError};
+    fn flag(field: &str) -> String {
+        format!("--{}", field.replace('_', "-"))
+    }
+    fn spelled<E: FieldError + std::fmt::Display>(e: &E) -> Option<String> {
+        e.field().map(|_| respell(e, flag))
+    }
+    let msg = (e.downcast_ref::<PplError>().and_then(spelled))
+        .or_else(|| e.downcast_ref::<GenError>().and_then(spelled))
+        .or_else(|| e.downcast_ref::<ContextOutOfRange>().and_then(spelled));
+    match msg {
+        Some(m) => anyhow::anyhow!(m),
+        None => e,
+    }
+}

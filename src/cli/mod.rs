@@ -67,6 +67,10 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    dispatch(cli).map_err(args::at_flags)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),
