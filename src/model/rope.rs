@@ -207,6 +207,21 @@ impl RopeFields {
     }
 }
 
+/// The shared tables of a rotary family, or the config's rope error as a load error.
+pub fn shared(
+    spec: std::result::Result<RopeSpec, String>,
+    head_dim: usize,
+    max_positions: usize,
+    device: &Device,
+) -> std::result::Result<std::sync::Arc<Rope>, crate::weights::LoadError> {
+    let rope = spec.and_then(|r| {
+        r.build(head_dim, max_positions, device)
+            .map_err(|e| e.to_string())
+    });
+    rope.map(std::sync::Arc::new)
+        .map_err(|msg| crate::weights::LoadError::Config { msg })
+}
+
 impl RopeSpec {
     /// Rotated dimensions of a head of `head_dim` (`int(head_dim · partial)`), made even.
     pub fn rot_dims(&self, head_dim: usize) -> usize {
