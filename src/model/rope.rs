@@ -23,6 +23,24 @@ pub enum RopeScaling {
     },
 }
 
+impl std::fmt::Display for RopeScaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("unscaled"),
+            Self::Linear { factor } => write!(f, "linear scaling ×{factor}"),
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => write!(
+                f,
+                "llama3 scaling ×{factor} (low {low_freq_factor}, high {high_freq_factor}, original length {original_max_position_embeddings})"
+            ),
+        }
+    }
+}
+
 /// Rotary embedding of the first `rot` dimensions of each head.
 #[derive(Debug, Clone)]
 pub struct Rope {

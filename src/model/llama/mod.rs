@@ -289,7 +289,7 @@ impl ArchConfig for LlamaConfig {
             ("hidden_act".into(), self.hidden_act.clone().into()),
             (
                 "rope".into(),
-                rope.map(|r| format!("theta {}, {:?}", r.theta, r.scaling))
+                rope.map(|r| format!("theta {}, {}", r.theta, r.scaling))
                     .unwrap_or_default()
                     .into(),
             ),
