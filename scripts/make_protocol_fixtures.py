@@ -29,6 +29,11 @@ Writes (reruns overwrite):
     (the layout of ``EleutherAI/wikitext_document_level``).
 ``docs-zstd.parquet``
     The same, zstd, row groups of 3 rows, dictionary-encoded strings.
+``wikitext-pages.jsonl``
+    ``{"page": ...}`` per line: the first three articles of ``data/wikitext-2-raw-test.txt``
+    (from a `` = Title = `` line to the next, lines joined with ``\n``, cut after 1500
+    characters at a line end) and one made-up page that exercises every rule of
+    ``wikitext_detokenizer``.
 ``reference.json``
     ``lm_eval``: for each model and ``max_length`` (the model's own, then 24) lm-eval's
     ``word_perplexity``, ``byte_perplexity``, ``bits_per_byte`` (the real harness:
@@ -43,6 +48,11 @@ Writes (reruns overwrite):
     ``PPL = X +/- U``), ``chunking`` (token counts, n_ctx → the scored positions) and
     ``models`` (llama.cpp's scheme applied with transformers: tiny-gpt2 at n_ctx 32, no BOS;
     llama-gqa at n_ctx 64 with BOS, both on sample.txt).
+    ``lm_eval_wikitext``: the same for the harness's own ``wikitext`` task functions
+    (``preprocess_wikitext.py`` copied from the installed lm_eval: ``doc_to_target`` =
+    ``wikitext_detokenizer``, ``process_results`` counting words and bytes on the page as
+    stored) over ``wikitext-pages.jsonl``, for both models at their own max_length;
+    ``wikitext_detokenized``: ``wikitext_detokenizer`` of each page.
     ``disjoint``: llama-gqa on sample.txt, context 48.
     ``python_whitespace``: the code points Python's ``re`` ``\\s`` matches, as ranges;
     ``word_counts``: strings and ``len(re.split(r"\\s+", s))``.
@@ -53,6 +63,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +75,7 @@ import torch
 import transformers
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
+from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "tests" / "fixtures"
@@ -90,6 +102,27 @@ def documents() -> list[str]:
         "<s> After a begin token.",
         wiki[:900],
     ]
+
+
+RULES_PAGE = (
+    " = = Rules = = \n 1 @,@ 000 @-@ year ( old , new ) [ a ] { b } \" quoted \" ' single ' "
+    "the boys ' game /' 5/ 3 @.@ 5 : x ; y . z ! w ? v , u \n = = = Sub = = = \n = = = = Deep = = = = \n"
+    " 20 \u00b0 C and N people 's view \n end \n"
+)
+
+
+def wikitext_pages() -> list[str]:
+    lines = read(REPO / "data" / "wikitext-2-raw-test.txt").split("\n")
+    starts = [i for i, l in enumerate(lines) if re.fullmatch(r" = [^=].* = ", l)]
+    pages = []
+    for a, b in zip(starts[:3], starts[1:4]):
+        page = ""
+        for line in lines[a:b]:
+            if len(page) > 1500:
+                break
+            page += line + "\n"
+        pages.append(page)
+    return pages + [RULES_PAGE]
 
 
 def write_docs(docs: list[str]) -> None:
@@ -142,14 +175,34 @@ def process_results(doc, results):
 '''
 
 
-def run_lm_eval(task_dir: Path, model_dir: Path, max_length: int | None) -> dict:
+WIKITEXT_YAML = """task: gpt_ablate_wikitext
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: loglikelihood_rolling
+test_split: test
+doc_to_text: ""
+doc_to_target: !function preprocess_wikitext.wikitext_detokenizer
+process_results: !function preprocess_wikitext.process_results
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+metadata:
+  version: 2.0
+"""
+
+
+def run_lm_eval(task_dir: Path, model_dir: Path, max_length: int | None,
+                task: str = "gpt_ablate_protocol") -> dict:
     lm = HFLM(pretrained=str(model_dir), dtype="float32", device="cpu", batch_size=1,
               max_length=max_length)
-    res = lm_eval.simple_evaluate(model=lm, tasks=["gpt_ablate_protocol"],
+    res = lm_eval.simple_evaluate(model=lm, tasks=[task],
                                   task_manager=TaskManager(include_path=str(task_dir)),
                                   log_samples=True)
-    r = res["results"]["gpt_ablate_protocol"]
-    samples = sorted(res["samples"]["gpt_ablate_protocol"], key=lambda s: s["doc_id"])
+    r = res["results"][task]
+    samples = sorted(res["samples"][task], key=lambda s: s["doc_id"])
     return {
         "word_perplexity": r["word_perplexity,none"],
         "byte_perplexity": r["byte_perplexity,none"],
@@ -230,6 +283,23 @@ def lm_eval_section(docs: list[str]) -> tuple[list, list]:
                       f"word {r['word_perplexity']:.6g} byte {r['byte_perplexity']:.6g} "
                       f"bpb {r['bits_per_byte']:.6g}", file=sys.stderr)
     return out, token_records
+
+
+def lm_eval_wikitext_section() -> list:
+    """The harness's wikitext task functions over wikitext-pages.jsonl."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        task_dir = Path(tmp)
+        (task_dir / "wikitext.yaml").write_text(
+            WIKITEXT_YAML.format(data=OUT / "wikitext-pages.jsonl"))
+        shutil.copy(Path(lm_eval.__file__).parent / "tasks" / "wikitext" / "preprocess_wikitext.py",
+                    task_dir / "preprocess_wikitext.py")
+        for name, path in MODELS.items():
+            r = run_lm_eval(task_dir, path, None, task="gpt_ablate_wikitext")
+            r.pop("tokenizer"), r.pop("model")
+            out.append({"model": name, "max_length_arg": None, **r})
+            print(f"lm-eval wikitext {name}: word {r['word_perplexity']:.6g}", file=sys.stderr)
+    return out
 
 
 def llama_cpp_estimate(values: list[float]) -> dict:
@@ -326,6 +396,10 @@ def main() -> int:
     torch.set_num_threads(1)
     docs = documents()
     write_docs(docs)
+    pages = wikitext_pages()
+    with open(OUT / "wikitext-pages.jsonl", "w", encoding="utf-8", newline="\n") as f:
+        for p in pages:
+            f.write(json.dumps({"page": p}, ensure_ascii=False) + "\n")
     lm, records = lm_eval_section(docs)
     words = docs + [" a  b ", "\x1c", "x\u200by", "\u0085x\u00a0"]
     ref = {
@@ -337,6 +411,8 @@ def main() -> int:
         "documents": len(docs),
         "lm_eval_runs": lm,
         "lm_eval_tokens": records,
+        "lm_eval_wikitext": lm_eval_wikitext_section(),
+        "wikitext_detokenized": [wikitext_detokenizer({"page": p}) for p in pages],
         "llama_cpp": llama_cpp_section(),
         "disjoint": disjoint_section(),
         "python_whitespace": whitespace_ranges(),

@@ -49,7 +49,9 @@ pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let n_positions = loaded.model.info().n_positions;
     if let Some(c) = args.context.filter(|&c| c < 2 || c > n_positions) {
-        anyhow::bail!("--context must be between 2 and the model's n_positions ({n_positions}), got {c}");
+        anyhow::bail!(
+            "--context must be between 2 and the model's n_positions ({n_positions}), got {c}"
+        );
     }
     let protocol = (args.protocol).resolve(&loaded, args.context, None, ProtocolName::Disjoint)?;
     let prepared = prepare(&protocol, &docs, &loaded.tokenizer, args.max_tokens)

@@ -141,8 +141,14 @@ fn score(
         }
         Ok(())
     };
-    let report = score_plan(&loaded.model, &prepared.plan, args.batch_size, &mut progress, &mut per_token)
-        .with_context(|| format!("scoring {}", args.data.display()))?;
+    let report = score_plan(
+        &loaded.model,
+        &prepared.plan,
+        args.batch_size,
+        &mut progress,
+        &mut per_token,
+    )
+    .with_context(|| format!("scoring {}", args.data.display()))?;
     let records = writer.map(NllWriter::finish).transpose()?;
     Ok((report, records))
 }
@@ -251,10 +257,14 @@ impl<'a> PerplexityJson<'a> {
             documents: s.lm_eval.map(|m| m.documents),
             words: s.lm_eval.map(|m| m.words),
             text_field: args.protocol.text_field.as_deref(),
-            save_nll: args.save_nll.as_ref().zip(s.nll_records).map(|(p, n)| SavedNll {
-                path: p.display().to_string(),
-                records: n,
-            }),
+            save_nll: args
+                .save_nll
+                .as_ref()
+                .zip(s.nll_records)
+                .map(|(p, n)| SavedNll {
+                    path: p.display().to_string(),
+                    records: n,
+                }),
             seconds: r.seconds,
             tokens_per_second: r.tokens_per_second,
             load_seconds: s.load_seconds,
@@ -314,15 +324,24 @@ fn print_report(args: &PerplexityArgs, s: &Scored) {
 fn print_numbers(s: &Scored) {
     let r = &s.report;
     match s.spread.perplexity_ci95 {
-        Some([lo, hi]) => println!("perplexity   {:.4} (95% CI {lo:.4} – {hi:.4})", r.perplexity),
+        Some([lo, hi]) => println!(
+            "perplexity   {:.4} (95% CI {lo:.4} – {hi:.4})",
+            r.perplexity
+        ),
         None => println!("perplexity   {:.4}", r.perplexity),
     }
     match s.spread.nll_stderr {
-        Some(se) => println!("mean NLL     {:.6} ± {se:.6} nats/token (standard error)", r.mean_nll),
+        Some(se) => println!(
+            "mean NLL     {:.6} ± {se:.6} nats/token (standard error)",
+            r.mean_nll
+        ),
         None => println!("mean NLL     {:.6} nats/token", r.mean_nll),
     }
     if let (Protocol::LlamaCpp { .. }, Some(u)) = (s.protocol, s.spread.llama_cpp_plus_minus) {
-        println!("llama.cpp    Final estimate: PPL = {:.4} +/- {u:.5}", r.perplexity);
+        println!(
+            "llama.cpp    Final estimate: PPL = {:.4} +/- {u:.5}",
+            r.perplexity
+        );
     }
     println!("bits/byte    {:.6}", s.bits_per_byte);
     if let Some(m) = &s.lm_eval {
@@ -391,6 +410,7 @@ mod tests {
             protocol: Protocol::LmEval {
                 max_length: 64,
                 prefix_token: 0,
+                detokenize: None,
             },
             context: 64,
             stride: 64,

@@ -4,6 +4,7 @@
 use clap::Args;
 
 use crate::data::special_tokens;
+use crate::eval::detokenize::Detokenizer;
 use crate::eval::protocol::{Protocol, ProtocolName, ProtocolRequest};
 use crate::model::load::Loaded;
 
@@ -23,6 +24,10 @@ pub struct ProtocolArgs {
     /// (default: text).
     #[arg(long, value_name = "NAME")]
     pub text_field: Option<String>,
+    /// lm-eval: detokenize each document before scoring, as lm-eval's `wikitext` task does
+    /// (words and bytes are counted on the document as stored).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub detokenize: Option<Detokenizer>,
 }
 
 /// A setting's flag: `max_length` → `--max-length`.
@@ -51,6 +56,7 @@ impl ProtocolArgs {
             context,
             stride,
             max_length: self.max_length,
+            detokenize: self.detokenize,
         };
         request
             .resolve(info.n_positions, &special)

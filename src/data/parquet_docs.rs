@@ -30,7 +30,16 @@ pub fn read_parquet_column(path: &Path, field: &str) -> Result<Vec<String>, Text
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let index = (0..schema.num_columns())
         .find(|&i| schema.column(i).path().parts() == [field])
-        .ok_or_else(|| bad(no_column(field, &schema.columns().iter().map(|c| c.path().string()).collect::<Vec<_>>())))?;
+        .ok_or_else(|| {
+            bad(no_column(
+                field,
+                &schema
+                    .columns()
+                    .iter()
+                    .map(|c| c.path().string())
+                    .collect::<Vec<_>>(),
+            ))
+        })?;
     let column = schema.column(index);
     check_string_column(&column, field).map_err(bad)?;
     let mut docs = Vec::with_capacity(reader.metadata().file_metadata().num_rows().max(0) as usize);

@@ -77,7 +77,11 @@ pub fn read_documents_file(path: &Path, field: Option<&str>) -> Result<Documents
             let field = field.unwrap_or(DEFAULT_TEXT_FIELD);
             (jsonl_docs(path, &content, field)?, DocFormat::Jsonl)
         }
-        _ if field.is_some() => return Err(TextError::TextField { path: path.to_path_buf() }),
+        _ if field.is_some() => {
+            return Err(TextError::TextField {
+                path: path.to_path_buf(),
+            })
+        }
         _ => return Ok(Documents::one(read_utf8(path)?)),
     };
     let documents = Documents { docs, format };

@@ -133,8 +133,14 @@ mod tests {
     fn sums(shift: f64, windows: usize) -> WindowSums {
         let mut s = WindowSums::default();
         for w in 0..windows {
-            let base: Vec<f64> = (0..8).map(|t| 3.0 + ((w * 7 + t) % 5) as f64 * 0.3).collect();
-            let var: Vec<f64> = base.iter().enumerate().map(|(t, b)| b + shift + (t % 3) as f64 * 0.01).collect();
+            let base: Vec<f64> = (0..8)
+                .map(|t| 3.0 + ((w * 7 + t) % 5) as f64 * 0.3)
+                .collect();
+            let var: Vec<f64> = base
+                .iter()
+                .enumerate()
+                .map(|(t, b)| b + shift + (t % 3) as f64 * 0.01)
+                .collect();
             s.add(w, &var[..4], &base[..4]);
             s.add(w, &var[4..], &base[4..]);
         }
@@ -154,16 +160,37 @@ mod tests {
         assert_eq!(ci.delta_nll, [0.0, 0.0]);
         assert!(!excludes_zero(ci.delta_nll));
         let shifted = bootstrap(&sums(0.5, 30), &set).unwrap();
-        assert!(excludes_zero(shifted.delta_nll) && shifted.delta_nll[0] > 0.49, "{shifted:?}");
+        assert!(
+            excludes_zero(shifted.delta_nll) && shifted.delta_nll[0] > 0.49,
+            "{shifted:?}"
+        );
         assert!(shifted.perplexity[0] < shifted.perplexity[1]);
     }
 
     #[test]
     fn the_same_seed_gives_the_same_interval() {
         let s = sums(0.01, 40);
-        let a = bootstrap(&s, &BootstrapSettings { samples: 500, seed: 3 });
-        let b = bootstrap(&s, &BootstrapSettings { samples: 500, seed: 3 });
-        let c = bootstrap(&s, &BootstrapSettings { samples: 500, seed: 4 });
+        let a = bootstrap(
+            &s,
+            &BootstrapSettings {
+                samples: 500,
+                seed: 3,
+            },
+        );
+        let b = bootstrap(
+            &s,
+            &BootstrapSettings {
+                samples: 500,
+                seed: 3,
+            },
+        );
+        let c = bootstrap(
+            &s,
+            &BootstrapSettings {
+                samples: 500,
+                seed: 4,
+            },
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(percentiles(vec![4.0, 1.0, 3.0, 2.0]), [1.075, 3.925]);

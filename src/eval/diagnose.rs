@@ -174,9 +174,17 @@ fn scoring_windows(model: &dyn CausalLm, plan: &ScoringPlan) -> anyhow::Result<V
     }
     if let Some(w) = plan.windows.iter().find(|w| w.len() > cfg.n_positions) {
         let n = cfg.n_positions;
-        anyhow::bail!("a window feeds {} tokens, more than the model's n_positions ({n})", w.len());
+        anyhow::bail!(
+            "a window feeds {} tokens, more than the model's n_positions ({n})",
+            w.len()
+        );
     }
-    let windows: Vec<Window> = plan.windows.iter().copied().filter(|w| w.scored() > 0).collect();
+    let windows: Vec<Window> = plan
+        .windows
+        .iter()
+        .copied()
+        .filter(|w| w.scored() > 0)
+        .collect();
     if windows.is_empty() {
         let n = ids.count();
         anyhow::bail!("the text has {n} token(s); diagnostics need at least 2");

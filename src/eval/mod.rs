@@ -5,9 +5,11 @@
 //!   settings; [`plan`]: their windows; [`prepare`]: from documents to a plan.
 //! - [`perplexity`]: scoring a plan; [`uncertainty`]: standard errors and intervals;
 //!   [`bootstrap`]: paired block-bootstrap intervals; [`lm_eval`]: the harness's metrics;
-//!   [`nll_output`]: per-token records as JSONL or Parquet.
+//!   [`nll_output`]: per-token records as JSONL or Parquet; [`detokenize`]: lm-eval's
+//!   wikitext detokenizer.
 
 pub mod bootstrap;
+pub mod detokenize;
 pub mod diagnose;
 pub mod generate;
 pub mod lm_eval;

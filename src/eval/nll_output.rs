@@ -86,7 +86,7 @@ pub struct NllWriter {
 
 enum Sink {
     Jsonl(BufWriter<File>),
-    Parquet(ParquetSink),
+    Parquet(Box<ParquetSink>),
 }
 
 impl NllWriter {
@@ -102,9 +102,9 @@ impl NllWriter {
         let file = File::create(&partial).map_err(io)?;
         let sink = match NllFormat::of(path) {
             NllFormat::Jsonl => Sink::Jsonl(BufWriter::new(file)),
-            NllFormat::Parquet => Sink::Parquet(
+            NllFormat::Parquet => Sink::Parquet(Box::new(
                 ParquetSink::new(file, with_baseline).map_err(|msg| parquet_err(path, msg))?,
-            ),
+            )),
         };
         Ok(Self {
             path: path.to_path_buf(),
@@ -187,14 +187,18 @@ impl ParquetSink {
         let schema = format!(
             "message token_nll {{ REQUIRED INT64 document; REQUIRED INT64 position; \
              REQUIRED INT64 token; REQUIRED BYTE_ARRAY text (UTF8); REQUIRED DOUBLE nll; {} }}",
-            if with_baseline { "REQUIRED DOUBLE baseline_nll;" } else { "" }
+            if with_baseline {
+                "REQUIRED DOUBLE baseline_nll;"
+            } else {
+                ""
+            }
         );
         let schema = Arc::new(parse_message_type(&schema).map_err(|e| e.to_string())?);
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
-        let writer = SerializedFileWriter::new(file, schema, Arc::new(props))
-            .map_err(|e| e.to_string())?;
+        let writer =
+            SerializedFileWriter::new(file, schema, Arc::new(props)).map_err(|e| e.to_string())?;
         Ok(Self {
             writer,
             cols: Columns::default(),
@@ -227,12 +231,20 @@ impl ParquetSink {
         let mut column = 0;
         while let Some(mut w) = group.next_column().map_err(e)? {
             match column {
-                0 => w.typed::<Int64Type>().write_batch(&cols.document, None, None),
-                1 => w.typed::<Int64Type>().write_batch(&cols.position, None, None),
+                0 => w
+                    .typed::<Int64Type>()
+                    .write_batch(&cols.document, None, None),
+                1 => w
+                    .typed::<Int64Type>()
+                    .write_batch(&cols.position, None, None),
                 2 => w.typed::<Int64Type>().write_batch(&cols.token, None, None),
-                3 => w.typed::<ByteArrayType>().write_batch(&cols.text, None, None),
+                3 => w
+                    .typed::<ByteArrayType>()
+                    .write_batch(&cols.text, None, None),
                 4 => w.typed::<DoubleType>().write_batch(&cols.nll, None, None),
-                _ => w.typed::<DoubleType>().write_batch(&cols.baseline_nll, None, None),
+                _ => w
+                    .typed::<DoubleType>()
+                    .write_batch(&cols.baseline_nll, None, None),
             }
             .map_err(e)?;
             w.close().map_err(e)?;

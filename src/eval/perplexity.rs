@@ -54,7 +54,9 @@ pub enum PplError {
         window: usize,
         source: candle_core::Error,
     },
-    #[error("window {window} feeds {len} tokens, more than the model's n_positions ({n_positions})")]
+    #[error(
+        "window {window} feeds {len} tokens, more than the model's n_positions ({n_positions})"
+    )]
     WindowTooLong {
         window: usize,
         len: usize,
@@ -158,7 +160,12 @@ impl ScoredChunk<'_> {
 
 /// Every window's input fits the model and every token its vocabulary.
 fn check_plan(plan: &ScoringPlan, n_positions: usize, vocab: usize) -> Result<(), PplError> {
-    if let Some((window, w)) = plan.windows.iter().enumerate().find(|(_, w)| w.len() > n_positions) {
+    if let Some((window, w)) = plan
+        .windows
+        .iter()
+        .enumerate()
+        .find(|(_, w)| w.len() > n_positions)
+    {
         return Err(PplError::WindowTooLong {
             window,
             len: w.len(),
@@ -224,8 +231,12 @@ pub fn score_windows(
     for (done, batch) in batches.iter().enumerate() {
         let window = batch[0].0;
         let candle = |source| PplError::Candle { window, source };
-        let ids: Vec<u32> = batch.iter().flat_map(|(_, w)| plan.input(w).iter().copied()).collect();
-        let input = Tensor::from_vec(ids, (batch.len(), batch[0].1.len()), &device).map_err(candle)?;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|(_, w)| plan.input(w).iter().copied())
+            .collect();
+        let input =
+            Tensor::from_vec(ids, (batch.len(), batch[0].1.len()), &device).map_err(candle)?;
         let hidden: Vec<Tensor> = models
             .iter()
             .map(|m| m.hidden_states(&input))
@@ -287,6 +298,9 @@ pub fn token_nlls(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Vec<f
         .collect())
 }
 
+/// What [`score_plan`] hands each chunk's per-token NLLs to.
+pub type TokenVisitor<'v> = dyn FnMut(&ScoredChunk<'_>, &[f64]) -> Result<(), PplError> + 'v;
+
 /// Perplexity of `model` on `tokens` in the Hugging Face guide's windows.
 pub fn perplexity(
     model: &dyn CausalLm,
@@ -306,10 +320,15 @@ pub fn score_plan(
     plan: &ScoringPlan,
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize),
-    per_token: &mut dyn FnMut(&ScoredChunk<'_>, &[f64]) -> Result<(), PplError>,
+    per_token: &mut TokenVisitor<'_>,
 ) -> Result<PplReport, PplError> {
     let start = Instant::now();
-    let documents = plan.sequences.iter().map(|s| s.document + 1).max().unwrap_or(0);
+    let documents = plan
+        .sequences
+        .iter()
+        .map(|s| s.document + 1)
+        .max()
+        .unwrap_or(0);
     let mut acc = Accumulator {
         document_nll: vec![0.0; documents],
         ..Accumulator::default()

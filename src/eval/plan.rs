@@ -145,7 +145,11 @@ impl ScoringPlan {
     /// partial one dropped), each fed alone with its first token replaced by `bos` when the
     /// vocabulary adds one, and only targets after the first half (`first = context / 2`)
     /// scored. Like llama.cpp, needs at least `2·context` tokens.
-    pub fn llama_cpp(tokens: &[u32], context: usize, bos: Option<u32>) -> Result<Self, ProtocolError> {
+    pub fn llama_cpp(
+        tokens: &[u32],
+        context: usize,
+        bos: Option<u32>,
+    ) -> Result<Self, ProtocolError> {
         if tokens.len() < 2 * context {
             return Err(ProtocolError::TooFewForChunks {
                 tokens: tokens.len(),
@@ -202,6 +206,7 @@ impl ScoringPlan {
             protocol: Protocol::LmEval {
                 max_length,
                 prefix_token: prefix,
+                detokenize: None,
             },
             sequences,
             windows: wins,
@@ -252,9 +257,19 @@ mod tests {
 
     #[test]
     fn overlapping_windows_score_every_token_but_the_first_once() {
-        for (n, c, s) in [(10, 4, 2), (1000, 64, 32), (7, 8, 4), (65, 16, 5), (2, 2, 1)] {
+        for (n, c, s) in [
+            (10, 4, 2),
+            (1000, 64, 32),
+            (7, 8, 4),
+            (65, 16, 5),
+            (2, 2, 1),
+        ] {
             let ws = windows(n, c, s);
-            assert_eq!(targets(&ws), (1..n).collect::<Vec<_>>(), "n={n} c={c} s={s}");
+            assert_eq!(
+                targets(&ws),
+                (1..n).collect::<Vec<_>>(),
+                "n={n} c={c} s={s}"
+            );
             assert!(ws.iter().all(|w| w.len() <= c && w.score_end == w.end));
             assert_eq!(ws.last().unwrap().end, n);
         }
@@ -291,7 +306,10 @@ mod tests {
         // n = 9, L = 4: [p t0 t1 t2] → t0..t3; [t3..t6] fed... as lm-eval builds them.
         let ws = lm_eval_windows(0, 9, 4);
         assert_eq!((ws[1].begin, ws[1].end, ws[1].score_from), (4, 8, 5));
-        assert_eq!((ws[2].begin, ws[2].end, ws[2].score_from, ws[2].score_end), (5, 9, 9, 10));
+        assert_eq!(
+            (ws[2].begin, ws[2].end, ws[2].score_from, ws[2].score_end),
+            (5, 9, 9, 10)
+        );
     }
 
     #[test]

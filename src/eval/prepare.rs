@@ -5,7 +5,8 @@
 //!   (`common_tokenize(…, add_special = true)`).
 //! - `lm-eval`: each document encoded with the tokenizer's special tokens, unless it starts
 //!   with the prefix token's text (lm-eval 0.4's `HFLM.tok_encode`): so a tokenizer that adds
-//!   BOS (Llama) scores that BOS after the prefix token, as the harness does.
+//!   BOS (Llama) scores that BOS after the prefix token, as the harness does. With a
+//!   detokenizer (the `wikitext` task's), each document is detokenized first.
 
 use super::plan::ScoringPlan;
 use super::protocol::{Protocol, ProtocolError};
@@ -17,8 +18,8 @@ pub struct Prepared {
     pub plan: ScoringPlan,
     /// Tokens of the text (before llama.cpp drops a partial last chunk).
     pub tokens: usize,
-    /// UTF-8 bytes the tokens cover: the joined text (cut where `max_tokens` cut it), or
-    /// every document under lm-eval.
+    /// UTF-8 bytes the scored tokens cover: the joined text (cut where `max_tokens` cut it),
+    /// every document under lm-eval, the scored half of each chunk under llama-cpp.
     pub bytes: usize,
 }
 
@@ -32,6 +33,15 @@ pub enum PrepareError {
     MaxTokensLmEval,
 }
 
+/// UTF-8 bytes of the text the plan's targets spell (llama-cpp scores half of each chunk:
+/// bits/byte divides by these bytes, not the whole text's).
+fn scored_bytes(plan: &ScoringPlan, tok: &TextTokenizer) -> Result<usize, TextError> {
+    plan.windows
+        .iter()
+        .map(|w| Ok(tok.decode(plan.targets(w))?.len()))
+        .sum()
+}
+
 /// Tokenizes `docs` for `protocol` and lays out its windows; `max_tokens` keeps only the
 /// first tokens of the joined text.
 pub fn prepare(
@@ -40,28 +50,11 @@ pub fn prepare(
     tok: &TextTokenizer,
     max_tokens: Option<usize>,
 ) -> Result<Prepared, PrepareError> {
-    if let Protocol::LmEval {
-        max_length,
-        prefix_token,
-    } = *protocol
-    {
+    if let Protocol::LmEval { .. } = protocol {
         if max_tokens.is_some() {
             return Err(PrepareError::MaxTokensLmEval);
         }
-        let prefix_text = tok.decode(&[prefix_token])?;
-        let encoded = docs
-            .docs
-            .iter()
-            .map(|d| match d.starts_with(&prefix_text) {
-                true => tok.encode(d),
-                false => tok.encode_special(d),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Prepared {
-            tokens: encoded.iter().map(Vec::len).sum(),
-            bytes: docs.bytes(),
-            plan: ScoringPlan::lm_eval(encoded, prefix_token, max_length),
-        });
+        return prepare_lm_eval(protocol, docs, tok);
     }
     let text = docs.joined();
     let mut tokens = match protocol {
@@ -76,15 +69,55 @@ pub fn prepare(
     let n = tokens.len();
     let plan = match *protocol {
         Protocol::Hf { context, stride } => ScoringPlan::hf(tokens, context, stride),
-        Protocol::Disjoint { context } => ScoringPlan::disjoint(tokens, context),
         Protocol::LlamaCpp {
             context, bos_token, ..
-        } => ScoringPlan::llama_cpp(&tokens, context, bos_token)?,
-        Protocol::LmEval { .. } => unreachable!("handled above"),
+        } => {
+            let plan = ScoringPlan::llama_cpp(&tokens, context, bos_token)?;
+            bytes = scored_bytes(&plan, tok)?;
+            plan
+        }
+        Protocol::Disjoint { context } => ScoringPlan::disjoint(tokens, context),
+        Protocol::LmEval { .. } => unreachable!("prepared per document above"),
     };
     Ok(Prepared {
         plan,
         tokens: n,
         bytes,
+    })
+}
+
+/// lm-eval: each document (detokenized first when asked) encoded as `HFLM.tok_encode` does.
+fn prepare_lm_eval(
+    protocol: &Protocol,
+    docs: &Documents,
+    tok: &TextTokenizer,
+) -> Result<Prepared, PrepareError> {
+    let Protocol::LmEval {
+        max_length,
+        prefix_token,
+        detokenize,
+    } = *protocol
+    else {
+        unreachable!("called for lm-eval only")
+    };
+    let prefix_text = tok.decode(&[prefix_token])?;
+    let encode = |doc: &String| {
+        let d = detokenize.map_or_else(|| doc.clone(), |t| t.apply(doc));
+        match d.starts_with(&prefix_text) {
+            true => tok.encode(&d),
+            false => tok.encode_special(&d),
+        }
+    };
+    let encoded = docs
+        .docs
+        .iter()
+        .map(encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut plan = ScoringPlan::lm_eval(encoded, prefix_token, max_length);
+    plan.protocol = *protocol;
+    Ok(Prepared {
+        tokens: plan.sequences.iter().map(|s| s.tokens.len() - 1).sum(),
+        bytes: docs.bytes(),
+        plan,
     })
 }

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::detokenize::Detokenizer;
 pub use crate::data::SpecialTokens;
 
 /// The protocols by name, as `--protocol` and grid configs give them.
@@ -67,6 +68,10 @@ pub enum Protocol {
         max_length: usize,
         /// Put before each document so its first token is scored.
         prefix_token: u32,
+        /// Applied to each document before it is tokenized (words and bytes are still
+        /// counted on the document as stored), as the harness's `wikitext` task does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detokenize: Option<Detokenizer>,
     },
     LlamaCpp {
         context: usize,
@@ -113,7 +118,12 @@ impl Protocol {
             Self::LmEval {
                 max_length,
                 prefix_token,
-            } => format!("lm-eval (max_length {max_length}, prefix token {prefix_token})"),
+                detokenize,
+            } => format!(
+                "lm-eval (max_length {max_length}, prefix token {prefix_token}{})",
+                detokenize.map_or(String::new(), |d| format!(", {d:?} detokenizer")
+                    .to_lowercase())
+            ),
             Self::LlamaCpp {
                 context,
                 bos_token: Some(b),
@@ -132,12 +142,13 @@ pub struct ProtocolRequest {
     pub context: Option<usize>,
     pub stride: Option<usize>,
     pub max_length: Option<usize>,
+    pub detokenize: Option<Detokenizer>,
 }
 
 /// Why a protocol cannot run as asked. Settings are named as in grid configs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("{key} does not apply to the {protocol} protocol{}", hint(*key, *protocol))]
+    #[error("{key} does not apply to the {protocol} protocol{}", hint(key, *protocol))]
     NotFor {
         key: &'static str,
         protocol: ProtocolName,
@@ -174,6 +185,7 @@ fn hint_with(key: &str, protocol: ProtocolName, name: &dyn Fn(&str) -> String) -
             name("max_length"),
             name("context")
         ),
+        ("detokenize", _) => " (only lm-eval detokenizes)".to_string(),
         _ => String::new(),
     }
 }
@@ -213,14 +225,22 @@ impl ProtocolError {
 
 impl ProtocolRequest {
     /// Fixes every setting for a model of `n_positions` positions, checking each.
-    pub fn resolve(&self, n_positions: usize, special: &SpecialTokens) -> Result<Protocol, ProtocolError> {
+    pub fn resolve(
+        &self,
+        n_positions: usize,
+        special: &SpecialTokens,
+    ) -> Result<Protocol, ProtocolError> {
         self.check_applicable()?;
         let context = self.context.unwrap_or(n_positions);
         let window = |key: &'static str, got: usize, min: usize| {
             if got < min {
                 Err(ProtocolError::TooSmall { key, min, got })
             } else if got > n_positions {
-                Err(ProtocolError::TooLarge { key, got, n_positions })
+                Err(ProtocolError::TooLarge {
+                    key,
+                    got,
+                    n_positions,
+                })
             } else {
                 Ok(got)
             }
@@ -250,6 +270,7 @@ impl ProtocolRequest {
             ProtocolName::LmEval => Ok(Protocol::LmEval {
                 max_length: window("max_length", self.max_length.unwrap_or(n_positions), 1)?,
                 prefix_token: special.prefix.ok_or(ProtocolError::NoPrefix)?,
+                detokenize: self.detokenize,
             }),
         }
     }
@@ -263,6 +284,9 @@ impl ProtocolRequest {
         }
         if self.max_length.is_some() && protocol != ProtocolName::LmEval {
             return not_for("max_length");
+        }
+        if self.detokenize.is_some() && protocol != ProtocolName::LmEval {
+            return not_for("detokenize");
         }
         if self.context.is_some() && protocol == ProtocolName::LmEval {
             return not_for("context");
@@ -291,11 +315,24 @@ mod tests {
     #[test]
     fn defaults_follow_each_protocol() {
         let r = |p: ProtocolRequest| p.resolve(64, &SPECIAL).unwrap();
-        assert_eq!(r(req(ProtocolName::Hf)), Protocol::Hf { context: 64, stride: 32 });
-        assert_eq!(r(req(ProtocolName::Disjoint)), Protocol::Disjoint { context: 64 });
+        assert_eq!(
+            r(req(ProtocolName::Hf)),
+            Protocol::Hf {
+                context: 64,
+                stride: 32
+            }
+        );
+        assert_eq!(
+            r(req(ProtocolName::Disjoint)),
+            Protocol::Disjoint { context: 64 }
+        );
         assert_eq!(
             r(req(ProtocolName::LmEval)),
-            Protocol::LmEval { max_length: 64, prefix_token: 7 }
+            Protocol::LmEval {
+                max_length: 64,
+                prefix_token: 7,
+                detokenize: None
+            }
         );
         let llama = ProtocolRequest {
             context: Some(16),
@@ -303,34 +340,87 @@ mod tests {
         };
         assert_eq!(
             r(llama),
-            Protocol::LlamaCpp { context: 16, add_bos: true, bos_token: Some(1) }
+            Protocol::LlamaCpp {
+                context: 16,
+                add_bos: true,
+                bos_token: Some(1)
+            }
         );
         let json = serde_json::to_string(&r(req(ProtocolName::LmEval))).unwrap();
-        assert_eq!(json, r#"{"name":"lm-eval","max_length":64,"prefix_token":7}"#);
-        assert_eq!("llama-cpp".parse::<ProtocolName>(), Ok(ProtocolName::LlamaCpp));
-        assert!("lm_eval".parse::<ProtocolName>().unwrap_err().contains("lm-eval"));
+        assert_eq!(
+            json,
+            r#"{"name":"lm-eval","max_length":64,"prefix_token":7}"#
+        );
+        assert_eq!(
+            "llama-cpp".parse::<ProtocolName>(),
+            Ok(ProtocolName::LlamaCpp)
+        );
+        assert!("lm_eval"
+            .parse::<ProtocolName>()
+            .unwrap_err()
+            .contains("lm-eval"));
     }
 
     #[test]
     fn settings_a_protocol_lacks_or_cannot_take_are_refused() {
         let err = |p: ProtocolRequest| p.resolve(64, &SPECIAL).unwrap_err();
-        let e = err(ProtocolRequest { stride: Some(4), ..req(ProtocolName::Disjoint) });
-        assert_eq!(e.to_string(), "stride does not apply to the disjoint protocol (only hf has a stride)");
-        let e = err(ProtocolRequest { max_length: Some(4), ..req(ProtocolName::Hf) });
+        let e = err(ProtocolRequest {
+            stride: Some(4),
+            ..req(ProtocolName::Disjoint)
+        });
+        assert_eq!(
+            e.to_string(),
+            "stride does not apply to the disjoint protocol (only hf has a stride)"
+        );
+        let e = err(ProtocolRequest {
+            max_length: Some(4),
+            ..req(ProtocolName::Hf)
+        });
         let flags = e.render(&|k| format!("--{}", k.replace('_', "-")));
-        assert!(flags.starts_with("--max-length does not apply to the hf protocol"), "{flags}");
-        assert!(flags.contains("only lm-eval has a --max-length; the window is --context"), "{flags}");
-        let e = err(ProtocolRequest { context: Some(8), ..req(ProtocolName::LmEval) });
+        assert!(
+            flags.starts_with("--max-length does not apply to the hf protocol"),
+            "{flags}"
+        );
+        assert!(
+            flags.contains("only lm-eval has a --max-length; the window is --context"),
+            "{flags}"
+        );
+        let e = err(ProtocolRequest {
+            context: Some(8),
+            ..req(ProtocolName::LmEval)
+        });
         assert!(e.to_string().contains("its window is max_length"));
-        let e = err(ProtocolRequest { context: Some(65), ..req(ProtocolName::Hf) });
-        assert_eq!(e.to_string(), "context 65 exceeds the model's n_positions (64)");
-        let e = err(ProtocolRequest { max_length: Some(0), ..req(ProtocolName::LmEval) });
+        let e = err(ProtocolRequest {
+            context: Some(65),
+            ..req(ProtocolName::Hf)
+        });
+        assert_eq!(
+            e.to_string(),
+            "context 65 exceeds the model's n_positions (64)"
+        );
+        let e = err(ProtocolRequest {
+            max_length: Some(0),
+            ..req(ProtocolName::LmEval)
+        });
         assert_eq!(e.to_string(), "max_length must be at least 1, got 0");
-        let e = err(ProtocolRequest { context: Some(8), stride: Some(9), ..req(ProtocolName::Hf) });
+        let e = err(ProtocolRequest {
+            context: Some(8),
+            stride: Some(9),
+            ..req(ProtocolName::Hf)
+        });
         assert!(e.to_string().contains("got 9"));
         let none = SpecialTokens::default();
-        assert_eq!(req(ProtocolName::LmEval).resolve(64, &none), Err(ProtocolError::NoPrefix));
-        let eos = SpecialTokens { adds_eos: true, ..none };
-        assert_eq!(req(ProtocolName::LlamaCpp).resolve(64, &eos), Err(ProtocolError::AddsEos));
+        assert_eq!(
+            req(ProtocolName::LmEval).resolve(64, &none),
+            Err(ProtocolError::NoPrefix)
+        );
+        let eos = SpecialTokens {
+            adds_eos: true,
+            ..none
+        };
+        assert_eq!(
+            req(ProtocolName::LlamaCpp).resolve(64, &eos),
+            Err(ProtocolError::AddsEos)
+        );
     }
 }

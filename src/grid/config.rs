@@ -18,7 +18,7 @@
 //! ```
 //!
 //! Protocol keys: `protocol = "hf" | "lm-eval" | "llama-cpp" | "disjoint"`, `max_length`
-//! (lm-eval), `text_field` (JSONL / Parquet datasets), `save_nll = true | "jsonl" |
+//! and `detokenize = "wikitext"` (lm-eval), `text_field` (JSONL / Parquet datasets), `save_nll = true | "jsonl" |
 //! "parquet"` (per-token files), `bootstrap_samples` and `bootstrap_seed` (intervals).
 
 use std::ops::Range;
@@ -28,6 +28,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::eval::bootstrap::BootstrapSettings;
+use crate::eval::detokenize::Detokenizer;
 use crate::eval::nll_output::NllFormat;
 use crate::eval::protocol::{ProtocolError, ProtocolName};
 use crate::model::activation::Activation;
@@ -64,6 +65,8 @@ struct RawGrid {
     max_length: Option<Spanned<usize>>,
     #[serde(default)]
     text_field: Option<Spanned<String>>,
+    #[serde(default)]
+    detokenize: Option<Spanned<String>>,
     #[serde(default)]
     save_nll: Option<Spanned<RawSaveNll>>,
     #[serde(default)]
@@ -150,6 +153,8 @@ pub struct Grid {
     pub max_length: Option<usize>,
     /// The JSONL field / Parquet column of the documents (default `text`).
     pub text_field: Option<String>,
+    /// lm-eval: documents detokenized before scoring.
+    pub detokenize: Option<Detokenizer>,
     /// Write each cell's per-token NLLs under `nll/`.
     pub save_nll: Option<NllFormat>,
     /// Replicates and seed of the intervals.
@@ -214,6 +219,7 @@ impl Grid {
             protocol: ps.protocol,
             max_length: ps.max_length,
             text_field: ps.text_field,
+            detokenize: ps.detokenize,
             save_nll: ps.save_nll,
             bootstrap: ps.bootstrap,
             baseline_name,
@@ -237,6 +243,7 @@ struct ProtocolSettings {
     protocol: ProtocolName,
     max_length: Option<usize>,
     text_field: Option<String>,
+    detokenize: Option<Detokenizer>,
     save_nll: Option<NllFormat>,
     bootstrap: BootstrapSettings,
 }
@@ -440,7 +447,10 @@ impl<'a> Parser<'a> {
         self.applicable(raw, protocol)?;
         let max_length = self.positive(&raw.max_length, "max_length")?;
         if let Some(m) = &raw.max_length {
-            if let Some(cfg) = model_configs.iter().find(|c| *m.get_ref() > c.info.n_positions) {
+            if let Some(cfg) = model_configs
+                .iter()
+                .find(|c| *m.get_ref() > c.info.n_positions)
+            {
                 let (got, n) = (m.get_ref(), cfg.info.n_positions);
                 let msg = format!("max_length {got} exceeds a model's maximum length ({n})");
                 return Err(self.err_at(m, msg));
@@ -457,12 +467,24 @@ impl<'a> Parser<'a> {
             samples: self
                 .positive(&raw.bootstrap_samples, "bootstrap_samples")?
                 .unwrap_or(defaults.samples),
-            seed: raw.bootstrap_seed.as_ref().map_or(defaults.seed, |s| *s.get_ref()),
+            seed: raw
+                .bootstrap_seed
+                .as_ref()
+                .map_or(defaults.seed, |s| *s.get_ref()),
+        };
+        let detokenize = match &raw.detokenize {
+            Some(d) if d.get_ref() == "wikitext" => Some(Detokenizer::Wikitext),
+            Some(d) => {
+                let msg = format!("detokenize: '{}' is not one of wikitext", d.get_ref());
+                return Err(self.err_at(d, msg));
+            }
+            None => None,
         };
         Ok(ProtocolSettings {
             protocol,
             max_length,
             text_field,
+            detokenize,
             save_nll: self.save_nll(raw.save_nll.as_ref())?,
             bootstrap,
         })
@@ -476,6 +498,9 @@ impl<'a> Parser<'a> {
             Err(self.err(Some(at), msg))
         };
         let lm_eval = protocol == ProtocolName::LmEval;
+        if let (Some(d), false) = (&raw.detokenize, lm_eval) {
+            return not_for("detokenize", d.span());
+        }
         match (&raw.stride, &raw.max_length, &raw.context, &raw.max_tokens) {
             (Some(s), ..) if protocol != ProtocolName::Hf => not_for("stride", s.span()),
             (_, Some(m), ..) if !lm_eval => not_for("max_length", m.span()),
@@ -496,7 +521,8 @@ impl<'a> Parser<'a> {
             Some((RawSaveNll::Format(f), _)) if f == "jsonl" => Some(NllFormat::Jsonl),
             Some((RawSaveNll::Format(f), _)) if f == "parquet" => Some(NllFormat::Parquet),
             Some((RawSaveNll::Format(f), s)) => {
-                let msg = format!("save_nll: '{f}' is not one of true, false, \"jsonl\", \"parquet\"");
+                let msg =
+                    format!("save_nll: '{f}' is not one of true, false, \"jsonl\", \"parquet\"");
                 return Err(self.err_at(s, msg));
             }
         })

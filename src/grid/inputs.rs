@@ -186,10 +186,17 @@ fn resolve_protocol(grid: &Grid, models: &[ModelInputs], mi: usize) -> anyhow::R
         context: grid.context,
         stride: grid.stride,
         max_length: grid.max_length,
+        detokenize: grid.detokenize,
     };
     request
         .resolve(info.n_positions, &special)
-        .with_context(|| format!("{}: protocol {}", grid.path.display(), grid.models[mi].display()))
+        .with_context(|| {
+            format!(
+                "{}: protocol {}",
+                grid.path.display(),
+                grid.models[mi].display()
+            )
+        })
 }
 
 /// A dataset's documents, hashed, tokenized by each model (cut to `max_tokens`) and laid
@@ -215,17 +222,26 @@ fn load_dataset(
             covered = m.tokenizer.decode(&t)?.len();
         }
         let (plan, bytes) = match *protocol {
-            Protocol::Hf { context, stride } => (ScoringPlan::hf(t.clone(), context, stride), covered),
+            Protocol::Hf { context, stride } => {
+                (ScoringPlan::hf(t.clone(), context, stride), covered)
+            }
             Protocol::Disjoint { context } => (ScoringPlan::disjoint(t.clone(), context), covered),
             _ => {
                 let p = prepare(protocol, &documents, &m.tokenizer, grid.max_tokens)
                     .map_err(|e| anyhow::anyhow!("{e}"))
-                    .with_context(|| format!("{} with {}", path.display(), m.files.dir.display()))?;
+                    .with_context(|| {
+                        format!("{} with {}", path.display(), m.files.dir.display())
+                    })?;
                 (p.plan, p.bytes)
             }
         };
         if plan.tokens_scored() == 0 {
-            anyhow::bail!("{}: the text has {} token(s) and {} scores none of them", path.display(), t.len(), protocol.describe());
+            anyhow::bail!(
+                "{}: the text has {} token(s) and {} scores none of them",
+                path.display(),
+                t.len(),
+                protocol.describe()
+            );
         }
         tokens.push(t);
         plans.push(plan);

@@ -73,7 +73,8 @@ pub struct Row {
 impl Row {
     /// Whether the 95 % interval of `delta_nll` excludes 0 (`None` without an interval).
     pub fn delta_is_significant(&self) -> Option<bool> {
-        self.delta_nll_ci95.map(crate::eval::bootstrap::excludes_zero)
+        self.delta_nll_ci95
+            .map(crate::eval::bootstrap::excludes_zero)
     }
 }
 
@@ -306,7 +307,9 @@ fn protocol_fields(r: &Row) -> Vec<String> {
         num(r.delta_nll),
         num(dci.map(|c| c[0])),
         num(dci.map(|c| c[1])),
-        r.delta_is_significant().map(|b| b.to_string()).unwrap_or_default(),
+        r.delta_is_significant()
+            .map(|b| b.to_string())
+            .unwrap_or_default(),
         num(pci.map(|c| c[0])),
         num(pci.map(|c| c[1])),
         num(m.map(|m| m.word_perplexity)),

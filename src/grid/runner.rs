@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 
+use crate::eval::nll_output::NllWriter;
 use crate::grid::cells::{Cell, Shard};
 use crate::grid::charts::write_charts;
 use crate::grid::config::Grid;
@@ -22,7 +23,6 @@ use crate::grid::inputs::Inputs;
 use crate::grid::manifest::{CellCounts, Manifest};
 use crate::grid::progress::Progress;
 use crate::grid::results::{self, Row};
-use crate::eval::nll_output::NllWriter;
 use crate::grid::score::{self, CellContext};
 use crate::model::plan::ActivationPlan;
 use crate::model::CausalLm;
@@ -280,17 +280,8 @@ impl Run<'_> {
             cache: cache.as_ref().map(|c| c.chunks.as_slice()),
             fill,
         };
-        let mut records = self.nll_writer(out_dir, cell)?;
         let mut draw = |done: usize, _total: usize| progress.draw(i, &cell.name, done * per_batch);
-        let (row, filled) = score::score_cell(&ctx, cell, key, records.as_mut().map(|(w, _)| w), &mut draw)
-            .with_context(|| format!("cell '{}'", cell.name))?;
-        let nll_file = match records {
-            Some((w, name)) => {
-                w.finish()?;
-                Some(name)
-            }
-            None => None,
-        };
+        let (row, filled) = self.score_with_records(&ctx, cell, key, out_dir, &mut draw)?;
         if fill {
             *cache = Some(BaselineCache {
                 pair,
@@ -298,8 +289,8 @@ impl Run<'_> {
             });
         }
         let diagnostics = if cell.diagnose {
-            let context = plan.protocol.context();
-            Some(score::diagnose_cell(base, cell, self.inputs.tokens(cell), context)?)
+            let (tokens, context) = (self.inputs.tokens(cell), plan.protocol.context());
+            Some(score::diagnose_cell(base, cell, tokens, context)?)
         } else {
             None
         };
@@ -307,14 +298,41 @@ impl Run<'_> {
         Ok(Row {
             seconds: started.elapsed().as_secs_f64(),
             diagnostics,
-            nll_file,
             ..row
         })
     }
 
+    /// Scores a cell, writing its per-token file when `save_nll` is on (the row then names
+    /// it).
+    fn score_with_records(
+        &self,
+        ctx: &CellContext,
+        cell: &Cell,
+        key: &str,
+        out_dir: &Path,
+        draw: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<(Row, Vec<Tensor>)> {
+        let mut records = self.nll_writer(out_dir, cell)?;
+        let (row, filled) =
+            score::score_cell(ctx, cell, key, records.as_mut().map(|(w, _)| w), draw)
+                .with_context(|| format!("cell '{}'", cell.name))?;
+        let nll_file = match records {
+            Some((w, name)) => {
+                w.finish()?;
+                Some(name)
+            }
+            None => None,
+        };
+        Ok((Row { nll_file, ..row }, filled))
+    }
+
     /// With `save_nll`: the cell's per-token file `nll/cell-INDEX.EXT` (its writer and its
     /// name relative to the output directory).
-    fn nll_writer(&self, out_dir: &Path, cell: &Cell) -> anyhow::Result<Option<(NllWriter, String)>> {
+    fn nll_writer(
+        &self,
+        out_dir: &Path,
+        cell: &Cell,
+    ) -> anyhow::Result<Option<(NllWriter, String)>> {
         let Some(format) = self.grid.save_nll else {
             return Ok(None);
         };

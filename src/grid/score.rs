@@ -60,7 +60,13 @@ pub(crate) fn score_cell(
         (Some(v), Some(_)) => vec![v],
         (Some(v), None) => vec![ctx.base, v],
     };
-    let documents = ctx.plan.sequences.iter().map(|s| s.document + 1).max().unwrap_or(0);
+    let documents = ctx
+        .plan
+        .sequences
+        .iter()
+        .map(|s| s.document + 1)
+        .max()
+        .unwrap_or(0);
     let mut totals = Totals {
         document_nll: vec![0.0; documents],
         ..Totals::default()

@@ -83,11 +83,24 @@ paired block bootstrap over windows) excludes 0\n";
 fn delta_cell(r: &Row) -> String {
     match (r.delta_nll, r.delta_nll_ci95) {
         (Some(d), Some([lo, hi])) => {
-            let mark = if r.delta_is_significant() == Some(true) { " *" } else { "  " };
-            format!("{d:+.4} [{lo:+.4}, {hi:+.4}]{mark}")
+            let mark = if r.delta_is_significant() == Some(true) {
+                " *"
+            } else {
+                "  "
+            };
+            format!("{} [{}, {}]{mark}", signed(d), signed(lo), signed(hi))
         }
-        (Some(d), None) => format!("{d:+.4}"),
+        (Some(d), None) => signed(d),
         _ => String::new(),
+    }
+}
+
+/// `+0.1234`, or `+2.1e-5` when four decimals would show a non-zero value as zero.
+fn signed(x: f64) -> String {
+    if x != 0.0 && x.abs() < 5e-5 {
+        format!("{x:+.1e}")
+    } else {
+        format!("{x:+.4}")
     }
 }
 
@@ -225,7 +238,10 @@ mod tests {
 
     #[test]
     fn intervals_that_exclude_zero_are_marked() {
-        let mut rows = vec![sample_row(0, "baseline", 10.0), sample_row(1, "sigmoid", 40.0)];
+        let mut rows = vec![
+            sample_row(0, "baseline", 10.0),
+            sample_row(1, "sigmoid", 40.0),
+        ];
         rows[1].delta_nll = Some(1.3863);
         rows[1].delta_nll_ci95 = Some([1.2, 1.5]);
         let mut same = sample_row(2, "gelu", 10.0);
