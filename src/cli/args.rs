@@ -53,13 +53,22 @@ pub(super) const PERPLEXITY_EXAMPLE: &str = "\
 Examples:
   gpt-ablate perplexity --model tests/fixtures/tiny-gpt2 --data tests/fixtures/sample.txt
   gpt-ablate perplexity --model DIR --data data/wikitext-2-raw-test.txt \\
-      --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json";
+      --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json
+  gpt-ablate perplexity --model gpt2 --protocol lm-eval --text-field page \\
+      --data hf:EleutherAI/wikitext_document_level/wikitext-2-raw-v1/test-00000-of-00001.parquet
+  gpt-ablate perplexity --model DIR --data wiki.test.raw --protocol llama-cpp --context 512
+  gpt-ablate perplexity --model DIR --data FILE --save-nll tokens.parquet
+
+Protocols: hf (sliding windows, the default), lm-eval (lm-evaluation-harness's
+loglikelihood_rolling per document: word_perplexity, byte_perplexity, bits_per_byte),
+llama-cpp (llama-perplexity's chunks: PPL = X +/- U), disjoint (non-overlapping windows).";
 
 /// `--data` of the commands that score text.
 pub(super) const DATA_HELP: &str =
-    "UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) \
-    or hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without special \
-    tokens.";
+    "UTF-8 text file (one document), .jsonl file (a document per line) or .parquet file (a \
+    document per row), a named dataset (wikitext-2, shakespeare-val) or hf:ORG/NAME/path (a file \
+    of a Hub dataset repo). Documents are joined with a blank line, except under --protocol \
+    lm-eval, which scores each apart.";
 
 /// Which checkpoint: `--model` and `--revision`.
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod inspect;
 mod merge;
 mod output;
 mod perplexity;
+mod protocol;
 mod run;
 
 use clap::{Parser, Subcommand};
