@@ -9,9 +9,11 @@ use serde::Serialize;
 use super::args::{ModelArgs, DATA_HELP};
 use super::output::{json_value, print_json};
 use crate::data::read_data;
-use crate::eval::diagnose::{diagnose, report, Diagnosis, HeadStats, LayerStats};
+use crate::eval::diagnose::{diagnose_with_progress, report, Diagnosis, HeadStats, LayerStats};
 use crate::grid::charts::draw_diagnosis;
 use crate::grid::results::write_atomic;
+use crate::model::CausalLm;
+use crate::progress::{Progress, Unit};
 use crate::runtime;
 
 #[derive(Debug, Args)]
@@ -51,11 +53,12 @@ pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     let context = args.context.unwrap_or(loaded.model.info().n_positions);
     let original = if loaded.model.is_swapped() {
         let model = loaded.model.original();
-        Some(diagnose(&model, &tokens, context).context("diagnosing the original model")?)
+        let d = with_progress("diagnose (original)", &model, &tokens, context);
+        Some(d.context("diagnosing the original model")?)
     } else {
         None
     };
-    let main = diagnose(&loaded.model, &tokens, context)?;
+    let main = with_progress("diagnose", &loaded.model, &tokens, context)?;
     let out = DiagnoseJson {
         model: &args.model.source.model,
         model_source: loaded.files.source.to_json(),
@@ -76,6 +79,25 @@ pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}/diagnose.json and charts", dir.display());
     }
     Ok(())
+}
+
+/// Diagnoses `model`, showing progress in windows.
+fn with_progress(
+    label: &str,
+    model: &dyn CausalLm,
+    tokens: &[u32],
+    context: usize,
+) -> anyhow::Result<Diagnosis> {
+    let mut shown: Option<Progress> = None;
+    let d = diagnose_with_progress(model, tokens, context, &mut |done, total| {
+        shown
+            .get_or_insert_with(|| Progress::new(label, total as u64, Unit::Items("windows")))
+            .set(done as u64)
+    });
+    if let Some(p) = shown {
+        p.finish();
+    }
+    d
 }
 
 /// `--out`: diagnose.json (the `--json` object, pretty-printed) and the charts.

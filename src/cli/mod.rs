@@ -36,6 +36,9 @@ pub use run::RunArgs;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// No progress bars or progress lines (results, warnings and errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +70,7 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::progress::set_quiet(cli.quiet);
     match cli.command {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),
@@ -75,5 +79,45 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Datasets => datasets::run(),
         Command::Merge(args) => merge::run(args),
         Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+/// An error as the one line the binary prints: each cause after the message that carries
+/// it, first lines only (candle appends a backtrace to some errors when RUST_BACKTRACE is
+/// set), and a cause whose text the line already holds is left out, so no text repeats.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for link in e.chain() {
+        let text = link.to_string();
+        let text = text.lines().next().unwrap_or_default().trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_do_not_repeat_their_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk full");
+        let e = anyhow::Error::new(crate::fsio::WriteError {
+            path: "runs/x/results.csv".into(),
+            cause: io,
+        })
+        .context("writing results");
+        assert_eq!(
+            error_line(&e),
+            "writing results: cannot write runs/x/results.csv: disk full"
+        );
+        let e = anyhow::anyhow!("line one\nbacktrace").context("outer");
+        assert_eq!(error_line(&e), "outer: line one");
     }
 }

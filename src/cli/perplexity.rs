@@ -1,6 +1,5 @@
 //! `gpt-ablate perplexity`: next-token perplexity of one (swapped) checkpoint on one text.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,8 +11,9 @@ use super::args::{ModelArgs, DATA_HELP};
 use super::output::print_json;
 use crate::data::read_data;
 use crate::eval::perplexity::{perplexity, PplOptions, PplReport};
-use crate::model::load::{LoadOptions, Loaded};
+use crate::model::load::Loaded;
 use crate::model::plan::format_indices;
+use crate::progress::{Progress, Unit};
 use crate::runtime;
 
 #[derive(Debug, Args)]
@@ -31,6 +31,10 @@ pub struct PerplexityArgs {
     /// Windows per forward pass (results do not depend on it).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub batch_size: usize,
+    /// Score only the first N tokens of the text (bits/byte then counts the bytes they
+    /// cover).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
     /// Print one JSON object on stdout instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
@@ -52,17 +56,17 @@ struct Scored {
 
 pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.model.threads)?;
+    if args.max_tokens == Some(0) {
+        anyhow::bail!("--max-tokens must be at least 1");
+    }
     // Opens the device (and fails on a bad one) before the data is read.
-    let opts = args.model.load_options()?;
+    args.model.load_options()?;
     let text = read_data(&args.data)?; // before a possibly long model download
     let t0 = Instant::now();
     let loaded = args.model.load()?;
     let load_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let tokens = loaded
-        .tokenizer
-        .encode(&text)
-        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    let (tokens, bytes) = tokenize(&loaded, &text, &args)?;
     let tokenize_seconds = t1.elapsed().as_secs_f64();
 
     let context = args.context.unwrap_or(loaded.model.info().n_positions);
@@ -72,8 +76,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
     };
     let report = score(&loaded, &tokens, &ppl_opts, &args)?;
-    let layers = layers_label(&loaded, &opts)?;
-    let bytes = text.len();
+    let layers = layers_label(&loaded);
     let scored = Scored {
         bits_per_byte: report.nll_sum / std::f64::consts::LN_2 / bytes as f64,
         loaded,
@@ -93,37 +96,55 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Scores the tokens, with a progress line on an interactive stderr (not with `--json`).
+/// The text's tokens, cut to `--max-tokens`, and the UTF-8 bytes they cover.
+fn tokenize(loaded: &Loaded, text: &str, args: &PerplexityArgs) -> anyhow::Result<(Vec<u32>, usize)> {
+    let mut tokens = loaded
+        .tokenizer
+        .encode(text)
+        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    match args.max_tokens {
+        Some(max) if max < tokens.len() => {
+            tokens.truncate(max);
+            let bytes = loaded.tokenizer.decode(&tokens)?.len();
+            Ok((tokens, bytes))
+        }
+        _ => Ok((tokens, text.len())),
+    }
+}
+
+/// Scores the tokens, showing progress in batches of windows.
 fn score(
     loaded: &Loaded,
     tokens: &[u32],
     opts: &PplOptions,
     args: &PerplexityArgs,
 ) -> anyhow::Result<PplReport> {
-    let interactive = std::io::stderr().is_terminal() && !args.json;
+    let mut shown: Option<Progress> = None;
     let mut progress = |done: usize, total: usize| {
-        if interactive {
-            eprint!("\r  scoring: batch {done}/{total}");
-            if done == total {
-                eprint!("\r\x1b[2K");
-            }
-        }
+        let p = shown
+            .get_or_insert_with(|| Progress::new("perplexity", total as u64, Unit::Items("batches")));
+        p.set(done as u64);
     };
-    perplexity(&loaded.model, tokens, opts, &mut progress)
-        .with_context(|| format!("scoring {}", args.data.display()))
+    let report = perplexity(&loaded.model, tokens, opts, &mut progress)
+        .with_context(|| format!("scoring {}", args.data.display()));
+    if let Some(p) = shown {
+        p.finish();
+    }
+    report
 }
 
-/// `none` without `--activation`, `all` when every layer was swapped, else the indices
-/// `--layers` names.
-fn layers_label(loaded: &Loaded, opts: &LoadOptions) -> anyhow::Result<String> {
-    let n_layer = loaded.model.info().n_layer;
-    Ok(if opts.activation.is_none() {
+/// The swapped layers as `--layers` writes them: `none`, `all`, or indices (`0,2-3`) —
+/// the same layers as `layers_swapped` (a swap to the checkpoint's own activation swaps
+/// none).
+fn layers_label(loaded: &Loaded) -> String {
+    let swapped = loaded.model.plan().swapped_layers();
+    if swapped.is_empty() {
         "none".to_string()
-    } else if loaded.model.plan().swapped_layers().len() == n_layer {
+    } else if swapped.len() == loaded.model.info().n_layer {
         "all".to_string()
     } else {
-        format_indices(opts.layers.resolve(n_layer)?)
-    })
+        format_indices(swapped)
+    }
 }
 
 /// The `--json` object (printed with its keys sorted, see
@@ -140,6 +161,9 @@ struct PerplexityJson<'a> {
     context: usize,
     stride: usize,
     batch_size: usize,
+    /// `--max-tokens`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<usize>,
     tokens: usize,
     tokens_scored: usize,
     windows: usize,
@@ -172,6 +196,7 @@ impl<'a> PerplexityJson<'a> {
             context: s.context,
             stride: s.stride,
             batch_size: args.batch_size,
+            max_tokens: args.max_tokens,
             tokens: r.tokens,
             tokens_scored: r.tokens_scored,
             windows: r.windows,
@@ -279,6 +304,7 @@ mod tests {
             context: 64,
             stride: 32,
             batch_size: 1,
+            max_tokens: None,
             tokens: 3392,
             tokens_scored: 3391,
             windows: 105,

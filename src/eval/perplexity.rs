@@ -87,10 +87,10 @@ pub enum PplError {
         begin: usize,
         end: usize,
     },
-    #[error("forward pass failed in window {window}: {source}")]
+    #[error("forward pass failed in window {window}: {cause}")]
     Candle {
         window: usize,
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 }
 
@@ -198,7 +198,7 @@ pub fn score_windows(
     }
     for (done, batch) in batches.iter().enumerate() {
         let window = batch[0].0;
-        let candle = |source| PplError::Candle { window, source };
+        let candle = |cause| PplError::Candle { window, cause };
         let len = batch[0].1.len();
         let ids: Vec<u32> = batch
             .iter()
@@ -211,7 +211,7 @@ pub fn score_windows(
             .collect::<candle_core::Result<_>>()
             .map_err(candle)?; // per model (b, len, C)
         for (bi, &(window, w)) in batch.iter().enumerate() {
-            let candle = |source| PplError::Candle { window, source };
+            let candle = |cause| PplError::Candle { window, cause };
             let first_row = w.score_from - 1 - w.begin;
             let last_row = w.end - 1 - w.begin;
             let mut row = first_row;
@@ -266,9 +266,9 @@ pub fn perplexity(
         let nlls = chunk
             .logits(0)
             .and_then(|logits| token_nlls(&logits, chunk.targets))
-            .map_err(|source| PplError::Candle {
+            .map_err(|cause| PplError::Candle {
                 window: chunk.window,
-                source,
+                cause,
             })?;
         if nlls.iter().any(|v| !v.is_finite()) {
             return Err(PplError::NonFinite {

@@ -53,14 +53,15 @@ pub(crate) fn score_cell(
     let mut filled = Vec::new();
     let mut index = 0usize;
     score_windows(&models, ctx.tokens, ctx.opts, progress, &mut |chunk| {
-        let fail = |source| PplError::Candle {
+        let fail = |cause| PplError::Candle {
             window: chunk.window,
-            source,
+            cause,
         };
         let base_logits = baseline_logits(ctx, &chunk, index).map_err(fail)?;
         index += 1;
         if ctx.fill {
-            filled.push(chunk.hidden[0].copy().map_err(fail)?);
+            // A compact copy: `copy` would keep the whole batch's storage alive.
+            filled.push(chunk.hidden[0].force_contiguous().map_err(fail)?);
         }
         let variant_of = variant.is_some().then_some(models.len() - 1);
         totals.add(&chunk, &base_logits, variant_of)
@@ -107,9 +108,9 @@ impl Totals {
         base_logits: &Tensor,
         variant: Option<usize>,
     ) -> Result<(), PplError> {
-        let fail = |source| PplError::Candle {
+        let fail = |cause| PplError::Candle {
             window: chunk.window,
-            source,
+            cause,
         };
         let base_nll = token_nlls(base_logits, chunk.targets).map_err(fail)?;
         let var_nll = if let Some(i) = variant {
@@ -166,6 +167,8 @@ impl Totals {
             top1_agreement: self.agree as f64 / nf,
             seconds: 0.0,
             finished_at: provenance::now_rfc3339(),
+            perplexity_ci95: None,
+            delta_nll_ci95: None,
             diagnostics: None,
         }
     }
@@ -180,10 +183,10 @@ pub(crate) fn baseline_hidden(
 ) -> Result<Vec<Tensor>, PplError> {
     let mut chunks = Vec::new();
     score_windows(&[base], tokens, opts, &mut |_, _| {}, &mut |chunk| {
-        let copy = chunk.hidden[0].copy();
-        chunks.push(copy.map_err(|source| PplError::Candle {
+        let copy = chunk.hidden[0].force_contiguous(); // compact, not the batch's storage
+        chunks.push(copy.map_err(|cause| PplError::Candle {
             window: chunk.window,
-            source,
+            cause,
         })?);
         Ok(())
     })?;

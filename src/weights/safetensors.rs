@@ -36,9 +36,9 @@ pub(super) fn read_header(path: &Path) -> Result<Vec<Entry>, LoadError> {
 fn read_header_json(
     path: &Path,
 ) -> Result<(serde_json::Map<String, serde_json::Value>, u64, u64), LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |cause| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut f = File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
@@ -141,13 +141,13 @@ fn byte_size(shape: &[usize], dtype: DType) -> Option<u64> {
 /// Reads one tensor's bytes into a CPU tensor of its stored dtype. f32 data is read straight
 /// into the tensor's own buffer (no intermediate copy).
 pub(super) fn read_tensor(path: &Path, e: &Entry) -> Result<Tensor, LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |cause| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
-    let candle = |source| LoadError::Candle {
+    let candle = |cause| LoadError::Candle {
         key: e.stored_key.clone(),
-        source,
+        cause,
     };
     let mut f = File::open(path).map_err(io)?;
     f.seek(SeekFrom::Start(e.start)).map_err(io)?;
