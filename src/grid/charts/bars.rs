@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::text_anchor::{HPos, VPos};
 
 use super::axis::Scale;
+use super::text::{width, Label};
 use super::{err, pair_title, svg_and_png};
 use crate::grid::results::Row;
 
@@ -30,14 +31,9 @@ struct Layout {
     scale: Scale,
 }
 
-/// Width in pixels of `text` at `size`.
-fn text_width(text: &str, size: u32) -> i32 {
-    ("sans-serif", size)
-        .into_font()
-        .box_size(text)
-        .map_or(text.chars().count() as i32 * size as i32 * 6 / 10, |(w, _)| {
-            w as i32
-        })
+/// Width in whole pixels of `text` at `size`.
+fn text_width(text: &str, size: f32) -> i32 {
+    width(text, size).ceil() as i32
 }
 
 /// `40,474`, `301.9`, `73.38`, `1.234`: four significant digits or more, never exponents.
@@ -88,7 +84,7 @@ fn bar_end(r: &Row) -> f64 {
 
 impl Layout {
     fn new(rows: &[&Row]) -> Self {
-        let names = rows.iter().map(|r| text_width(&r.variant, 14)).max();
+        let names = rows.iter().map(|r| text_width(&r.variant, 14.0)).max();
         let x0 = MARGIN + names.unwrap_or(0) + 14;
         let width = (x0 + 560).max(900);
         let x1 = width - MARGIN;
@@ -96,7 +92,7 @@ impl Layout {
         values.extend(rows.iter().filter_map(|r| r.perplexity_ci95).flatten());
         let items: Vec<(f64, f64)> = rows
             .iter()
-            .map(|r| (bar_end(r), (text_width(&value_label(r), 13) + 10) as f64))
+            .map(|r| (bar_end(r), (text_width(&value_label(r), 13.0) + 10) as f64))
             .collect();
         let scale = Scale::for_values(&values).fit_labels(&items, (x1 - x0) as f64);
         Self {
@@ -116,46 +112,34 @@ impl Layout {
 /// Draws `rows` (the non-sweep rows of one pair) into `DIR/NAME.svg` and `.png`.
 pub(super) fn draw(rows: &[&Row], dir: &Path, name: &str) -> anyhow::Result<[PathBuf; 2]> {
     let layout = Layout::new(rows);
-    Ok(svg_and_png!(dir, name, (layout.width, layout.height), |area| {
-        paint(area, rows, &layout)
-    }))
-}
-
-fn font(size: u32, color: &RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
-    ("sans-serif", size)
-        .into_font()
-        .color(color)
-        .pos(Pos::new(h, v))
+    Ok(svg_and_png!(
+        dir,
+        name,
+        (layout.width, layout.height),
+        |area, labels| paint(&area, rows, &layout, &mut labels)
+    ))
 }
 
 fn paint<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
+    root: &DrawingArea<DB, Shift>,
     rows: &[&Row],
     l: &Layout,
+    labels: &mut Vec<Label>,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
-    titles(&root, rows, l)?;
-    grid_and_axis(&root, rows.len(), l)?;
+    titles(rows, l, labels);
+    grid_and_axis(root, rows.len(), l, labels)?;
     for (i, r) in rows.iter().enumerate() {
-        row(&root, r, TOP + ROW_H * i as i32 + ROW_H / 2, l)?;
+        row(root, r, TOP + ROW_H * i as i32 + ROW_H / 2, l, labels)?;
     }
-    root.present().map_err(err)?;
     Ok(())
 }
 
-fn titles<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    rows: &[&Row],
-    l: &Layout,
-) -> anyhow::Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn titles(rows: &[&Row], l: &Layout, labels: &mut Vec<Label>) {
     let mid = l.width as i32 / 2;
-    let title = "Perplexity by feed-forward activation (lower is better)";
     let first = rows[0];
     let sub = format!(
         "{}: context {}, stride {}, {} tokens scored; grey: the unmodified model",
@@ -164,17 +148,22 @@ where
         first.stride,
         first.tokens_scored
     );
-    let t = font(20, &BLACK, HPos::Center, VPos::Top);
-    root.draw(&Text::new(title, (mid, 14), t)).map_err(err)?;
-    let s = font(14, &RGBColor(70, 70, 70), HPos::Center, VPos::Top);
-    root.draw(&Text::new(sub, (mid, 44), s)).map_err(err)?;
-    Ok(())
+    labels.push(
+        Label::new("Perplexity by feed-forward activation (lower is better)", (mid, 14), 20.0)
+            .anchor(HPos::Center, VPos::Top),
+    );
+    labels.push(
+        Label::new(sub, (mid, 46), 14.0)
+            .anchor(HPos::Center, VPos::Top)
+            .color(RGBColor(70, 70, 70)),
+    );
 }
 
 fn grid_and_axis<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     n: usize,
     l: &Layout,
+    labels: &mut Vec<Label>,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -186,11 +175,12 @@ where
     for v in l.scale.minor_ticks() {
         root.draw(&line(l.x(v), RGBColor(240, 240, 240))).map_err(err)?;
     }
-    let label = font(13, &BLACK, HPos::Center, VPos::Top);
     for v in l.scale.ticks() {
         root.draw(&line(l.x(v), RGBColor(210, 210, 210))).map_err(err)?;
-        let text = Text::new(l.scale.tick_label(v), (l.x(v), bottom + 6), label.clone());
-        root.draw(&text).map_err(err)?;
+        labels.push(
+            Label::new(l.scale.tick_label(v), (l.x(v), bottom + 6), 13.0)
+                .anchor(HPos::Center, VPos::Top),
+        );
     }
     let axis = PathElement::new(vec![(l.x0, bottom), (l.x1, bottom)], BLACK.stroke_width(1));
     root.draw(&axis).map_err(err)?;
@@ -203,8 +193,7 @@ where
         Scale::Linear { .. } => "perplexity".to_string(),
     };
     let mid = (l.x0 + l.x1) / 2;
-    let d = font(14, &BLACK, HPos::Center, VPos::Top);
-    root.draw(&Text::new(desc, (mid, bottom + 30), d)).map_err(err)?;
+    labels.push(Label::new(desc, (mid, bottom + 32), 14.0).anchor(HPos::Center, VPos::Top));
     Ok(())
 }
 
@@ -214,13 +203,14 @@ fn row<DB: DrawingBackend>(
     r: &Row,
     y: i32,
     l: &Layout,
+    labels: &mut Vec<Label>,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let name = font(14, &BLACK, HPos::Right, VPos::Center);
-    root.draw(&Text::new(r.variant.clone(), (l.x0 - 10, y), name))
-        .map_err(err)?;
+    labels.push(
+        Label::new(r.variant.clone(), (l.x0 - 10, y), 14.0).anchor(HPos::Right, VPos::Center),
+    );
     let color = if r.is_baseline {
         BASELINE_GREY
     } else {
@@ -236,10 +226,8 @@ where
         root.draw(&whisker(vec![(a, y - 5), (a, y + 5)])).map_err(err)?;
         root.draw(&whisker(vec![(b, y - 5), (b, y + 5)])).map_err(err)?;
     }
-    let value = font(13, &BLACK, HPos::Left, VPos::Center);
     let at = l.x(bar_end(r)) + 6;
-    root.draw(&Text::new(value_label(r), (at, y), value))
-        .map_err(err)?;
+    labels.push(Label::new(value_label(r), (at, y), 13.0).anchor(HPos::Left, VPos::Center));
     Ok(())
 }
 
@@ -250,7 +238,7 @@ mod tests {
     #[test]
     fn values_read_without_exponents_and_with_thousands_separators() {
         assert_eq!(fmt_value(40473.598), "40,474");
-        assert_eq!(fmt_value(1234.5), "1,235");
+        assert_eq!(fmt_value(1234.6), "1,235");
         assert_eq!(fmt_value(301.861), "301.9");
         assert_eq!(fmt_value(73.378), "73.38");
         assert_eq!(fmt_value(1.05), "1.050");

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use plotters::style::text_anchor::{HPos, VPos};
+
+use super::axis::Scale;
+use super::text::{width, Label};
 use super::{err, register_font, svg_and_png};
 
 /// Diagnostics charts: mean |f′(h)| and mean f(h) per layer (original vs swapped), and the
@@ -44,70 +48,124 @@ pub fn draw_diagnosis(
             main.activation.clone(),
             main.layers.iter().map(metric).collect(),
         ));
-        written.extend(svg_and_png!(dir, name, (800, 420), |area| line_chart(
-            area, title, &series
-        )));
+        written.extend(svg_and_png!(dir, name, (WIDTH, HEIGHT), |area, labels| {
+            line_chart(&area, title, &series, &mut labels)
+        }));
     }
     Ok(written)
 }
 
+/// Pixel layout of a line chart: the plot rectangle and the value axis.
+struct Layout {
+    x0: i32,
+    x1: i32,
+    y0: i32,
+    y1: i32,
+    scale: Scale,
+    n: usize,
+}
+
+impl Layout {
+    fn new(series: &[(String, Vec<f64>)]) -> Self {
+        let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(1);
+        let all = series.iter().flat_map(|(_, v)| v.iter().copied());
+        let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.1).max(1e-3);
+        let scale = Scale::Linear {
+            lo: lo - pad,
+            hi: hi + pad,
+        };
+        let label_w = scale
+            .ticks()
+            .iter()
+            .map(|&t| width(&scale.tick_label(t), 13.0).ceil() as i32)
+            .max()
+            .unwrap_or(0);
+        Self {
+            x0: 20 + label_w + 10,
+            x1: WIDTH as i32 - 20,
+            y0: 56,
+            y1: HEIGHT as i32 - 64,
+            scale,
+            n,
+        }
+    }
+
+    fn x(&self, layer: usize) -> i32 {
+        let w = (self.x1 - self.x0) as f64;
+        self.x0 + ((layer as f64 + 0.5) / self.n as f64 * w).round() as i32
+    }
+
+    fn y(&self, v: f64) -> i32 {
+        self.y1 - (self.scale.frac(v) * (self.y1 - self.y0) as f64).round() as i32
+    }
+}
+
+const WIDTH: u32 = 800;
+const HEIGHT: u32 = 440;
+const COLORS: [RGBColor; 2] = [RGBColor(110, 110, 110), RGBColor(196, 64, 52)];
+
 fn line_chart<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
+    root: &DrawingArea<DB, Shift>,
     title: &str,
     series: &[(String, Vec<f64>)],
+    labels: &mut Vec<Label>,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
-    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1);
-    let all = series.iter().flat_map(|(_, v)| v.iter().copied());
-    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    let pad = ((hi - lo) * 0.1).max(1e-3);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(-0.3f64..(n as f64 - 0.7), (lo - pad)..(hi + pad))
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|v| format!("{}", v.round() as i64))
-        .x_desc("layer")
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(err)?;
-    let colors = [RGBColor(90, 90, 90), RGBColor(200, 60, 50)];
-    for (i, (label, values)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let points: Vec<(f64, f64)> = values
+    let l = Layout::new(series);
+    labels.push(
+        Label::new(title, (WIDTH as i32 / 2, 14), 17.0).anchor(HPos::Center, VPos::Top),
+    );
+    axes(root, &l, labels)?;
+    for (i, (name, values)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(i32, i32)> = values
             .iter()
             .enumerate()
-            .map(|(l, &v)| (l as f64, v))
+            .map(|(layer, &v)| (l.x(layer), l.y(v)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+        root.draw(&PathElement::new(points.clone(), color.stroke_width(2)))
             .map_err(err)?;
+        for p in points {
+            root.draw(&Circle::new(p, 4, color.filled())).map_err(err)?;
+        }
+        let y = l.y0 + 10 + 20 * i as i32;
+        let key = vec![(l.x1 - 180, y), (l.x1 - 156, y)];
+        root.draw(&PathElement::new(key, color.stroke_width(2)))
+            .map_err(err)?;
+        labels.push(Label::new(name.clone(), (l.x1 - 150, y), 13.0).anchor(HPos::Left, VPos::Center));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
     Ok(())
 }
 
+/// Gridlines, the value ticks on the left, layer numbers below.
+fn axes<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    l: &Layout,
+    labels: &mut Vec<Label>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    for t in l.scale.ticks() {
+        let y = l.y(t);
+        let grid = PathElement::new(vec![(l.x0, y), (l.x1, y)], RGBColor(225, 225, 225).stroke_width(1));
+        root.draw(&grid).map_err(err)?;
+        labels.push(Label::new(l.scale.tick_label(t), (l.x0 - 8, y), 13.0).anchor(HPos::Right, VPos::Center));
+    }
+    let frame = vec![(l.x0, l.y0), (l.x0, l.y1), (l.x1, l.y1)];
+    root.draw(&PathElement::new(frame, BLACK.stroke_width(1)))
+        .map_err(err)?;
+    for layer in 0..l.n {
+        labels.push(Label::new(layer.to_string(), (l.x(layer), l.y1 + 6), 13.0).anchor(HPos::Center, VPos::Top));
+    }
+    let mid = (l.x0 + l.x1) / 2;
+    labels.push(Label::new("layer", (mid, l.y1 + 30), 14.0).anchor(HPos::Center, VPos::Top));
+    Ok(())
+}

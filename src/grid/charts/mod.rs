@@ -10,6 +10,7 @@ mod axis;
 mod bars;
 mod lines;
 mod sweep;
+mod text;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -23,26 +24,36 @@ use crate::grid::results::{short_name, Row};
 
 static FONT: Once = Once::new();
 
-/// Draws one chart twice, into `DIR/NAME.svg` and `DIR/NAME.png`, with `|area| body` run once
-/// per backend (plotters' drawing code is generic over the backend, closures are not). Both
-/// are drawn in memory first and written atomically. Evaluates to the two paths.
+/// Draws one chart twice, into `DIR/NAME.svg` and `DIR/NAME.png`, with `|area, labels| body`
+/// run once per backend (plotters' drawing code is generic over the backend, closures are
+/// not). The body draws shapes on `area` and pushes its text to `labels`, which are drawn
+/// as SVG text or rasterised into the PNG (see [`text`]). Both files are drawn in memory
+/// first and written atomically. Evaluates to the two paths.
 macro_rules! svg_and_png {
-    ($dir:expr, $name:expr, $size:expr, |$area:ident| $body:expr) => {{
+    ($dir:expr, $name:expr, $size:expr, |$area:ident, $labels:ident| $body:expr) => {{
         let size: (u32, u32) = $size;
         let mut svg_text = String::new();
         {
             let $area = SVGBackend::with_string(&mut svg_text, size).into_drawing_area();
+            let mut $labels: Vec<$crate::grid::charts::text::Label> = Vec::new();
             $body?;
+            $crate::grid::charts::text::draw_svg(&$area, &$labels)?;
+            $area.present().map_err($crate::grid::charts::err)?;
         }
         let mut rgb = vec![255u8; size.0 as usize * size.1 as usize * 3];
         {
-            let $area = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
-            $body?;
+            let mut $labels: Vec<$crate::grid::charts::text::Label> = Vec::new();
+            {
+                let $area = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+                $body?;
+                $area.present().map_err($crate::grid::charts::err)?;
+            }
+            $crate::grid::charts::text::draw_rgb(&mut rgb, size, &$labels);
         }
         let svg = $dir.join(format!("{}.svg", $name));
-        crate::fsio::write_atomic(&svg, svg_text.as_bytes())?;
+        $crate::fsio::write_atomic(&svg, svg_text.as_bytes())?;
         let png = $dir.join(format!("{}.png", $name));
-        crate::fsio::write_atomic(&png, &$crate::grid::charts::encode_png(&rgb, size)?)?;
+        $crate::fsio::write_atomic(&png, &$crate::grid::charts::encode_png(&rgb, size)?)?;
         [svg, png]
     }};
 }
@@ -54,7 +65,7 @@ fn register_font() {
         let _ = plotters::style::register_font(
             "sans-serif",
             FontStyle::Normal,
-            include_bytes!("../../../assets/fonts/DejaVuSans.ttf"),
+            text::FONT_BYTES,
         );
     });
 }
@@ -98,6 +109,14 @@ pub(crate) fn pair_title(r: &Row) -> String {
     format!("{} on {}", short_name(&r.model), short_name(&r.dataset))
 }
 
+/// A dataset's name without its file extension (`data/val.txt` → `val`).
+fn stem(dataset: &str) -> String {
+    Path::new(dataset)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| short_name(dataset))
+}
+
 /// A name made safe for a file name: letters, digits, `.`, `_` and `-`.
 fn slug(s: &str) -> String {
     let s: String = s
@@ -122,7 +141,7 @@ fn suffixes(pairs: &[(String, String)]) -> Vec<String> {
     }
     let named: Vec<String> = pairs
         .iter()
-        .map(|(m, d)| format!("--{}--{}", slug(&short_name(m)), slug(&short_name(d))))
+        .map(|(m, d)| format!("--{}--{}", slug(&short_name(m)), slug(&stem(d))))
         .collect();
     named
         .iter()
@@ -173,8 +192,8 @@ mod tests {
             suffixes(&pairs),
             [
                 "--shakespeare-gpt2--shakespeare-val",
-                "--gpt2--wiki-text.txt-2",
-                "--gpt2--wiki-text.txt-3"
+                "--gpt2--wiki-text-2",
+                "--gpt2--wiki-text-3"
             ]
         );
         assert_eq!(suffixes(&pairs[..1]), [""]);

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::text_anchor::{HPos, VPos};
 
+use super::text::{width, Label};
 use super::{err, pair_title, svg_and_png};
 use crate::grid::results::Row;
 
@@ -51,12 +52,7 @@ impl Layout {
         let layers = layers(rows);
         let name_w = groups
             .iter()
-            .map(|g| {
-                ("sans-serif", 14)
-                    .into_font()
-                    .box_size(g)
-                    .map_or(g.len() as i32 * 9, |(w, _)| w as i32)
-            })
+            .map(|g| width(g, 14.0).ceil() as i32)
             .max()
             .unwrap_or(0);
         let left = MARGIN + name_w + 12;
@@ -77,16 +73,9 @@ impl Layout {
 /// Draws the sweep rows of one pair into `DIR/NAME.svg` and `.png`.
 pub(super) fn draw(rows: &[&Row], dir: &Path, name: &str) -> anyhow::Result<[PathBuf; 2]> {
     let l = Layout::new(rows);
-    Ok(svg_and_png!(dir, name, (l.width, l.height), |area| paint(
-        area, rows, &l
-    )))
-}
-
-fn centered(size: u32, color: &RGBColor) -> TextStyle<'static> {
-    ("sans-serif", size)
-        .into_font()
-        .color(color)
-        .pos(Pos::new(HPos::Center, VPos::Center))
+    Ok(svg_and_png!(dir, name, (l.width, l.height), |area, labels| {
+        paint(&area, rows, &l, &mut labels)
+    }))
 }
 
 /// White at ×1, red for worse, blue for better; saturation by |ln ratio| / the largest.
@@ -101,9 +90,10 @@ fn cell_color(ratio: f64, max_log: f64) -> RGBColor {
 }
 
 fn paint<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
+    root: &DrawingArea<DB, Shift>,
     rows: &[&Row],
     l: &Layout,
+    labels: &mut Vec<Label>,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -115,53 +105,34 @@ where
         "{}; red: worse than the unmodified model, blue: better",
         pair_title(rows[0])
     );
-    let top_text = |size| {
-        ("sans-serif", size)
-            .into_font()
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Center, VPos::Top))
-    };
-    root.draw(&Text::new(title, (mid, 14), top_text(20)))
-        .map_err(err)?;
-    root.draw(&Text::new(sub, (mid, 44), top_text(14)))
-        .map_err(err)?;
-    labels(&root, l)?;
+    labels.push(Label::new(title, (mid, 14), 20.0).anchor(HPos::Center, VPos::Top));
+    labels.push(
+        Label::new(sub, (mid, 46), 14.0)
+            .anchor(HPos::Center, VPos::Top)
+            .color(RGBColor(70, 70, 70)),
+    );
+    axis_labels(l, labels);
     let max_log = rows
         .iter()
         .map(|r| r.ratio_perplexity.ln().abs())
         .fold(1e-9, f64::max);
     for r in rows {
-        cell(&root, r, l, max_log)?;
+        cell(root, r, l, max_log, labels)?;
     }
-    root.present().map_err(err)?;
     Ok(())
 }
 
 /// Row names on the left, layer numbers under the columns.
-fn labels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, l: &Layout) -> anyhow::Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn axis_labels(l: &Layout, labels: &mut Vec<Label>) {
     for (g, name) in l.groups.iter().enumerate() {
         let y = TOP + g as i32 * CELL_H + CELL_H / 2;
-        let style = ("sans-serif", 14)
-            .into_font()
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Right, VPos::Center));
-        root.draw(&Text::new(name.clone(), (l.left - 10, y), style))
-            .map_err(err)?;
+        labels.push(Label::new(name.clone(), (l.left - 10, y), 14.0).anchor(HPos::Right, VPos::Center));
     }
     let y = TOP + l.groups.len() as i32 * CELL_H + 18;
     for (c, layer) in l.layers.iter().enumerate() {
         let x = l.left + c as i32 * l.cell_w + l.cell_w / 2;
-        root.draw(&Text::new(
-            format!("layer {layer}"),
-            (x, y),
-            centered(14, &BLACK),
-        ))
-        .map_err(err)?;
+        labels.push(Label::new(format!("layer {layer}"), (x, y), 14.0).anchor(HPos::Center, VPos::Center));
     }
-    Ok(())
 }
 
 /// One cell: its colour and its ratio.
@@ -170,6 +141,7 @@ fn cell<DB: DrawingBackend>(
     r: &Row,
     l: &Layout,
     max_log: f64,
+    labels: &mut Vec<Label>,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -188,9 +160,11 @@ where
     .map_err(err)?;
     let dark = (r.ratio_perplexity.ln() / max_log).abs() > 0.6;
     let text_color = if dark { WHITE } else { BLACK };
-    let label = format!("×{:.2}", r.ratio_perplexity);
     let at = (x0 + l.cell_w / 2, y0 + CELL_H / 2);
-    root.draw(&Text::new(label, at, centered(14, &text_color)))
-        .map_err(err)?;
+    labels.push(
+        Label::new(format!("×{:.2}", r.ratio_perplexity), at, 14.0)
+            .anchor(HPos::Center, VPos::Center)
+            .color(text_color),
+    );
     Ok(())
 }
