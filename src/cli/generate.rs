@@ -291,10 +291,9 @@ fn print_stats(label: &str, g: &Generation, job: &Job) {
 /// Why generation stopped, in words.
 fn stop_words(reason: &StopReason, job: &Job) -> String {
     match reason {
-        StopReason::MaxNewTokens => format!(
-            "reached --max-new-tokens ({})",
-            job.rules.max_new_tokens
-        ),
+        StopReason::MaxNewTokens => {
+            format!("reached --max-new-tokens ({})", job.rules.max_new_tokens)
+        }
         StopReason::EndOfText => "the model produced its end-of-text token".to_string(),
         StopReason::StopString => "a --stop string was produced (not printed)".to_string(),
         StopReason::ContextFull => format!(

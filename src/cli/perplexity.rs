@@ -97,7 +97,11 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
 }
 
 /// The text's tokens, cut to `--max-tokens`, and the UTF-8 bytes they cover.
-fn tokenize(loaded: &Loaded, text: &str, args: &PerplexityArgs) -> anyhow::Result<(Vec<u32>, usize)> {
+fn tokenize(
+    loaded: &Loaded,
+    text: &str,
+    args: &PerplexityArgs,
+) -> anyhow::Result<(Vec<u32>, usize)> {
     let mut tokens = loaded
         .tokenizer
         .encode(text)
@@ -121,8 +125,9 @@ fn score(
 ) -> anyhow::Result<PplReport> {
     let mut shown: Option<Progress> = None;
     let mut progress = |done: usize, total: usize| {
-        let p = shown
-            .get_or_insert_with(|| Progress::new("perplexity", total as u64, Unit::Items("batches")));
+        let p = shown.get_or_insert_with(|| {
+            Progress::new("perplexity", total as u64, Unit::Items("batches"))
+        });
         p.set(done as u64);
     };
     let report = perplexity(&loaded.model, tokens, opts, &mut progress)

@@ -81,7 +81,10 @@ fn resolve<T>(
 }
 
 /// Device, dtype and threads: flag > environment > config > default.
-fn settings(args: &RunArgs, grid: &Grid) -> anyhow::Result<(DeviceSpec, Precision, Setting<usize>)> {
+fn settings(
+    args: &RunArgs,
+    grid: &Grid,
+) -> anyhow::Result<(DeviceSpec, Precision, Setting<usize>)> {
     let device = resolve(
         args.device,
         "--device",
@@ -105,7 +108,10 @@ fn settings(args: &RunArgs, grid: &Grid) -> anyhow::Result<(DeviceSpec, Precisio
         args.threads,
         "--threads",
         "GPT_ABLATE_THREADS",
-        |s| s.parse::<usize>().map_err(|_| "not a number of threads".to_string()),
+        |s| {
+            s.parse::<usize>()
+                .map_err(|_| "not a number of threads".to_string())
+        },
         grid.threads,
         "threads (in the config)",
     )?;

@@ -297,7 +297,10 @@ fn claims(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
     let scope = if only.is_empty() {
         "all layers".to_string()
     } else {
-        format!("the swapped layers {}", crate::model::plan::format_indices(only.iter().copied()))
+        format!(
+            "the swapped layers {}",
+            crate::model::plan::format_indices(only.iter().copied())
+        )
     };
     let mut s = format!("What the numbers say (layer averages over {scope}):\n");
     s.push_str(&format!(

@@ -16,7 +16,10 @@ pub enum LockError {
     #[error("{dir} is in use by another gpt-ablate process ({holder}); wait for it to finish, or write to another directory")]
     Held { dir: PathBuf, holder: String },
     #[error("cannot lock {path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }
 
 /// An exclusive lock on a directory; dropped, it is released.
@@ -103,7 +106,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = DirLock::acquire(dir.path()).unwrap();
         let err = DirLock::acquire(dir.path()).unwrap_err().to_string();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
         drop(first);
         assert!(DirLock::acquire(dir.path()).is_ok());

@@ -28,7 +28,10 @@ pub enum ReadError {
         hint: &'static str,
     },
     #[error("cannot read {path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{var}='{value}': not a number of bytes")]
     BadLimit { var: &'static str, value: String },
 }

@@ -263,7 +263,10 @@ impl<'a> Parser<'a> {
             if let Some(first) = models.iter().find(|s| same_model(s, &spec)) {
                 return Err(self.err_at(
                     m,
-                    format!("models: '{}' is listed twice (as {first} before); each model once", m.get_ref()),
+                    format!(
+                        "models: '{}' is listed twice (as {first} before); each model once",
+                        m.get_ref()
+                    ),
                 ));
             }
             let cfg = spec
@@ -286,6 +289,11 @@ impl<'a> Parser<'a> {
             let p = self.resolve(d.get_ref());
             let path = if p.is_file() {
                 p
+            } else if p.exists() {
+                return Err(self.err_at(
+                    d,
+                    format!("datasets: {} is not a regular file (a directory, FIFO or device cannot be read as data)", p.display()),
+                ));
             } else if crate::data::is_data_name(d.get_ref()) {
                 PathBuf::from(d.get_ref())
             } else {
@@ -297,7 +305,11 @@ impl<'a> Parser<'a> {
             if let Some(first) = datasets.iter().find(|q| same_file(q, &path)) {
                 return Err(self.err_at(
                     d,
-                    format!("datasets: '{}' is listed twice (as {} before); each dataset once", d.get_ref(), first.display()),
+                    format!(
+                        "datasets: '{}' is listed twice (as {} before); each dataset once",
+                        d.get_ref(),
+                        first.display()
+                    ),
                 ));
             }
             datasets.push(path);
@@ -480,12 +492,8 @@ impl<'a> Parser<'a> {
         let at = v.layers.as_ref().unwrap_or(&v.activation);
         for (m, cfg) in models.iter().zip(model_configs) {
             let plan = ActivationPlan::original(Activation::Identity, cfg.info.n_layer);
-            map.apply(plan).map_err(|e| {
-                self.err_at(
-                    at,
-                    format!("variant '{name}': {e} ({})", m.display()),
-                )
-            })?;
+            map.apply(plan)
+                .map_err(|e| self.err_at(at, format!("variant '{name}': {e} ({})", m.display())))?;
         }
         Ok(Variant {
             name,

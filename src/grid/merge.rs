@@ -163,7 +163,10 @@ fn identity(m: &Value) -> anyhow::Result<Vec<(String, Value)>> {
     take("models (count)".into(), &Value::from(models.len()));
     for (i, model) in models.iter().enumerate() {
         let files = list(&model["files"], &format!("models[{i}].files"))?;
-        take(format!("models[{i}].files (count)"), &Value::from(files.len()));
+        take(
+            format!("models[{i}].files (count)"),
+            &Value::from(files.len()),
+        );
         for (j, f) in files.iter().enumerate() {
             take(format!("models[{i}].files[{j}].sha256"), &f["sha256"]);
         }
@@ -212,7 +215,11 @@ fn describe(m: &Value, name: &str) -> String {
             .nth(1)
             .and_then(|r| r.split(']').next())
             .and_then(|j| j.parse::<usize>().ok());
-        j.and_then(|j| m["models"][i]["files"][j]["file"].as_str().map(str::to_string))
+        j.and_then(|j| {
+            m["models"][i]["files"][j]["file"]
+                .as_str()
+                .map(str::to_string)
+        })
     } else {
         None
     };
@@ -235,7 +242,9 @@ fn short(v: &Value) -> String {
 /// The order the original config asked for (`sort = "perplexity"`), read back from the
 /// config text the manifest copies.
 fn sort_order(shard: &Shard) -> anyhow::Result<SortOrder> {
-    let text = shard.manifest["config"]["text"].as_str().unwrap_or_default();
+    let text = shard.manifest["config"]["text"]
+        .as_str()
+        .unwrap_or_default();
     let table: toml::Table = text.parse().map_err(|_| {
         anyhow::anyhow!(
             "{}: config.text is not the TOML of a grid config",

@@ -248,7 +248,9 @@ pub enum ActivationMapError {
     Layers(#[from] LayerSpecError),
     #[error("'{0}': expected an activation name or entries like '0-1:relu,2-3:sigmoid'")]
     Syntax(String),
-    #[error("'{map}': {layers} given two activations ({first} and {second}); name each layer once")]
+    #[error(
+        "'{map}': {layers} given two activations ({first} and {second}); name each layer once"
+    )]
     Overlap {
         map: String,
         /// `layer 2` or `layers 1-2`, or `all layers`.
@@ -288,7 +290,10 @@ impl FromStr for ActivationMap {
 }
 
 /// Fails when two entries of a per-layer map name the same layer (or one names all).
-fn check_overlaps(map: &str, entries: &[(LayerSpec, Activation)]) -> Result<(), ActivationMapError> {
+fn check_overlaps(
+    map: &str,
+    entries: &[(LayerSpec, Activation)],
+) -> Result<(), ActivationMapError> {
     for (i, (a, act_a)) in entries.iter().enumerate() {
         for (b, act_b) in &entries[i + 1..] {
             let shared: Vec<usize> = match (a, b) {
@@ -375,7 +380,10 @@ mod map_tests {
         let err = "0:relu,all:tanh".parse::<ActivationMap>().unwrap_err();
         assert!(err.to_string().contains("layer 0 given two"), "{err}");
         assert!("0,1:relu,2:relu".parse::<ActivationMap>().is_ok());
-        assert_eq!("relu".parse::<ActivationMap>().unwrap().single(), Some(Relu));
+        assert_eq!(
+            "relu".parse::<ActivationMap>().unwrap().single(),
+            Some(Relu)
+        );
         assert_eq!("0:relu".parse::<ActivationMap>().unwrap().single(), None);
         let err = "7:relu"
             .parse::<ActivationMap>()

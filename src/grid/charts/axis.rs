@@ -167,7 +167,13 @@ mod tests {
     #[test]
     fn wide_ranges_get_a_log_axis_from_a_power_of_ten() {
         let s = Scale::for_values(&[73.4, 104.4, 301.9, 40473.6]);
-        assert_eq!(s, Scale::Log { lo: 10.0, hi: 40473.6 });
+        assert_eq!(
+            s,
+            Scale::Log {
+                lo: 10.0,
+                hi: 40473.6
+            }
+        );
         let labels: Vec<String> = s.ticks().iter().map(|&t| s.tick_label(t)).collect();
         assert_eq!(labels, ["10", "100", "1k", "10k"]);
         assert_eq!(si(1_000_000.0), "1M");
@@ -189,7 +195,11 @@ mod tests {
 
     #[test]
     fn the_top_leaves_room_for_labels() {
-        let s = Scale::Log { lo: 10.0, hi: 1000.0 }.fit_labels(&[(1000.0, 100.0)], 500.0);
+        let s = Scale::Log {
+            lo: 10.0,
+            hi: 1000.0,
+        }
+        .fit_labels(&[(1000.0, 100.0)], 500.0);
         assert!((s.frac(1000.0) * 500.0 + 100.0 - 500.0).abs() < 1e-6);
     }
 }

@@ -149,8 +149,12 @@ fn titles(rows: &[&Row], l: &Layout, labels: &mut Vec<Label>) {
         first.tokens_scored
     );
     labels.push(
-        Label::new("Perplexity by feed-forward activation (lower is better)", (mid, 14), 20.0)
-            .anchor(HPos::Center, VPos::Top),
+        Label::new(
+            "Perplexity by feed-forward activation (lower is better)",
+            (mid, 14),
+            20.0,
+        )
+        .anchor(HPos::Center, VPos::Top),
     );
     labels.push(
         Label::new(sub, (mid, 46), 14.0)
@@ -173,10 +177,12 @@ where
         PathElement::new(vec![(x, top), (x, bottom)], color.stroke_width(1))
     };
     for v in l.scale.minor_ticks() {
-        root.draw(&line(l.x(v), RGBColor(240, 240, 240))).map_err(err)?;
+        root.draw(&line(l.x(v), RGBColor(240, 240, 240)))
+            .map_err(err)?;
     }
     for v in l.scale.ticks() {
-        root.draw(&line(l.x(v), RGBColor(210, 210, 210))).map_err(err)?;
+        root.draw(&line(l.x(v), RGBColor(210, 210, 210)))
+            .map_err(err)?;
         labels.push(
             Label::new(l.scale.tick_label(v), (l.x(v), bottom + 6), 13.0)
                 .anchor(HPos::Center, VPos::Top),
@@ -217,14 +223,19 @@ where
         VARIANT_RED
     };
     let end = l.x(r.perplexity).max(l.x0 + 1);
-    let bar = Rectangle::new([(l.x0, y - BAR_H / 2), (end, y + BAR_H / 2)], color.filled());
+    let bar = Rectangle::new(
+        [(l.x0, y - BAR_H / 2), (end, y + BAR_H / 2)],
+        color.filled(),
+    );
     root.draw(&bar).map_err(err)?;
     if let Some([lo, hi]) = r.perplexity_ci95 {
         let (a, b) = (l.x(lo), l.x(hi));
         let whisker = |pts: Vec<(i32, i32)>| PathElement::new(pts, BLACK.stroke_width(1));
         root.draw(&whisker(vec![(a, y), (b, y)])).map_err(err)?;
-        root.draw(&whisker(vec![(a, y - 5), (a, y + 5)])).map_err(err)?;
-        root.draw(&whisker(vec![(b, y - 5), (b, y + 5)])).map_err(err)?;
+        root.draw(&whisker(vec![(a, y - 5), (a, y + 5)]))
+            .map_err(err)?;
+        root.draw(&whisker(vec![(b, y - 5), (b, y + 5)]))
+            .map_err(err)?;
     }
     let at = l.x(bar_end(r)) + 6;
     labels.push(Label::new(value_label(r), (at, y), 13.0).anchor(HPos::Left, VPos::Center));

@@ -67,7 +67,12 @@ struct Layout {
 
 impl Layout {
     fn new(series: &[(String, Vec<f64>)]) -> Self {
-        let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(1);
+        let n = series
+            .iter()
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let all = series.iter().flat_map(|(_, v)| v.iter().copied());
         let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
@@ -119,9 +124,7 @@ where
 {
     root.fill(&WHITE).map_err(err)?;
     let l = Layout::new(series);
-    labels.push(
-        Label::new(title, (WIDTH as i32 / 2, 14), 17.0).anchor(HPos::Center, VPos::Top),
-    );
+    labels.push(Label::new(title, (WIDTH as i32 / 2, 14), 17.0).anchor(HPos::Center, VPos::Top));
     axes(root, &l, labels)?;
     for (i, (name, values)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -139,7 +142,8 @@ where
         let key = vec![(l.x1 - 180, y), (l.x1 - 156, y)];
         root.draw(&PathElement::new(key, color.stroke_width(2)))
             .map_err(err)?;
-        labels.push(Label::new(name.clone(), (l.x1 - 150, y), 13.0).anchor(HPos::Left, VPos::Center));
+        labels
+            .push(Label::new(name.clone(), (l.x1 - 150, y), 13.0).anchor(HPos::Left, VPos::Center));
     }
     Ok(())
 }
@@ -155,15 +159,24 @@ where
 {
     for t in l.scale.ticks() {
         let y = l.y(t);
-        let grid = PathElement::new(vec![(l.x0, y), (l.x1, y)], RGBColor(225, 225, 225).stroke_width(1));
+        let grid = PathElement::new(
+            vec![(l.x0, y), (l.x1, y)],
+            RGBColor(225, 225, 225).stroke_width(1),
+        );
         root.draw(&grid).map_err(err)?;
-        labels.push(Label::new(l.scale.tick_label(t), (l.x0 - 8, y), 13.0).anchor(HPos::Right, VPos::Center));
+        labels.push(
+            Label::new(l.scale.tick_label(t), (l.x0 - 8, y), 13.0)
+                .anchor(HPos::Right, VPos::Center),
+        );
     }
     let frame = vec![(l.x0, l.y0), (l.x0, l.y1), (l.x1, l.y1)];
     root.draw(&PathElement::new(frame, BLACK.stroke_width(1)))
         .map_err(err)?;
     for layer in 0..l.n {
-        labels.push(Label::new(layer.to_string(), (l.x(layer), l.y1 + 6), 13.0).anchor(HPos::Center, VPos::Top));
+        labels.push(
+            Label::new(layer.to_string(), (l.x(layer), l.y1 + 6), 13.0)
+                .anchor(HPos::Center, VPos::Top),
+        );
     }
     let mid = (l.x0 + l.x1) / 2;
     labels.push(Label::new("layer", (mid, l.y1 + 30), 14.0).anchor(HPos::Center, VPos::Top));

@@ -62,11 +62,7 @@ pub(crate) use svg_and_png;
 fn register_font() {
     FONT.call_once(|| {
         // The font is a valid TTF shipped in the repository; a failure would only lose PNG text.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            text::FONT_BYTES,
-        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, text::FONT_BYTES);
     });
 }
 
@@ -76,6 +72,7 @@ pub(crate) fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> anyhow::Result<Vec<u
     let mut enc = png::Encoder::new(&mut out, w, h);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Best);
     let mut writer = enc.write_header().map_err(err)?;
     writer.write_image_data(rgb).map_err(err)?;
     writer.finish().map_err(err)?;
@@ -184,7 +181,10 @@ mod tests {
     #[test]
     fn several_pairs_get_file_names_that_say_which() {
         let pairs = vec![
-            ("configs/../models/shakespeare-gpt2".to_string(), "shakespeare-val".to_string()),
+            (
+                "configs/../models/shakespeare-gpt2".to_string(),
+                "shakespeare-val".to_string(),
+            ),
             ("gpt2".to_string(), "data/wiki text.txt".to_string()),
             ("a/gpt2".to_string(), "data/wiki text.txt".to_string()),
         ];

@@ -73,9 +73,12 @@ impl Layout {
 /// Draws the sweep rows of one pair into `DIR/NAME.svg` and `.png`.
 pub(super) fn draw(rows: &[&Row], dir: &Path, name: &str) -> anyhow::Result<[PathBuf; 2]> {
     let l = Layout::new(rows);
-    Ok(svg_and_png!(dir, name, (l.width, l.height), |area, labels| {
-        paint(&area, rows, &l, &mut labels)
-    }))
+    Ok(svg_and_png!(
+        dir,
+        name,
+        (l.width, l.height),
+        |area, labels| { paint(&area, rows, &l, &mut labels) }
+    ))
 }
 
 /// White at ×1, red for worse, blue for better; saturation by |ln ratio| / the largest.
@@ -83,9 +86,17 @@ fn cell_color(ratio: f64, max_log: f64) -> RGBColor {
     let t = (ratio.ln() / max_log).clamp(-1.0, 1.0);
     let mix = |a: f64, b: f64, t: f64| (a + (b - a) * t).round() as u8;
     if t >= 0.0 {
-        RGBColor(mix(255.0, 200.0, t), mix(255.0, 40.0, t), mix(255.0, 40.0, t))
+        RGBColor(
+            mix(255.0, 200.0, t),
+            mix(255.0, 40.0, t),
+            mix(255.0, 40.0, t),
+        )
     } else {
-        RGBColor(mix(255.0, 40.0, -t), mix(255.0, 90.0, -t), mix(255.0, 200.0, -t))
+        RGBColor(
+            mix(255.0, 40.0, -t),
+            mix(255.0, 90.0, -t),
+            mix(255.0, 200.0, -t),
+        )
     }
 }
 
@@ -126,12 +137,16 @@ where
 fn axis_labels(l: &Layout, labels: &mut Vec<Label>) {
     for (g, name) in l.groups.iter().enumerate() {
         let y = TOP + g as i32 * CELL_H + CELL_H / 2;
-        labels.push(Label::new(name.clone(), (l.left - 10, y), 14.0).anchor(HPos::Right, VPos::Center));
+        labels.push(
+            Label::new(name.clone(), (l.left - 10, y), 14.0).anchor(HPos::Right, VPos::Center),
+        );
     }
     let y = TOP + l.groups.len() as i32 * CELL_H + 18;
     for (c, layer) in l.layers.iter().enumerate() {
         let x = l.left + c as i32 * l.cell_w + l.cell_w / 2;
-        labels.push(Label::new(format!("layer {layer}"), (x, y), 14.0).anchor(HPos::Center, VPos::Center));
+        labels.push(
+            Label::new(format!("layer {layer}"), (x, y), 14.0).anchor(HPos::Center, VPos::Center),
+        );
     }
 }
 
@@ -146,8 +161,13 @@ fn cell<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let g = r.sweep.as_ref().and_then(|g| l.groups.iter().position(|x| x == g));
-    let c = r.sweep_layer.and_then(|s| l.layers.iter().position(|x| *x == s));
+    let g = r
+        .sweep
+        .as_ref()
+        .and_then(|g| l.groups.iter().position(|x| x == g));
+    let c = r
+        .sweep_layer
+        .and_then(|s| l.layers.iter().position(|x| *x == s));
     let (Some(g), Some(c)) = (g, c) else {
         return Ok(());
     };

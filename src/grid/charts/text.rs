@@ -181,7 +181,10 @@ mod tests {
         let dot = width(".", 24.0) as u32;
         let digit_bottom = inked(10, 10 + one).unwrap();
         let dot_bottom = inked(10 + one, 10 + one + dot).unwrap();
-        assert!(digit_bottom.abs_diff(dot_bottom) <= 1, "{digit_bottom} vs {dot_bottom}");
+        assert!(
+            digit_bottom.abs_diff(dot_bottom) <= 1,
+            "{digit_bottom} vs {dot_bottom}"
+        );
         assert!(width("1.1", 24.0) > width("11", 24.0));
     }
 }
