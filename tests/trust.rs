@@ -680,4 +680,6 @@ fn dry_run_marks_done_cells_and_paths_are_normalised() {
     );
     let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(!manifest.contains("/../"), "{manifest}");
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert!(m["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{m}");
 }

@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn error_lines_do_not_repeat_their_causes() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk full");
+        let io = std::io::Error::other("disk full");
         let e = anyhow::Error::new(crate::fsio::WriteError {
             path: "runs/x/results.csv".into(),
             cause: io,
@@ -119,5 +119,27 @@ mod tests {
         );
         let e = anyhow::anyhow!("line one\nbacktrace").context("outer");
         assert_eq!(error_line(&e), "outer: line one");
+    }
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_flag_has_help_text() {
+        let cli = <Cli as clap::CommandFactory>::command();
+        let mut commands = vec![cli.clone()];
+        commands.extend(cli.get_subcommands().cloned());
+        for cmd in commands {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let help = arg.get_help().or(arg.get_long_help());
+                assert!(
+                    help.is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "{} {id} has no help text",
+                    cmd.get_name()
+                );
+            }
+        }
     }
 }

@@ -317,7 +317,10 @@ fn claims(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
         pair(|l| l.post_mean, &num)
     ));
     s.push_str(&perplexity_change(main, original));
-    s.push_str(&sigmoid_head(&main.head));
+    if let Some(o) = original {
+        s.push_str(&sigmoid_head(o));
+    }
+    s.push_str(&sigmoid_head(main));
     s
 }
 
@@ -356,18 +359,26 @@ fn perplexity_change(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
     }
 }
 
-/// Sigmoid instead of softmax at the output: why its scores are no distribution, and its
-/// "perplexities", labelled so that they cannot be read as better scores.
-fn sigmoid_head(h: &HeadStats) -> String {
+/// Sigmoid instead of softmax at the output, for one model: why its scores are no
+/// distribution, and its "perplexities", labelled so that they cannot be read as better
+/// scores.
+fn sigmoid_head(d: &Diagnosis) -> String {
+    let h = &d.head;
+    let compared = if h.sigmoid_ppl_normalized >= h.softmax_ppl {
+        "worse than"
+    } else {
+        "better than"
+    };
     format!(
-        "  Sigmoid instead of softmax at the output: σ(z) over the vocabulary sums to {:.2} per position on average, not 1, so sigmoid scores are not probabilities. \
-         Scored as if they were, they give {:.4} (not a perplexity, and not comparable with the softmax perplexity {:.3}: the mass is counted many times over); \
-         normalised to sum to 1 they give a true perplexity of {:.3} ({} the softmax's).\n",
+        "  Sigmoid instead of softmax at the output ({} model): σ(z) summed over the vocabulary averages {:.2} per position, not 1: sigmoid scores are no distribution.\n     \
+         Read as probabilities they score {:.4}: not a perplexity (the mass is counted about {:.0} times over) and not comparable with the softmax perplexity {:.3}; \
+         normalised to sum to 1 they give a true perplexity of {:.3} ({compared} softmax).\n",
+        d.activation,
         h.sigmoid_mass_mean,
         h.sigmoid_ppl_raw,
+        h.sigmoid_mass_mean,
         h.softmax_ppl,
         h.sigmoid_ppl_normalized,
-        if h.sigmoid_ppl_normalized >= h.softmax_ppl { "worse than" } else { "better than" }
     )
 }
 

@@ -64,6 +64,16 @@ impl DirLock {
         })
     }
 
+    /// Creates `dir` when it does not exist, then locks it: how a command takes its output
+    /// directory (`run --out`, `merge --out`, `train --out`).
+    pub fn create_and_acquire(dir: &Path) -> Result<Self, LockError> {
+        std::fs::create_dir_all(dir).map_err(|cause| LockError::Io {
+            path: dir.to_path_buf(),
+            cause,
+        })?;
+        Self::acquire(dir)
+    }
+
     /// The locked directory.
     pub fn dir(&self) -> &Path {
         &self.dir

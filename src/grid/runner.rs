@@ -124,9 +124,7 @@ pub fn done_cells(grid: &Grid, out: &Path, dtype: Precision) -> anyhow::Result<B
 /// Creates the output directory and locks it for this process (a second run on it fails
 /// with the holder's pid; the lock goes when the process does, even after `kill -9`).
 pub fn lock_output(out: &Path) -> anyhow::Result<DirLock> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("creating output directory {}", out.display()))?;
-    Ok(DirLock::acquire(out)?)
+    Ok(DirLock::create_and_acquire(out)?)
 }
 
 /// Reads the rows already in `out` (repairing a partial last line). Fails when a row belongs

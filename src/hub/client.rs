@@ -426,4 +426,23 @@ mod tests {
     fn sizes() {
         assert_eq!(human_bytes(1536), "1.5 KiB");
     }
+
+    /// A missing file is named as the repo names it, not by the URL it was asked at.
+    #[test]
+    fn entry_not_found_names_the_file_not_the_url() {
+        let hub = Hub::from_env();
+        let repo = RepoRef::new(RepoKind::Model, "org/tiny", None);
+        let url = "https://hub.example/org/tiny/resolve/main/sub/missing.txt";
+        for raw in [
+            "HTTP/1.1 404 Not Found\r\nX-Error-Code: EntryNotFound\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\n\r\n",
+        ] {
+            let resp: ureq::Response = raw.parse().unwrap();
+            let e = hub.status_error(&repo, "sub/missing.txt", url, 404, &resp);
+            assert_eq!(
+                e.to_string(),
+                "'sub/missing.txt' not found in Hub repository org/tiny"
+            );
+        }
+    }
 }

@@ -83,7 +83,7 @@ impl Scale {
                 t
             }
             Scale::Linear { lo, hi } => {
-                let step = nice_step((hi - lo) / 5.0);
+                let step = nice_step((hi - lo) / 6.0);
                 let first = (lo / step).ceil() * step;
                 (0..)
                     .map(|i| first + i as f64 * step)
@@ -115,7 +115,7 @@ impl Scale {
         match *self {
             Scale::Log { .. } => si(v),
             Scale::Linear { lo, hi } => {
-                let step = nice_step((hi - lo) / 5.0);
+                let step = nice_step((hi - lo) / 6.0);
                 let decimals = (-step.log10().floor()).max(0.0) as usize;
                 format!("{v:.decimals$}")
             }
@@ -148,7 +148,7 @@ fn nice_step(raw: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * p)
-        .find(|s| *s >= raw)
+        .find(|s| *s >= raw * 0.999)
         .unwrap_or(10.0 * p)
 }
 
