@@ -114,25 +114,7 @@ pub fn diagnose_with_progress(
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Diagnosis> {
     let cfg = model.info();
-    if context < 2 || context > cfg.n_positions {
-        anyhow::bail!(
-            "--context must be between 2 and the model's n_positions ({}), got {context}",
-            cfg.n_positions
-        );
-    }
-    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-        anyhow::bail!(
-            "token id {id} is outside the model's vocabulary ({} entries)",
-            cfg.vocab_size
-        );
-    }
-    let windows = diagnose_windows(tokens.len(), context);
-    if windows.is_empty() {
-        anyhow::bail!(
-            "the text has {} token(s); diagnostics need at least 2",
-            tokens.len()
-        );
-    }
+    let windows = checked_windows(model, tokens, context)?;
     let plan = model.plan();
     let mut acc = vec![Acc::default(); cfg.n_layer];
     let (mut nll, mut mass, mut sig_raw, mut sig_norm, mut count) =
@@ -159,31 +141,10 @@ pub fn diagnose_with_progress(
                 .get(trace.ffn_weights[l].as_tensor())
                 .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
             a.grad_fc += l2(g)?;
-            let act = plan.per_layer[l];
-            let h: Vec<f32> = trace.pre_activations[l]
-                .detach()
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
-            let part = h
-                .par_chunks(64 * 1024)
-                .map(|chunk| {
-                    let mut p = Acc::default();
-                    for &x in chunk {
-                        let x = x as f64;
-                        let (f, d) = (act.eval_f64(x), act.derivative_f64(x).abs());
-                        p.n += 1.0;
-                        p.pre += x;
-                        p.pre2 += x * x;
-                        p.post += f;
-                        p.post2 += f * f;
-                        p.deriv += d;
-                        p.saturated += f64::from(u8::from(d < 0.01));
-                    }
-                    p
-                })
-                .reduce(Acc::default, Acc::merged);
-            a.add(&part);
+            a.add(&element_stats(
+                plan.per_layer[l],
+                &trace.pre_activations[l],
+            )?);
         }
         let head = head_sums(&logits.detach().to_dtype(DType::F32)?, &tokens[b + 1..e])?;
         nll += head.0;
@@ -196,27 +157,7 @@ pub fn diagnose_with_progress(
         }
         progress(wi + 1, windows.len());
     }
-    let nw = windows.len() as f64;
-    let layers = acc
-        .iter()
-        .enumerate()
-        .map(|(l, a)| {
-            let mean = |s: f64| s / a.n;
-            let std = |s: f64, s2: f64| (mean(s2) - mean(s) * mean(s)).max(0.0).sqrt();
-            LayerStats {
-                layer: l,
-                activation: plan.per_layer[l],
-                pre_mean: mean(a.pre),
-                pre_std: std(a.pre, a.pre2),
-                post_mean: mean(a.post),
-                post_std: std(a.post, a.post2),
-                deriv_mean: mean(a.deriv),
-                saturated_frac: mean(a.saturated),
-                grad_norm: a.grad / nw,
-                grad_norm_c_fc: a.grad_fc / nw,
-            }
-        })
-        .collect();
+    let layers = layer_stats(&acc, &plan.per_layer, windows.len());
     let n = count as f64;
     Ok(Diagnosis {
         activation: plan.describe(),
@@ -231,6 +172,83 @@ pub fn diagnose_with_progress(
             sigmoid_ppl_normalized: (sig_norm / n).exp(),
         },
     })
+}
+
+/// The non-overlapping windows over `tokens`, after checking the context and the token ids
+/// against the model.
+fn checked_windows(
+    model: &dyn CausalLm,
+    tokens: &[u32],
+    context: usize,
+) -> anyhow::Result<Vec<(usize, usize)>> {
+    let cfg = model.info();
+    if context < 2 || context > cfg.n_positions {
+        anyhow::bail!(
+            "--context must be between 2 and the model's n_positions ({}), got {context}",
+            cfg.n_positions
+        );
+    }
+    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+        anyhow::bail!(
+            "token id {id} is outside the model's vocabulary ({} entries)",
+            cfg.vocab_size
+        );
+    }
+    let windows = diagnose_windows(tokens.len(), context);
+    if windows.is_empty() {
+        anyhow::bail!(
+            "the text has {} token(s); diagnostics need at least 2",
+            tokens.len()
+        );
+    }
+    Ok(windows)
+}
+
+/// Sums over every element of one layer's pre-activations `h` under `act`: h, h², f(h),
+/// f(h)², |f′(h)| and the count with |f′(h)| < 0.01.
+fn element_stats(act: Activation, h: &Tensor) -> candle_core::Result<Acc> {
+    let h: Vec<f32> = h.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(h.par_chunks(64 * 1024)
+        .map(|chunk| {
+            let mut p = Acc::default();
+            for &x in chunk {
+                let x = x as f64;
+                let (f, d) = (act.eval_f64(x), act.derivative_f64(x).abs());
+                p.n += 1.0;
+                p.pre += x;
+                p.pre2 += x * x;
+                p.post += f;
+                p.post2 += f * f;
+                p.deriv += d;
+                p.saturated += f64::from(u8::from(d < 0.01));
+            }
+            p
+        })
+        .reduce(Acc::default, Acc::merged))
+}
+
+/// Each layer's means and standard deviations from its sums over `windows` windows.
+fn layer_stats(acc: &[Acc], per_layer: &[Activation], windows: usize) -> Vec<LayerStats> {
+    let nw = windows as f64;
+    acc.iter()
+        .enumerate()
+        .map(|(l, a)| {
+            let mean = |s: f64| s / a.n;
+            let std = |s: f64, s2: f64| (mean(s2) - mean(s) * mean(s)).max(0.0).sqrt();
+            LayerStats {
+                layer: l,
+                activation: per_layer[l],
+                pre_mean: mean(a.pre),
+                pre_std: std(a.pre, a.pre2),
+                post_mean: mean(a.post),
+                post_std: std(a.post, a.post2),
+                deriv_mean: mean(a.deriv),
+                saturated_frac: mean(a.saturated),
+                grad_norm: a.grad / nw,
+                grad_norm_c_fc: a.grad_fc / nw,
+            }
+        })
+        .collect()
 }
 
 /// The human-readable report: a per-layer table (both models when swapped), then what the

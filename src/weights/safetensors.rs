@@ -181,7 +181,7 @@ mod tests {
         let entry = |dtype: &str, begin: u64, end: u64, base: u64| {
             let info =
                 serde_json::json!({"dtype": dtype, "shape": [2], "data_offsets": [begin, end]});
-            parse_entry(p, "attn.bias".into(), &info, base, 1 << 20)
+            parse_entry(p, "h.0.attn.bias".into(), &info, base, 1 << 20)
                 .err()
                 .map(|e| e.to_string())
         };
