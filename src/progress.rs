@@ -229,14 +229,20 @@ fn bar(label: &str, total: u64, unit: Unit) -> ProgressBar {
         Unit::Bytes => "{bytes}/{total_bytes}".to_string(),
     };
     let rate = match unit {
-        Unit::Items(_) => "{per_sec}",
+        Unit::Items(_) => "{rate}",
         Unit::Bytes => "{bytes_per_sec}",
     };
     let template = format!(
-        "{{prefix}} [{{bar:30}}] {counts} ({{percent}}%), {rate}, elapsed {{elapsed_precise}}, ETA {{eta_precise}} {{wide_msg}}"
+        "{{prefix}} [{{bar:30}}] {counts} ({{percent}}%), {rate}, elapsed {{elapsed_precise}}, ETA {{eta_precise}} {{msg}}"
     );
     let style = ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", state.per_sec());
+            },
+        )
         .progress_chars("=> ");
     let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     b.set_style(style);
