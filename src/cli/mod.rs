@@ -50,8 +50,9 @@ pub enum Command {
     /// perplexity, KL divergence and top-1 agreement; resumable and shardable.
     #[command(after_long_help = RUN_EXAMPLE)]
     Run(RunArgs),
-    /// Per-layer diagnostics for the note's claims: saturation and |f′| (1), mean activation
-    /// (2), gradient norms by depth (1), softmax vs sigmoid at the head (4).
+    /// Per-layer diagnostics of the case against sigmoid: saturation and |f′| (vanishing
+    /// gradients), gradient norms by depth, mean activation (centring), the perplexity change,
+    /// and sigmoid instead of softmax at the output.
     #[command(after_long_help = DIAGNOSE_EXAMPLE)]
     Diagnose(DiagnoseArgs),
     /// Generate text with a (swapped) model: KV cache, greedy or sampled, streamed.
