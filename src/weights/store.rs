@@ -172,9 +172,9 @@ impl TensorStore {
         }
         let entry = entry.clone();
         self.taken.insert(key.to_string());
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: entry.stored_key.clone(),
-            source,
+            cause,
         };
         let cpu = self.read_cpu(&entry, shape)?;
         let t = if cpu.dtype() == self.dtype {
@@ -190,9 +190,9 @@ impl TensorStore {
         match &self.pth[entry.file] {
             Some(reader) => reader
                 .get(&entry.stored_key)
-                .map_err(|source| LoadError::Candle {
+                .map_err(|cause| LoadError::Candle {
                     key: entry.stored_key.clone(),
-                    source,
+                    cause,
                 })?
                 .ok_or_else(|| LoadError::MissingKey {
                     key: entry.stored_key.clone(),
@@ -211,9 +211,9 @@ impl TensorStore {
         n_out: usize,
     ) -> Result<Tensor, LoadError> {
         let t = self.take(key, &[n_in, n_out])?;
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: self.shown(key),
-            source,
+            cause,
         };
         t.t().and_then(|t| t.contiguous()).map_err(candle)
     }

@@ -121,9 +121,9 @@ impl NeoxConfig {
         let (c, h, d) = (self.hidden_size, self.num_attention_heads, self.head_dim());
         let l = p.linear(prefix, c, 3 * c, self.attention_bias)?;
         let key = format!("{prefix}.weight");
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: key.clone(),
-            source,
+            cause,
         };
         let regroup = |t: &Tensor, tail: &[usize]| -> candle_core::Result<Tensor> {
             let mut shape = vec![h, 3, d];
