@@ -9,6 +9,7 @@
 //! - [`data`]: text files, named datasets, tokenizers.
 //! - [`eval`]: windows, scoring, perplexity, diagnose, generation.
 //! - [`grid`]: ablation configs, the runner, results, charts.
+//! - [`train`]: calibrated swaps, training from scratch and recovery fine-tuning.
 //! - [`cli`]: the command line; [`runtime`]: device, dtype, threads; [`provenance`]: hashes.
 
 pub mod cli;
@@ -20,4 +21,5 @@ pub mod kernels;
 pub mod model;
 pub mod provenance;
 pub mod runtime;
+pub mod train;
 pub mod weights;

@@ -57,7 +57,7 @@ Examples:
 
 /// `--data` of the commands that score text.
 pub(super) const DATA_HELP: &str =
-    "UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val) \
+    "UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val, shakespeare-train) \
     or hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without special \
     tokens.";
 

@@ -6,6 +6,7 @@
 //! and the model interface `crate::model::CausalLm`.
 
 mod args;
+mod calibrate;
 mod datasets;
 mod diagnose;
 mod generate;

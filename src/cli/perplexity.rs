@@ -9,12 +9,14 @@ use clap::Args;
 use serde::Serialize;
 
 use super::args::{ModelArgs, DATA_HELP};
+use super::calibrate::CalibrateArgs;
 use super::output::print_json;
 use crate::data::read_data;
 use crate::eval::perplexity::{perplexity, PplOptions, PplReport};
 use crate::model::load::{LoadOptions, Loaded};
 use crate::model::plan::format_indices;
 use crate::runtime;
+use crate::train::calibrate::Calibration;
 
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
@@ -31,6 +33,8 @@ pub struct PerplexityArgs {
     /// Windows per forward pass (results do not depend on it).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub calibrate: CalibrateArgs,
     /// Print one JSON object on stdout instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +52,7 @@ struct Scored {
     bits_per_byte: f64,
     load_seconds: f64,
     tokenize_seconds: f64,
+    calibration: Option<Calibration>,
 }
 
 pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
@@ -56,7 +61,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let opts = args.model.load_options()?;
     let text = read_data(&args.data)?; // before a possibly long model download
     let t0 = Instant::now();
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
     let load_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let tokens = loaded
@@ -66,6 +71,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let tokenize_seconds = t1.elapsed().as_secs_f64();
 
     let context = args.context.unwrap_or(loaded.model.info().n_positions);
+    let calibration = args.calibrate.apply(&mut loaded, &text, context)?;
     let ppl_opts = PplOptions {
         context,
         stride: args.stride.unwrap_or((context / 2).max(1)),
@@ -84,6 +90,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
         bytes,
         load_seconds,
         tokenize_seconds,
+        calibration,
     };
     if args.json {
         print_json(&PerplexityJson::new(&args, &scored))
@@ -134,7 +141,7 @@ struct PerplexityJson<'a> {
     model_source: serde_json::Value,
     data: String,
     activation: String,
-    original_activation: &'static str,
+    original_activation: String,
     layers: &'a str,
     layers_swapped: Vec<usize>,
     context: usize,
@@ -155,6 +162,9 @@ struct PerplexityJson<'a> {
     device: String,
     dtype: String,
     threads: usize,
+    /// The per-layer fits of `--calibrate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibration: Option<&'a Calibration>,
 }
 
 impl<'a> PerplexityJson<'a> {
@@ -187,6 +197,7 @@ impl<'a> PerplexityJson<'a> {
             device: args.model.device.to_string(),
             dtype: args.model.dtype.to_string(),
             threads: runtime::threads(),
+            calibration: s.calibration.as_ref(),
         }
     }
 }
@@ -210,6 +221,18 @@ fn print_report(args: &PerplexityArgs, s: &Scored) {
         args.model.device
     );
     println!("activation   {activation}");
+    if let Some(c) = &s.calibration {
+        println!(
+            "calibrated   on {} tokens (context {}): {}",
+            c.tokens,
+            c.context,
+            c.layers
+                .iter()
+                .map(|l| format!("L{} a={:.4} b={:+.4}", l.layer, l.a, l.b))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "data         {} ({bytes} bytes, {} tokens)",
         args.data.display(),
@@ -273,7 +296,7 @@ mod tests {
             model_source: source,
             data: "d.txt".into(),
             activation: "sigmoid@0,2-3".into(),
-            original_activation: "gelu_new",
+            original_activation: "gelu_new".into(),
             layers: "0,2-3",
             layers_swapped: vec![0, 2, 3],
             context: 64,
@@ -294,6 +317,7 @@ mod tests {
             device: "cpu".into(),
             dtype: "f32".into(),
             threads: 2,
+            calibration: None,
         };
         assert_eq!(json_value(&new).unwrap().to_string(), old.to_string());
     }

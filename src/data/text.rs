@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 pub enum TextError {
     #[error("data file {0} does not exist")]
     Missing(PathBuf),
-    #[error("data file {0} does not exist and is not a named dataset (`gpt-ablate datasets` lists them: wikitext-2, shakespeare-val)")]
+    #[error("data file {0} does not exist and is not a named dataset (`gpt-ablate datasets` lists them: wikitext-2, shakespeare-val, shakespeare-train)")]
     MissingData(PathBuf),
     #[error("cannot read {path}: {source}")]
     Io {

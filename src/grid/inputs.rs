@@ -134,7 +134,7 @@ struct CellKey<'a> {
     dtype: String,
     max_tokens: Option<usize>,
     model: &'a str,
-    per_layer: Vec<&'a str>,
+    per_layer: Vec<String>,
     stride: usize,
 }
 
@@ -222,7 +222,7 @@ mod tests {
             dtype: "f32".into(),
             max_tokens: None,
             model: "m0c",
-            per_layer: vec!["gelu_new", "relu"],
+            per_layer: vec!["gelu_new".into(), "relu".into()],
             stride: 32,
         };
         let former = serde_json::json!({

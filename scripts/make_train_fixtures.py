@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Generate ``tests/fixtures/train/``: PyTorch / transformers references for gpt-ablate's
+calibrated activations, ``--calibrate`` and ``gpt-ablate train``.
+
+Run from anywhere (paths are resolved from this file's location)::
+
+    python scripts/make_train_fixtures.py            # everything below
+    python scripts/make_train_fixtures.py calibrated # one part: calibrated | training | checkpoint
+
+Inputs (nothing outside the repo is read):
+
+* ``tests/fixtures/tiny-gpt2/`` and ``tests/fixtures/families/llama-gqa/`` (checkpoints written
+  by make_fixtures.py and make_family_fixtures.py) and ``tests/fixtures/sample.txt``;
+* ``tests/fixtures/train/checkpoint/`` for the ``checkpoint`` part: a checkpoint written by
+  ``gpt-ablate train`` (see ``CHECKPOINT_COMMAND``), committed once;
+* ``scripts/make_fixtures.py`` is imported for ``ACTIVATIONS``, ``parse_layers`` and
+  ``sliding_ppl`` (importing it writes nothing).
+
+Writes (fixed seeds; well under a minute on 2 CPU cores):
+
+``tests/fixtures/train/calibrated.json``
+    ``formulas``: sigmoid_centered = sigmoid(x) - 1/2, sigmoid_scaled = 4 sigmoid(x) - 2 and
+    affine(gelu_new, 1.5, 0.25) = 1.5 gelu_new(x) + 0.25 evaluated by torch in float64 on a
+    grid of x; ``perplexity``: transformers' sliding-window perplexity (make_fixtures.py's
+    contract) of tiny-gpt2 with those activations in every layer (the MLP activation module
+    replaced by the formula); ``calibration``: the ``--calibrate`` fit done with forward
+    hooks, layer by layer in increasing order, each layer fitted on the pre-activations of
+    the model whose earlier layers are already calibrated, over non-overlapping windows
+    ``[k*c, (k+1)*c)`` of the first ``tokens`` tokens (a last partial window counts if it
+    has >= 2 tokens): a = std(g(h)) / std(f(h)), b = mean(g(h)) - a * mean(f(h)), population
+    statistics in float64 over every position and unit of f(h), g(h) computed in float32
+    (g = the checkpoint's own activation, f = the swapped-in one); a is rounded to float32
+    before b is computed, and both are stored as float32. Then the perplexity of the
+    calibrated model (context 64, stride 32).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import transformers
+from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+FIX = ROOT / "tests" / "fixtures"
+OUT = FIX / "train"
+
+mf = None  # scripts/make_fixtures.py, imported in main()
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def sigmoid_centered(x):
+    return torch.sigmoid(x) - 0.5
+
+
+def sigmoid_scaled(x):
+    return 4.0 * torch.sigmoid(x) - 2.0
+
+
+class Fn(nn.Module):
+    """An activation module from a function of a tensor."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def base_fn(name: str):
+    if name == "sigmoid_centered":
+        return sigmoid_centered
+    if name == "sigmoid_scaled":
+        return sigmoid_scaled
+    return mf.ACTIVATIONS[name]()
+
+
+def affine_fn(name: str, a: float, b: float):
+    f = base_fn(name)
+    return lambda x: a * f(x) + b
+
+
+def f32(v: float) -> float:
+    """The float32 nearest to v, as a Python float."""
+    return float(torch.tensor(v, dtype=torch.float32).item())
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_dir(d: Path):
+    m = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    return m
+
+
+def blocks(model) -> list:
+    mt = model.config.model_type
+    if mt == "gpt2":
+        return list(model.transformer.h)
+    assert mt in ("llama", "qwen2"), mt
+    return list(model.model.layers)
+
+
+def act_slot(model, block):
+    return (block.mlp, "act") if model.config.model_type == "gpt2" else (block.mlp, "act_fn")
+
+
+def own_activation(config) -> str:
+    return config.activation_function if config.model_type == "gpt2" else config.hidden_act
+
+
+def set_acts(model, fns: dict) -> list:
+    """Puts Fn(fns[l]) in layer l; returns the modules replaced, for restore_acts."""
+    saved = []
+    for l, b in enumerate(blocks(model)):
+        o, a = act_slot(model, b)
+        saved.append(getattr(o, a))
+        if l in fns:
+            setattr(o, a, Fn(fns[l]))
+    return saved
+
+
+def restore_acts(model, saved: list) -> None:
+    for b, m in zip(blocks(model), saved):
+        o, a = act_slot(model, b)
+        setattr(o, a, m)
+
+
+def encode(d: Path, text: str) -> list:
+    return Tokenizer.from_file(str(d / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+
+# --------------------------------------------------------------------------- calibrated
+
+
+def windows_of(n: int, c: int) -> list:
+    return [(b, min(b + c, n)) for b in range(0, n, c) if min(b + c, n) - b >= 2]
+
+
+def moments(ys: list) -> tuple:
+    x = torch.cat([y.reshape(-1).double() for y in ys])
+    m = x.mean()
+    return m.item(), ((x - m) ** 2).mean().sqrt().item()
+
+
+@torch.inference_mode()
+def layer_outputs(model, ids, windows, layer, fns) -> list:
+    """Each fn applied (float32) to layer `layer`'s activation input over the windows."""
+    o, a = act_slot(model, blocks(model)[layer])
+    seen = []
+    hook = getattr(o, a).register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
+    try:
+        for b, e in windows:
+            model(input_ids=torch.tensor([ids[b:e]], dtype=torch.long))
+    finally:
+        hook.remove()
+    return [[fn(h) for h in seen] for fn in fns]
+
+
+def calibrate_case(d: Path, activation: str, all_ids: list, n: int, context: int, layers: list) -> dict:
+    """The fit on the first n tokens; the calibrated model's perplexity on all of them."""
+    ids = all_ids[:n]
+    model = load_dir(d)
+    g = base_fn(own_activation(model.config))
+    f = base_fn(activation)
+    windows = windows_of(len(ids), context)
+    fns = {l: f for l in layers}
+    fits = []
+    for l in layers:
+        saved = set_acts(model, fns)
+        fy, gy = layer_outputs(model, ids, windows, l, [f, g])
+        restore_acts(model, saved)
+        (fm, fs), (gm, gs) = moments(fy), moments(gy)
+        a = f32(gs / fs)
+        b = f32(gm - a * fm)
+        fns[l] = affine_fn(activation, a, b)
+        fits.append({"layer": l, "a": a, "b": b, "target_mean": gm, "target_std": gs,
+                     "swapped_mean": fm, "swapped_std": fs})
+    saved = set_acts(model, fns)
+    ppl = mf.sliding_ppl(model, all_ids, 64, 32)
+    restore_acts(model, saved)
+    return {"model": str(d.relative_to(FIX)), "activation": activation, "tokens": len(ids),
+            "context": context, "windows": len(windows), "layers": fits, "perplexity": ppl}
+
+
+def make_calibrated() -> None:
+    xs = torch.linspace(-30, 30, 1201, dtype=torch.float64)
+    xs = torch.cat([xs, torch.tensor([0.0, 1e-6, -1e-6, 87.0, -87.0], dtype=torch.float64)])
+    affine = affine_fn("gelu_new", 1.5, 0.25)
+    formulas = {
+        "x": xs.tolist(),
+        "sigmoid_centered": sigmoid_centered(xs).tolist(),
+        "sigmoid_scaled": sigmoid_scaled(xs).tolist(),
+        "affine(gelu_new,1.5,0.25)": affine(xs).tolist(),
+    }
+    tiny = FIX / "tiny-gpt2"
+    sample = (FIX / "sample.txt").read_text(encoding="utf-8")
+    ids = encode(tiny, sample)
+    ppl = []
+    model = load_dir(tiny)
+    n = len(blocks(model))
+    for name, fn in [("sigmoid_centered", sigmoid_centered), ("sigmoid_scaled", sigmoid_scaled),
+                     ("affine(gelu_new,1.5,0.25)", affine), ("affine(sigmoid,4,-2)", affine_fn("sigmoid", 4.0, -2.0))]:
+        saved = set_acts(model, {l: fn for l in range(n)})
+        ppl.append({"model": "tiny-gpt2", "activation": name, "context": 64, "stride": 32,
+                    **mf.sliding_ppl(model, ids, 64, 32)})
+        restore_acts(model, saved)
+    llama = FIX / "families" / "llama-gqa"
+    llama_ids = encode(llama, sample)
+    calibration = [
+        calibrate_case(tiny, "sigmoid", ids, 4096, 64, list(range(n))),
+        calibrate_case(tiny, "tanh", ids, 1000, 48, [1, 3]),
+        calibrate_case(llama, "sigmoid", llama_ids, 4096, 128, [0, 1]),
+    ]
+    ref = {"version": 1, "generator": "scripts/make_train_fixtures.py", "torch": torch.__version__,
+           "transformers": transformers.__version__, "formulas": formulas, "perplexity": ppl,
+           "calibration": calibration}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "calibrated.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {OUT / 'calibrated.json'}")
+
+
+# --------------------------------------------------------------------------- main
+
+PARTS = {"calibrated": make_calibrated}
+
+
+def main() -> int:
+    global mf
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    sys.path.insert(0, str(SCRIPTS))
+    mf = importlib.import_module("make_fixtures")
+    wanted = sys.argv[1:] or list(PARTS)
+    for p in wanted:
+        if p not in PARTS:
+            print(f"unknown part '{p}'; parts: {', '.join(PARTS)}", file=sys.stderr)
+            return 2
+        PARTS[p]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+//! Changing weights, not just measuring them: fitting calibrated swaps ([`calibrate`]).
+//!
+//! - [`calibrate`]: `--calibrate`, per-layer `a·f(h) + b` fitted to the original
+//!   activation's output mean and std.
+
+pub mod calibrate;
