@@ -32,6 +32,21 @@ Writes (fixed seeds; well under a minute on 2 CPU cores):
     (g = the checkpoint's own activation, f = the swapped-in one); a is rounded to float32
     before b is computed, and both are stored as float32. Then the perplexity of the
     calibrated model (context 64, stride 32).
+``tests/fixtures/train/parity.json`` and ``parity-*.safetensors``
+    Training parity, per case of ``PARITY`` (tiny-gpt2; the gated, tied, GQA llama-gqa): the
+    token batches (drawn once from sample.txt with a seeded torch.Generator), then ``steps``
+    optimizer steps from the checkpoint's weights: per micro-batch
+    ``cross_entropy(logits, targets) / accumulate`` backpropagated (gradients summed), then
+    ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim.AdamW`` with two groups (weight decay
+    on every parameter of 2 or more dimensions except the token/position embeddings; none on
+    biases, norm weights and embeddings; a tied head is the embedding), learning rate from
+    ``transformers.get_cosine_schedule_with_warmup``. The model is in eval mode (no dropout;
+    every fixture's dropout is 0 anyway), eager attention, float32. ``log`` has per step the
+    loss (the sum of the scaled micro-batch losses), the learning rate used, the global
+    gradient norm before clipping, and per layer the norm of the gradient with respect to the
+    block's input (retain_grad in a forward pre-hook; over all micro-batches) and of each MLP
+    weight (before clipping). ``final_weights`` names the safetensors file with the weights
+    after the last step, state-dict names (a tied head not repeated).
 """
 
 from __future__ import annotations
@@ -44,7 +59,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import transformers
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
@@ -232,9 +249,111 @@ def make_calibrated() -> None:
     print(f"wrote {OUT / 'calibrated.json'}")
 
 
+# --------------------------------------------------------------------------- training parity
+
+# Each case trains a fixture checkpoint for STEPS steps of `accumulate` micro-batches of
+# `batch_size` sequences of seq_len + 1 tokens (inputs the first seq_len, targets the last).
+PARITY = [
+    {"model": "tiny-gpt2", "steps": 6, "batch_size": 2, "seq_len": 16, "accumulate": 2, "lr": 3e-3,
+     "warmup": 2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0, "seed": 11},
+    {"model": "families/llama-gqa", "steps": 6, "batch_size": 2, "seq_len": 24, "accumulate": 3, "lr": 2e-3,
+     "warmup": 1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.05, "grad_clip": 0.5, "seed": 12},
+]
+
+
+def mlp_weights(model, block) -> dict:
+    """Each MLP weight of a block under gpt-ablate's role names."""
+    if model.config.model_type == "gpt2":
+        return {"fc": block.mlp.c_fc.weight, "proj": block.mlp.c_proj.weight}
+    m = block.mlp
+    return {"gate": m.gate_proj.weight, "up": m.up_proj.weight, "down": m.down_proj.weight}
+
+
+def no_decay(name: str, p: torch.Tensor) -> bool:
+    """Biases, norm weights and token/position embeddings (a tied head is the embedding)."""
+    embeddings = ("wte.weight", "wpe.weight", "embed_tokens.weight")
+    return p.dim() < 2 or name.endswith(embeddings)
+
+
+def parity_batches(ids: list, case: dict) -> list:
+    g = torch.Generator().manual_seed(case["seed"])
+    n = case["seq_len"] + 1
+    out = []
+    for _ in range(case["steps"]):
+        step = []
+        for _ in range(case["accumulate"]):
+            starts = torch.randint(0, len(ids) - n, (case["batch_size"],), generator=g).tolist()
+            step.append([ids[s:s + n] for s in starts])
+        out.append(step)
+    return out
+
+
+def parity_case(case: dict) -> dict:
+    d = FIX / case["model"]
+    model = load_dir(d)
+    batches = parity_batches(encode(d, (FIX / "sample.txt").read_text(encoding="utf-8")), case)
+    named = list(model.named_parameters())  # a tied head appears once
+    groups = [
+        {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": case["weight_decay"]},
+        {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=case["lr"], betas=(case["beta1"], case["beta2"]), eps=case["eps"])
+    sched = transformers.get_cosine_schedule_with_warmup(opt, case["warmup"], case["steps"])
+    blks = blocks(model)
+    xin = [None] * len(blks)
+
+    def pre_hook(mod, args, kwargs, l):
+        x = args[0] if args else kwargs["hidden_states"]
+        x.retain_grad()
+        xin[l] = x
+
+    hooks = [b.register_forward_pre_hook(lambda m, a, k, l=l: pre_hook(m, a, k, l), with_kwargs=True)
+             for l, b in enumerate(blks)]
+    log = []
+    k = case["accumulate"]
+    for step, micro in enumerate(batches):
+        opt.zero_grad(set_to_none=True)
+        lr = opt.param_groups[0]["lr"]
+        loss_sum, block_sq = 0.0, [0.0] * len(blks)
+        for mb in micro:
+            t = torch.tensor(mb, dtype=torch.long)
+            logits = model(input_ids=t[:, :-1], use_cache=False).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t[:, 1:].reshape(-1)) / k
+            loss.backward()
+            loss_sum += loss.item()
+            for l, x in enumerate(xin):
+                block_sq[l] += x.grad.double().pow(2).sum().item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), case["grad_clip"]).item()
+        # the norms before clipping: clip_grad_norm_ scaled the grads by min(1, c / (norm + 1e-6))
+        scale = min(1.0, case["grad_clip"] / (grad_norm + 1e-6))
+        layers = [{"layer": l, "block_input": math.sqrt(block_sq[l]),
+                   "mlp": {r: w.grad.double().norm().item() / scale for r, w in mlp_weights(model, b).items()}}
+                  for l, b in enumerate(blks)]
+        opt.step()
+        sched.step()
+        log.append({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "layers": layers})
+    for h in hooks:
+        h.remove()
+    final = f"parity-{case['model'].replace('/', '-')}.safetensors"
+    tied = model.config.tie_word_embeddings
+    state = {n: p.detach().contiguous() for n, p in model.state_dict().items()
+             if not (tied and n == "lm_head.weight")}
+    save_file(state, str(OUT / final), metadata={"format": "pt"})
+    return {**case, "batches": batches, "log": log, "final_weights": final}
+
+
+def make_training() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    cases = [parity_case(c) for c in PARITY]
+    ref = {"version": 1, "generator": "scripts/make_train_fixtures.py", "torch": torch.__version__,
+           "transformers": transformers.__version__, "cases": cases}
+    (OUT / "parity.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {OUT / 'parity.json'}")
+
+
 # --------------------------------------------------------------------------- main
 
-PARTS = {"calibrated": make_calibrated}
+PARTS = {"calibrated": make_calibrated, "training": make_training}
 
 
 def main() -> int:

@@ -4,3 +4,10 @@
 //!   activation's output mean and std.
 
 pub mod calibrate;
+pub mod data;
+pub mod hf_dir;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod schedule;
+pub mod step;
