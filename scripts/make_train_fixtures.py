@@ -47,6 +47,10 @@ Writes (fixed seeds; well under a minute on 2 CPU cores):
     block's input (retain_grad in a forward pre-hook; over all micro-batches) and of each MLP
     weight (before clipping). ``final_weights`` names the safetensors file with the weights
     after the last step, state-dict names (a tied head not repeated).
+``tests/fixtures/train/checkpoints.json``
+    transformers' perplexity of the checkpoints ``gpt-ablate train`` wrote into
+    ``tests/fixtures/train/finetuned-gpt2/`` and ``scratch-llama/`` (``CHECKPOINT_COMMANDS``),
+    each loaded with ``AutoModelForCausalLM.from_pretrained`` as it is.
 """
 
 from __future__ import annotations
@@ -351,9 +355,42 @@ def make_training() -> None:
     print(f"wrote {OUT / 'parity.json'}")
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+# The checkpoints under tests/fixtures/train/ were written once by `gpt-ablate train` (the
+# final/ directory's config.json, model.safetensors and tokenizer.json), from the repository
+# root, with these commands:
+CHECKPOINT_COMMANDS = {
+    "finetuned-gpt2": "gpt-ablate train --init tests/fixtures/tiny-gpt2 --activation sigmoid "
+                      "--data tests/fixtures/sample.txt --steps 30 --batch-size 4 --seq-len 32 --lr 2e-3 "
+                      "--eval-every 10 --save-every 0 --seed 1 --out OUT",
+    "scratch-llama": "gpt-ablate train --from-scratch tests/fixtures/train/scratch-llama.toml "
+                     "--data tests/fixtures/sample.txt --steps 30 --batch-size 4 --seq-len 32 --lr 3e-3 "
+                     "--eval-every 10 --save-every 0 --seed 2 --out OUT",
+}
+
+
+def make_checkpoints() -> None:
+    """transformers loads each checkpoint as it is (AutoModelForCausalLM.from_pretrained)
+    and scores sample.txt (make_fixtures.py's sliding-window contract)."""
+    sample = (FIX / "sample.txt").read_text(encoding="utf-8")
+    entries = []
+    for name, command in CHECKPOINT_COMMANDS.items():
+        d = OUT / name
+        model = load_dir(d)
+        ids = encode(d, sample)
+        for c, s in [(64, 32), (32, 32)]:
+            entries.append({"model": name, "command": command, "activation": own_activation(model.config),
+                            "context": c, "stride": s, **mf.sliding_ppl(model, ids, c, s)})
+    ref = {"version": 1, "generator": "scripts/make_train_fixtures.py", "torch": torch.__version__,
+           "transformers": transformers.__version__, "perplexity": entries}
+    (OUT / "checkpoints.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {OUT / 'checkpoints.json'}")
+
+
 # --------------------------------------------------------------------------- main
 
-PARTS = {"calibrated": make_calibrated, "training": make_training}
+PARTS = {"calibrated": make_calibrated, "training": make_training, "checkpoint": make_checkpoints}
 
 
 def main() -> int:

@@ -258,3 +258,215 @@ fn adamw_steps_match_pytorch_for_gpt2_and_a_gated_family() {
         }
     }
 }
+
+#[test]
+fn checkpoints_written_by_train_score_the_same_in_transformers() {
+    let text = std::fs::read_to_string(fixture("train/checkpoints.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sample = gpt_ablate::data::read_text(&fixture("sample.txt")).unwrap();
+    for e in r["perplexity"].as_array().unwrap() {
+        let name = e["model"].as_str().unwrap();
+        let loaded = load(&fixture("train").join(name), &LoadOptions::default()).unwrap();
+        assert_eq!(
+            loaded.model.plan().describe(),
+            e["activation"].as_str().unwrap()
+        );
+        let tokens = loaded.tokenizer.encode(&sample).unwrap();
+        let opts = gpt_ablate::eval::perplexity::PplOptions {
+            context: e["context"].as_u64().unwrap() as usize,
+            stride: e["stride"].as_u64().unwrap() as usize,
+            batch_size: 4,
+        };
+        let got =
+            gpt_ablate::eval::perplexity::perplexity(&loaded.model, &tokens, &opts, &mut |_, _| {})
+                .unwrap();
+        let want = e["perplexity"].as_f64().unwrap();
+        assert!(
+            rel(got.perplexity, want) < 1e-5,
+            "{name}: {} vs transformers {want}",
+            got.perplexity
+        );
+    }
+}
+
+fn bin() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("gpt-ablate").unwrap()
+}
+
+/// A from-scratch run small enough for tests: a 2-layer GPT-2 with the fixture tokenizer.
+fn scratch_args(dir: &std::path::Path, out: &std::path::Path, steps: &str) -> Vec<String> {
+    let toml = dir.join("scratch.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "model_type = \"gpt2\"\ntokenizer = \"{}\"\nactivation = \"gelu_new\"\n\
+             [config]\nn_layer = 2\nn_embd = 32\nn_head = 4\nn_positions = 32\n",
+            fixture("tiny-gpt2/tokenizer.json").display()
+        ),
+    )
+    .unwrap();
+    [
+        "train",
+        "--from-scratch",
+        toml.to_str().unwrap(),
+        "--data",
+        fixture("sample.txt").to_str().unwrap(),
+        "--activation",
+        "relu",
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--lr",
+        "3e-3",
+        "--accumulate",
+        "2",
+        "--eval-every",
+        "25",
+        "--save-every",
+        "5",
+        "--eval-tokens",
+        "128",
+        "--seed",
+        "3",
+        "--threads",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn file_bytes(p: std::path::PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The log without wall times: what must be identical between runs.
+fn log_numbers(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("tokens_per_second");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_and_ends_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    let (v, _) = common::run_json(bin().args(scratch_args(tmp.path(), &whole, "60")));
+    assert_eq!(v["steps"], 60);
+    assert!(
+        v["eval_perplexity_after"].as_f64().unwrap()
+            < v["eval_perplexity_before"].as_f64().unwrap()
+    );
+    // The same command, killed with SIGKILL once a few checkpoints exist.
+    let exe = assert_cmd::cargo::cargo_bin("gpt-ablate");
+    let mut child = std::process::Command::new(&exe)
+        .args(scratch_args(tmp.path(), &killed, "60"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !killed.join("checkpoint-15").exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no checkpoint-15 after 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !killed.join("final").exists(),
+        "the run finished before it was killed"
+    );
+    let (v, _) = common::run_json(bin().args(scratch_args(tmp.path(), &killed, "60")));
+    let resumed = v["resumed_from"].as_u64().unwrap();
+    assert!(resumed >= 15 && resumed < 60, "resumed from {resumed}");
+    for f in ["model.safetensors", "optimizer.safetensors", "config.json"] {
+        assert!(
+            file_bytes(whole.join("final").join(f)) == file_bytes(killed.join("final").join(f)),
+            "final/{f} differs between the uninterrupted and the resumed run"
+        );
+    }
+    assert_eq!(log_numbers(&whole), log_numbers(&killed));
+    // Running it again only reports.
+    let (again, _) = common::run_json(bin().args(scratch_args(tmp.path(), &killed, "60")));
+    assert_eq!(again["resumed_from"], 60);
+    assert_eq!(again["final_loss"], v["final_loss"]);
+}
+
+#[test]
+fn train_rejects_bad_settings_with_the_flag_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let model = fixture("tiny-gpt2");
+    let data = fixture("sample.txt");
+    let base = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["train", "--init"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data);
+        c.args(["--steps", "2", "--batch-size", "2", "--out"])
+            .arg(&out);
+        c.args(extra);
+        if !extra.contains(&"--seq-len") {
+            c.args(["--seq-len", "16"]);
+        }
+        c
+    };
+    for (extra, want) in [
+        (
+            vec!["--seq-len", "65"],
+            "--seq-len 65 exceeds the model's 64 positions",
+        ),
+        (
+            vec!["--dtype", "bf16"],
+            "--dtype bf16: training runs in f32",
+        ),
+        (vec!["--lr=0"], "--lr must be a positive number, got 0"),
+        (vec!["--warmup", "5"], "--warmup (5) exceeds the steps (2)"),
+        (vec!["--calibrate"], "--calibrate needs --activation"),
+        (vec!["--layers", "1"], "--layers needs --activation"),
+        (
+            vec!["--activation", "relu", "--layers", "9"],
+            "layer 9 is out of range",
+        ),
+    ] {
+        let o = base(&extra).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(want),
+            "{extra:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A finished run, then the same --out with another learning rate.
+    base(&["--activation", "tanh"]).assert().success();
+    let o = base(&["--activation", "tanh", "--lr", "0.5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("holds a run with other inputs or settings (changed: settings.lr)"),
+        "{err}"
+    );
+    assert!(
+        out.join("final/model.safetensors").is_file(),
+        "the finished run is kept"
+    );
+}

@@ -55,6 +55,16 @@ Examples:
   gpt-ablate perplexity --model DIR --data data/wikitext-2-raw-test.txt \\
       --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json";
 
+pub(super) const TRAIN_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate train --init models/shakespeare-gpt2 --activation sigmoid \\
+      --data shakespeare-train --eval-data shakespeare-val --steps 200 --out runs/recover-sigmoid
+  gpt-ablate train --from-scratch configs/scratch-default.toml --activation relu \\
+      --data shakespeare-train --eval-data shakespeare-val --steps 300 --out runs/scratch-relu --json
+
+Running the same command again with the same --out resumes from the last checkpoint (and
+ends with the same weights as an uninterrupted run); a finished run only reports.";
+
 /// `--data` of the commands that score text.
 pub(super) const DATA_HELP: &str =
     "UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val, shakespeare-train) \
