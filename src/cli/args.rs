@@ -53,7 +53,15 @@ pub(super) const PERPLEXITY_EXAMPLE: &str = "\
 Examples:
   gpt-ablate perplexity --model tests/fixtures/tiny-gpt2 --data tests/fixtures/sample.txt
   gpt-ablate perplexity --model DIR --data data/wikitext-2-raw-test.txt \\
-      --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json";
+      --activation sigmoid --layers 0-5 --context 1024 --stride 512 --json
+  gpt-ablate perplexity --model gpt2 --protocol lm-eval --text-field page \\
+      --data hf:EleutherAI/wikitext_document_level/wikitext-2-raw-v1/test-00000-of-00001.parquet
+  gpt-ablate perplexity --model DIR --data wiki.test.raw --protocol llama-cpp --context 512
+  gpt-ablate perplexity --model DIR --data FILE --save-nll tokens.parquet
+
+Protocols: hf (sliding windows, the default), lm-eval (lm-evaluation-harness's
+loglikelihood_rolling per document: word_perplexity, byte_perplexity, bits_per_byte),
+llama-cpp (llama-perplexity's chunks: PPL = X +/- U), disjoint (non-overlapping windows).";
 
 pub(super) const TRAIN_EXAMPLE: &str = "\
 Examples:
@@ -67,9 +75,10 @@ ends with the same weights as an uninterrupted run); a finished run only reports
 
 /// `--data` of the commands that score text.
 pub(super) const DATA_HELP: &str =
-    "UTF-8 text or .jsonl file, a named dataset (wikitext-2, shakespeare-val, shakespeare-train) \
-    or hf:ORG/NAME/path (a file of a Hub dataset repo); tokenized as one string without special \
-    tokens.";
+    "UTF-8 text file (one document), .jsonl file (a document per line) or .parquet file (a \
+    document per row), a named dataset (wikitext-2, shakespeare-val, shakespeare-train) or hf:ORG/NAME/path (a file \
+    of a Hub dataset repo). Documents are joined with a blank line, except under --protocol \
+    lm-eval, which scores each apart.";
 
 /// Which checkpoint: `--model` and `--revision`.
 #[derive(Debug, Args)]
@@ -132,5 +141,25 @@ impl ModelArgs {
             dtype: self.dtype.dtype(),
             device: self.device.open()?,
         })
+    }
+}
+
+/// Library errors name options neutrally (`batch_size`); on the command line they are flags
+/// (`--batch-size`).
+pub(super) fn at_flags(e: anyhow::Error) -> anyhow::Error {
+    use crate::eval::{diagnose::ContextOutOfRange, generate::GenError, perplexity::PplError};
+    use crate::eval::{respell, FieldError};
+    fn flag(field: &str) -> String {
+        format!("--{}", field.replace('_', "-"))
+    }
+    fn spelled<E: FieldError + std::fmt::Display>(e: &E) -> Option<String> {
+        e.field().map(|_| respell(e, flag))
+    }
+    let msg = (e.downcast_ref::<PplError>().and_then(spelled))
+        .or_else(|| e.downcast_ref::<GenError>().and_then(spelled))
+        .or_else(|| e.downcast_ref::<ContextOutOfRange>().and_then(spelled));
+    match msg {
+        Some(m) => anyhow::anyhow!(m),
+        None => e,
     }
 }

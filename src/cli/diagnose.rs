@@ -8,8 +8,11 @@ use serde::Serialize;
 
 use super::args::{ModelArgs, DATA_HELP};
 use super::output::{json_value, print_json};
-use crate::data::read_data;
-use crate::eval::diagnose::{diagnose, report, Diagnosis, HeadStats, LayerStats};
+use super::protocol::ProtocolArgs;
+use crate::data::read_documents;
+use crate::eval::diagnose::{diagnose_plan, report, Diagnosis, HeadStats, LayerStats};
+use crate::eval::prepare::prepare;
+use crate::eval::protocol::{Protocol, ProtocolName};
 use crate::grid::charts::draw_diagnosis;
 use crate::grid::results::write_atomic;
 use crate::runtime;
@@ -20,7 +23,9 @@ pub struct DiagnoseArgs {
     pub model: ModelArgs,
     #[arg(long, value_name = "FILE|NAME|hf:…", help = DATA_HELP)]
     pub data: PathBuf,
-    /// Tokens per (non-overlapping) window (default: the model's n_positions).
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    /// Tokens per window (default: the model's n_positions).
     #[arg(long, value_name = "N")]
     pub context: Option<usize>,
     /// Use only the first N tokens of the text.
@@ -39,29 +44,34 @@ pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
     }
-    let text = read_data(&args.data)?; // before a possibly long model download
+    // Before a possibly long model download.
+    let docs = read_documents(&args.data, args.protocol.text_field.as_deref())?;
     let loaded = args.model.load()?;
-    let mut tokens = loaded
-        .tokenizer
-        .encode(&text)
-        .with_context(|| format!("tokenizing {}", args.data.display()))?;
-    if let Some(max) = args.max_tokens {
-        tokens.truncate(max);
+    let n_positions = loaded.model.info().n_positions;
+    if let Some(c) = args.context.filter(|&c| c < 2 || c > n_positions) {
+        anyhow::bail!(
+            "--context must be between 2 and the model's n_positions ({n_positions}), got {c}"
+        );
     }
-    let context = args.context.unwrap_or(loaded.model.info().n_positions);
+    let protocol = (args.protocol).resolve(&loaded, args.context, None, ProtocolName::Disjoint)?;
+    let prepared = prepare(&protocol, &docs, &loaded.tokenizer, args.max_tokens)
+        .map_err(|e| anyhow::anyhow!(super::protocol::render(&e)))
+        .with_context(|| format!("preparing {}", args.data.display()))?;
     let original = if loaded.model.is_swapped() {
         let model = loaded.model.original();
-        Some(diagnose(&model, &tokens, context).context("diagnosing the original model")?)
+        let d = diagnose_plan(&model, &prepared.plan).context("diagnosing the original model")?;
+        Some(d)
     } else {
         None
     };
-    let main = diagnose(&loaded.model, &tokens, context)?;
+    let main = diagnose_plan(&loaded.model, &prepared.plan)?;
     let out = DiagnoseJson {
         model: &args.model.source.model,
         model_source: loaded.files.source.to_json(),
         data: args.data.display().to_string(),
-        context,
-        tokens: tokens.len(),
+        protocol,
+        context: protocol.context(),
+        tokens: prepared.tokens,
         diagnosis: (&main).into(),
         original: original.as_ref().map(Into::into),
     };
@@ -100,6 +110,8 @@ struct DiagnoseJson<'a> {
     model: &'a str,
     model_source: serde_json::Value,
     data: String,
+    /// Whose windows: `disjoint` unless `--protocol` says otherwise.
+    protocol: Protocol,
     context: usize,
     tokens: usize,
     #[serde(flatten)]
@@ -176,6 +188,7 @@ mod tests {
             old["model"] = json!("m");
             old["model_source"] = source.clone();
             old["data"] = json!("d.txt");
+            old["protocol"] = json!({"name": "disjoint", "context": 64usize});
             old["context"] = json!(64usize);
             old["tokens"] = json!(200usize);
             if let Some(o) = &original {
@@ -185,6 +198,7 @@ mod tests {
                 model: "m",
                 model_source: source.clone(),
                 data: "d.txt".into(),
+                protocol: Protocol::Disjoint { context: 64 },
                 context: 64,
                 tokens: 200,
                 diagnosis: (&main).into(),

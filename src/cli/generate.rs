@@ -333,6 +333,16 @@ impl<'a> LabelledJson<'a> {
     }
 }
 
+/// How `generate` names a model: `gelu_new (original)`, or the swap (`sigmoid@0-2`).
+fn generation_label(model: &dyn CausalLm) -> String {
+    let plan = model.plan();
+    if plan.swapped_layers().is_empty() {
+        format!("{} (original)", plan.original)
+    } else {
+        plan.describe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,15 +432,5 @@ mod tests {
             swapped: labelled("sigmoid", &b),
         };
         assert_eq!(json_value(&new).unwrap().to_string(), old.to_string());
-    }
-}
-
-/// How `generate` names a model: `gelu_new (original)`, or the swap (`sigmoid@0-2`).
-fn generation_label(model: &dyn CausalLm) -> String {
-    let plan = model.plan();
-    if plan.swapped_layers().is_empty() {
-        format!("{} (original)", plan.original)
-    } else {
-        plan.describe()
     }
 }

@@ -14,6 +14,7 @@ mod inspect;
 mod merge;
 mod output;
 mod perplexity;
+mod protocol;
 mod run;
 mod train;
 
@@ -74,6 +75,10 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    dispatch(cli).map_err(args::at_flags)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),

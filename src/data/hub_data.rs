@@ -1,18 +1,19 @@
-//! `hf:ORG/NAME[@REV]/path/in/repo`: a text or JSONL file of a Hub dataset repo, fetched into
-//! the Hugging Face cache by [`crate::hub`].
+//! `hf:ORG/NAME[@REV]/path/in/repo`: a text, JSONL or Parquet file of a Hub dataset repo,
+//! fetched into the Hugging Face cache by [`crate::hub`].
 
-use super::text::{read_text, TextError};
+use super::documents::Documents;
+use super::text::{read_documents_file, TextError};
 use crate::hub::{self, Hub, RepoKind, RepoRef};
 
-/// Fetches the file an `hf:` spec names and reads it as [`read_text`] does.
-pub(super) fn read_hub_data(spec: &str) -> Result<String, TextError> {
+/// Fetches the file an `hf:` spec names and reads it as [`read_documents_file`] does.
+pub(super) fn read_hub_documents(spec: &str, field: Option<&str>) -> Result<Documents, TextError> {
     let (repo, file) = parse_hub_data(spec)?;
     let hub = Hub::from_env();
     let fetched = hub.fetch(&repo, &file).map_err(|e| TextError::Hub {
         spec: spec.to_string(),
         msg: e.to_string(),
     })?;
-    read_text(&fetched.path)
+    read_documents_file(&fetched.path, field)
 }
 
 /// `hf:ORG/NAME[@REV]/path/in/repo` → the dataset repo and the file.

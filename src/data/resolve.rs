@@ -2,21 +2,32 @@
 
 use std::path::Path;
 
-use super::hub_data::{parse_hub_data, read_hub_data};
+use super::documents::Documents;
+use super::hub_data::{parse_hub_data, read_hub_documents};
 use super::named::NAMED_DATASETS;
-use super::text::{read_text, TextError};
+use super::text::{read_documents_file, TextError};
 
-/// Reads `--data`: an existing file, a named dataset, or `hf:ORG/NAME[@REV]/path/in/repo` (a
-/// text or JSONL file of a Hub dataset repo, fetched into the Hugging Face cache).
+/// Reads `--data` as one text: an existing file, a named dataset, or
+/// `hf:ORG/NAME[@REV]/path/in/repo` (a text, JSONL or Parquet file of a Hub dataset repo,
+/// fetched into the Hugging Face cache); documents are joined with a blank line.
 pub fn read_data(arg: &Path) -> Result<String, TextError> {
+    Ok(read_documents(arg, None)?.joined())
+}
+
+/// Reads `--data` as documents, JSONL and Parquet ones from `field` (default `text`); a
+/// named dataset is one document.
+pub fn read_documents(arg: &Path, field: Option<&str>) -> Result<Documents, TextError> {
     if arg.exists() {
-        return read_text(arg);
+        return read_documents_file(arg, field);
     }
     if let Some(spec) = arg.to_str().filter(|s| s.starts_with("hf:")) {
-        return read_hub_data(spec);
+        return read_hub_documents(spec, field);
     }
     match NAMED_DATASETS.iter().find(|d| arg.as_os_str() == d.name) {
-        Some(d) => Ok(d.text.to_string()),
+        Some(_) if field.is_some() => Err(TextError::TextField {
+            path: arg.to_path_buf(),
+        }),
+        Some(d) => Ok(Documents::one(d.text.to_string())),
         None => Err(TextError::MissingData(arg.to_path_buf())),
     }
 }

@@ -1,7 +1,14 @@
-//! Reading a text file in strict UTF-8 (a `.jsonl` file as one `{"text": …}` document per
-//! line), and [`TextError`], the error of everything in [`crate::data`].
+//! Reading a data file in strict UTF-8 as documents — a text file as one, a `.jsonl` file as
+//! one `{"text": …}` per line, a `.parquet` file as one per row — and [`TextError`], the error
+//! of everything in [`crate::data`].
 
 use std::path::{Path, PathBuf};
+
+use super::documents::{DocFormat, Documents};
+use super::parquet_docs::read_parquet_column;
+
+/// The field (JSONL) or column (Parquet) documents are read from unless one is named.
+pub const DEFAULT_TEXT_FIELD: &str = "text";
 
 /// Why a text or tokenizer cannot be used. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -27,15 +34,26 @@ pub enum TextError {
         line: usize,
         msg: String,
     },
-    #[error("{path}: {what} files are not supported; use a UTF-8 text file or JSONL (one {{\"text\": ...}} per line)")]
+    #[error("{path}: {what} files are not supported; use a UTF-8 text file, JSONL (one {{\"text\": ...}} per line) or Parquet")]
     Format { path: PathBuf, what: String },
+    #[error("{path}: {msg}")]
+    Parquet { path: PathBuf, msg: String },
+    #[error("{path} is a plain text file, read as one document: a text field applies to .jsonl and .parquet data only")]
+    TextField { path: PathBuf },
     #[error("data {spec}: {msg}")]
     Hub { spec: String, msg: String },
 }
 
-/// Reads a whole text file, which must be non-empty UTF-8. A `.jsonl` file is read as JSON
-/// lines: each line's `text` field, documents joined with a blank line (`"\n\n"`).
+/// Reads a whole data file as one text, which must be non-empty UTF-8: the documents of
+/// [`read_documents_file`] (with their `text` field) joined with a blank line (`"\n\n"`).
 pub fn read_text(path: &Path) -> Result<String, TextError> {
+    Ok(read_documents_file(path, None)?.joined())
+}
+
+/// Reads a data file as documents: a `.parquet` file's rows and a `.jsonl` file's lines
+/// (their `field`, default `text`; blank lines skipped), or a text file as one document
+/// (naming a field is then an error).
+pub fn read_documents_file(path: &Path, field: Option<&str>) -> Result<Documents, TextError> {
     if !path.exists() {
         return Err(TextError::Missing(path.to_path_buf()));
     }
@@ -43,21 +61,38 @@ pub fn read_text(path: &Path) -> Result<String, TextError> {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    if ["parquet", "arrow", "gz", "zst", "bz2", "xz", "zip"].contains(&ext.as_str()) {
+    if ["arrow", "gz", "zst", "bz2", "xz", "zip"].contains(&ext.as_str()) {
         return Err(TextError::Format {
             path: path.to_path_buf(),
             what: format!(".{ext}"),
         });
     }
-    let text = read_utf8(path)?;
-    if ext == "jsonl" {
-        return jsonl_text(path, &text);
+    let (docs, format) = match ext.as_str() {
+        "parquet" => (
+            read_parquet_column(path, field.unwrap_or(DEFAULT_TEXT_FIELD))?,
+            DocFormat::Parquet,
+        ),
+        "jsonl" => {
+            let content = read_utf8(path)?;
+            let field = field.unwrap_or(DEFAULT_TEXT_FIELD);
+            (jsonl_docs(path, &content, field)?, DocFormat::Jsonl)
+        }
+        _ if field.is_some() => {
+            return Err(TextError::TextField {
+                path: path.to_path_buf(),
+            })
+        }
+        _ => return Ok(Documents::one(read_utf8(path)?)),
+    };
+    let documents = Documents { docs, format };
+    if documents.joined().is_empty() {
+        return Err(TextError::Empty(path.to_path_buf()));
     }
-    Ok(text)
+    Ok(documents)
 }
 
-/// The `text` fields of a JSONL file, joined with `"\n\n"`; blank lines are skipped.
-fn jsonl_text(path: &Path, content: &str) -> Result<String, TextError> {
+/// The `field` values of a JSONL file's lines; blank lines are skipped.
+fn jsonl_docs(path: &Path, content: &str, field: &str) -> Result<Vec<String>, TextError> {
     let mut docs = Vec::new();
     for (i, line) in content.lines().enumerate() {
         let line = line.trim();
@@ -71,17 +106,13 @@ fn jsonl_text(path: &Path, content: &str) -> Result<String, TextError> {
         };
         let value: serde_json::Value =
             serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        match value.get("text") {
+        match value.get(field) {
             Some(serde_json::Value::String(t)) => docs.push(t.as_str().to_owned()),
-            Some(_) => return Err(bad("\"text\" is not a string".into())),
-            None => return Err(bad("no \"text\" field".into())),
+            Some(_) => return Err(bad(format!("\"{field}\" is not a string"))),
+            None => return Err(bad(format!("no \"{field}\" field"))),
         }
     }
-    let text = docs.join("\n\n");
-    if text.is_empty() {
-        return Err(TextError::Empty(path.to_path_buf()));
-    }
-    Ok(text)
+    Ok(docs)
 }
 
 fn read_utf8(path: &Path) -> Result<String, TextError> {

@@ -85,6 +85,42 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with the special tokens the tokenizer adds (its post-processor),
+    /// as `tokenizer.encode(text)` does in transformers.
+    pub fn encode_special(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| TextError::Tokenizer {
+                path: self.path.clone(),
+                msg: format!("encoding failed: {e}"),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The tokens adding special tokens puts before and after a text.
+    pub fn special_affixes(&self) -> Result<(Vec<u32>, Vec<u32>), TextError> {
+        let plain = self.encode("a")?;
+        let with = self.encode_special("a")?;
+        let at = (0..=with.len().saturating_sub(plain.len()))
+            .find(|&i| with[i..].starts_with(&plain))
+            .unwrap_or(0);
+        let end = (at + plain.len()).min(with.len());
+        Ok((with[..at].to_vec(), with[end..].to_vec()))
+    }
+
+    /// The text token `id` adds after `prev`: decoded together minus `prev` alone (so a
+    /// leading space a decoder drops at the start of a text is kept), else `id` alone.
+    pub fn token_text(&self, prev: Option<u32>, id: u32) -> Result<String, TextError> {
+        if let Some(p) = prev {
+            let (both, alone) = (self.decode(&[p, id])?, self.decode(&[p])?);
+            if let Some(rest) = both.strip_prefix(alone.as_str()) {
+                return Ok(rest.to_string());
+            }
+        }
+        self.decode(&[id])
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
         self.inner
             .decode(ids, false)

@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::plan::{ScoringPlan, Window};
 use crate::kernels;
 use crate::model::activation::Activation;
 use crate::model::CausalLm;
@@ -101,90 +102,44 @@ impl Acc {
     }
 }
 
-/// Runs the diagnostics of `model` over `tokens` with windows of `context` tokens.
+/// A window length the model cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("context must be between 2 and the model's n_positions ({n_positions}), got {context}")]
+pub struct ContextOutOfRange {
+    pub context: usize,
+    pub n_positions: usize,
+}
+
+impl crate::eval::FieldError for ContextOutOfRange {
+    fn field(&self) -> Option<&'static str> {
+        Some("context")
+    }
+}
+
+/// Runs the diagnostics of `model` over `tokens` with windows of `context` tokens (the
+/// `disjoint` protocol's windows).
 pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow::Result<Diagnosis> {
     let cfg = model.info();
     if context < 2 || context > cfg.n_positions {
-        anyhow::bail!(
-            "--context must be between 2 and the model's n_positions ({}), got {context}",
-            cfg.n_positions
-        );
-    }
-    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-        anyhow::bail!(
-            "token id {id} is outside the model's vocabulary ({} entries)",
-            cfg.vocab_size
-        );
-    }
-    let windows = diagnose_windows(tokens.len(), context);
-    if windows.is_empty() {
-        anyhow::bail!(
-            "the text has {} token(s); diagnostics need at least 2",
-            tokens.len()
-        );
-    }
-    let plan = model.plan();
-    let mut acc = vec![Acc::default(); cfg.n_layer];
-    let (mut nll, mut mass, mut sig_raw, mut sig_norm, mut count) =
-        (0f64, 0f64, 0f64, 0f64, 0usize);
-    for (wi, &(b, e)) in windows.iter().enumerate() {
-        let ctx = |what: &str| format!("{what} in window {wi} (tokens {b}..{e})");
-        let input = Tensor::from_slice(&tokens[b..e], (1, e - b), model.device())?;
-        let trace = model
-            .forward_traced(&input)
-            .map_err(|err| anyhow::anyhow!("{}: {err}", ctx("forward pass")))?;
-        let logits = trace.logits.narrow(0, 0, e - b - 1)?; // (t−1, vocab)
-        let targets = Tensor::from_slice(&tokens[b + 1..e], e - b - 1, model.device())?;
-        let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 1)?;
-        let loss = logp.gather(&targets.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
-        let grads = loss
-            .backward()
-            .map_err(|err| anyhow::anyhow!("{}: {err}", ctx("backward pass")))?;
-        for (l, a) in acc.iter_mut().enumerate() {
-            let g = grads
-                .get(trace.probes[l].as_tensor())
-                .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
-            a.grad += l2(g)?;
-            let g = grads
-                .get(trace.ffn_weights[l].as_tensor())
-                .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
-            a.grad_fc += l2(g)?;
-            let act = plan.per_layer[l];
-            let h: Vec<f32> = trace.pre_activations[l]
-                .detach()
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
-            let part = h
-                .par_chunks(64 * 1024)
-                .map(|chunk| {
-                    let mut p = Acc::default();
-                    for &x in chunk {
-                        let x = x as f64;
-                        let (f, d) = (act.eval_f64(x), act.derivative_f64(x).abs());
-                        p.n += 1.0;
-                        p.pre += x;
-                        p.pre2 += x * x;
-                        p.post += f;
-                        p.post2 += f * f;
-                        p.deriv += d;
-                        p.saturated += f64::from(u8::from(d < 0.01));
-                    }
-                    p
-                })
-                .reduce(Acc::default, Acc::merged);
-            a.add(&part);
+        return Err(ContextOutOfRange {
+            context,
+            n_positions: cfg.n_positions,
         }
-        let head = head_sums(&logits.detach().to_dtype(DType::F32)?, &tokens[b + 1..e])?;
-        nll += head.0;
-        mass += head.1;
-        sig_raw += head.2;
-        sig_norm += head.3;
-        count += e - b - 1;
-        if !nll.is_finite() {
-            anyhow::bail!("{}", ctx("non-finite loss"));
-        }
+        .into());
     }
+    diagnose_plan(model, &ScoringPlan::disjoint(tokens.to_vec(), context))
+}
+
+/// Runs the diagnostics of `model` over the windows of `plan`: layer statistics over every
+/// position each window feeds, the loss and head statistics over the targets it scores.
+pub fn diagnose_plan(model: &dyn CausalLm, plan: &ScoringPlan) -> anyhow::Result<Diagnosis> {
+    let windows = scoring_windows(model, plan)?;
+    let mut acc = vec![Acc::default(); model.info().n_layer];
+    let mut head = HeadAcc::default();
+    for (wi, w) in windows.iter().enumerate() {
+        window_pass(model, plan, wi, w, &mut acc, &mut head)?;
+    }
+    let acts = model.plan();
     let nw = windows.len() as f64;
     let layers = acc
         .iter()
@@ -194,7 +149,7 @@ pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow:
             let std = |s: f64, s2: f64| (mean(s2) - mean(s) * mean(s)).max(0.0).sqrt();
             LayerStats {
                 layer: l,
-                activation: plan.per_layer[l],
+                activation: acts.per_layer[l],
                 pre_mean: mean(a.pre),
                 pre_std: std(a.pre, a.pre2),
                 post_mean: mean(a.post),
@@ -206,20 +161,134 @@ pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow:
             }
         })
         .collect();
-    let n = count as f64;
+    let n = head.count as f64;
     Ok(Diagnosis {
-        activation: plan.describe(),
-        layers_swapped: plan.swapped_layers(),
+        activation: acts.describe(),
+        layers_swapped: acts.swapped_layers(),
         windows: windows.len(),
         layers,
         head: HeadStats {
-            tokens: count,
-            softmax_ppl: (nll / n).exp(),
-            sigmoid_mass_mean: mass / n,
-            sigmoid_ppl_raw: (sig_raw / n).exp(),
-            sigmoid_ppl_normalized: (sig_norm / n).exp(),
+            tokens: head.count,
+            softmax_ppl: (head.nll / n).exp(),
+            sigmoid_mass_mean: head.mass / n,
+            sigmoid_ppl_raw: (head.sig_raw / n).exp(),
+            sigmoid_ppl_normalized: (head.sig_norm / n).exp(),
         },
     })
+}
+
+/// The windows that score something, after checking the plan fits the model.
+fn scoring_windows(model: &dyn CausalLm, plan: &ScoringPlan) -> anyhow::Result<Vec<Window>> {
+    let cfg = model.info();
+    let ids = plan.sequences.iter().flat_map(|s| s.tokens.iter());
+    if let Some(&id) = ids.clone().find(|&&id| id as usize >= cfg.vocab_size) {
+        anyhow::bail!(
+            "token id {id} is outside the model's vocabulary ({} entries)",
+            cfg.vocab_size
+        );
+    }
+    if let Some(w) = plan.windows.iter().find(|w| w.len() > cfg.n_positions) {
+        let n = cfg.n_positions;
+        anyhow::bail!(
+            "a window feeds {} tokens, more than the model's n_positions ({n})",
+            w.len()
+        );
+    }
+    let windows: Vec<Window> = plan
+        .windows
+        .iter()
+        .copied()
+        .filter(|w| w.scored() > 0)
+        .collect();
+    if windows.is_empty() {
+        let n = ids.count();
+        anyhow::bail!("the text has {n} token(s); diagnostics need at least 2");
+    }
+    Ok(windows)
+}
+
+/// Sums of the head statistics over scored targets.
+#[derive(Default)]
+struct HeadAcc {
+    nll: f64,
+    mass: f64,
+    sig_raw: f64,
+    sig_norm: f64,
+    count: usize,
+}
+
+/// One window: forward and backward through the traced pass, adding every layer's
+/// statistics and gradient norms to `acc` and the scored targets' head statistics to `head`.
+fn window_pass(
+    model: &dyn CausalLm,
+    plan: &ScoringPlan,
+    wi: usize,
+    w: &Window,
+    acc: &mut [Acc],
+    head: &mut HeadAcc,
+) -> anyhow::Result<()> {
+    let (b, e) = (w.begin, w.end);
+    let ctx = |what: &str| format!("{what} in window {wi} (tokens {b}..{e})");
+    let input = Tensor::from_slice(plan.input(w), (1, e - b), model.device())?;
+    let trace = model
+        .forward_traced(&input)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", ctx("forward pass")))?;
+    let target_ids = plan.targets(w);
+    let logits = trace.logits.narrow(0, w.score_from - 1 - b, w.scored())?; // (targets, vocab)
+    let targets = Tensor::from_slice(target_ids, w.scored(), model.device())?;
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 1)?;
+    let loss = logp.gather(&targets.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    let grads = loss
+        .backward()
+        .map_err(|err| anyhow::anyhow!("{}: {err}", ctx("backward pass")))?;
+    let acts = model.plan();
+    for (l, a) in acc.iter_mut().enumerate() {
+        let g = grads
+            .get(trace.probes[l].as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
+        a.grad += l2(g)?;
+        let g = grads
+            .get(trace.ffn_weights[l].as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
+        a.grad_fc += l2(g)?;
+        let h: Vec<f32> = trace.pre_activations[l]
+            .detach()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        a.add(&layer_sums(acts.per_layer[l], &h));
+    }
+    let sums = head_sums(&logits.detach().to_dtype(DType::F32)?, target_ids)?;
+    head.nll += sums.0;
+    head.mass += sums.1;
+    head.sig_raw += sums.2;
+    head.sig_norm += sums.3;
+    head.count += w.scored();
+    if !head.nll.is_finite() {
+        anyhow::bail!("{}", ctx("non-finite loss"));
+    }
+    Ok(())
+}
+
+/// Sums of h, h², f(h), f(h)², |f′(h)| and |f′(h)| < 0.01 over a layer's pre-activations.
+fn layer_sums(act: Activation, h: &[f32]) -> Acc {
+    h.par_chunks(64 * 1024)
+        .map(|chunk| {
+            let mut p = Acc::default();
+            for &x in chunk {
+                let x = x as f64;
+                let (f, d) = (act.eval_f64(x), act.derivative_f64(x).abs());
+                p.n += 1.0;
+                p.pre += x;
+                p.pre2 += x * x;
+                p.post += f;
+                p.post2 += f * f;
+                p.deriv += d;
+                p.saturated += f64::from(u8::from(d < 0.01));
+            }
+            p
+        })
+        .reduce(Acc::default, Acc::merged)
 }
 
 /// The human-readable report: a per-layer table (both models when swapped) and one line per

@@ -1,62 +1,24 @@
-//! Sliding-window next-token perplexity with softmax outputs: the Hugging Face perplexity
-//! guide's windowing, with exact per-token sums in f64.
+//! Next-token perplexity with softmax outputs, over the windows of a [`ScoringPlan`] (any
+//! protocol, see [`super::protocol`]), with exact per-token sums in f64. [`perplexity`] is
+//! the Hugging Face guide's windowing over one token list.
 //!
-//! Window k covers tokens `[k·s, min(k·s + c, N))`; windows stop after the first that reaches
-//! N. A window scores every target `t` with `max(prev_end, begin + 1) ≤ t < end` from the
-//! logits at `t − 1`. Only the positions that are scored go through the LM head, in chunks, so
-//! the 50k-vocabulary logits never exist for a whole window at once.
+//! A window feeds `seq[begin..end]` and scores each target `t` in `score_from..score_end`
+//! from the logits at `t − 1`. Only the positions that are scored go through the LM head, in
+//! chunks, so the 50k-vocabulary logits never exist for a whole window at once.
 
 use std::time::Instant;
 
 use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
 
+use super::plan::{ScoringPlan, Sequence};
 use crate::kernels;
 use crate::model::CausalLm;
 
+pub use super::plan::{windows, Window};
+
 /// Rows of LM-head logits computed at once: 128 × 50,257 × 4 B ≈ 26 MB.
 const HEAD_CHUNK: usize = 128;
-
-/// One evaluation window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub begin: usize,
-    pub end: usize,
-    /// First target index scored; targets are `score_from .. end`.
-    pub score_from: usize,
-}
-
-impl Window {
-    pub fn len(&self) -> usize {
-        self.end - self.begin
-    }
-    pub fn is_empty(&self) -> bool {
-        self.end == self.begin
-    }
-    pub fn scored(&self) -> usize {
-        self.end.saturating_sub(self.score_from)
-    }
-}
-
-/// The windows over `n` tokens, including any that score nothing (a final window of one
-/// token when `stride = context`).
-pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
-    let mut out = Vec::new();
-    let (mut begin, mut prev_end) = (0, 0);
-    loop {
-        let end = (begin + context).min(n);
-        out.push(Window {
-            begin,
-            end,
-            score_from: prev_end.max(begin + 1),
-        });
-        prev_end = end;
-        if end >= n {
-            return out;
-        }
-        begin += stride;
-    }
-}
 
 /// How to slide over the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,13 +31,13 @@ pub struct PplOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PplError {
-    #[error("--context must be at least 2, got {0}")]
+    #[error("context must be at least 2, got {0}")]
     ContextTooSmall(usize),
-    #[error("--context {context} exceeds the model's n_positions ({n_positions})")]
+    #[error("context {context} exceeds the model's n_positions ({n_positions})")]
     ContextTooLarge { context: usize, n_positions: usize },
-    #[error("--stride must be between 1 and the context ({context}), got {stride}")]
+    #[error("stride must be between 1 and the context ({context}), got {stride}")]
     Stride { stride: usize, context: usize },
-    #[error("--batch-size must be at least 1")]
+    #[error("batch_size must be at least 1")]
     BatchSize,
     #[error("the text has {0} token(s); perplexity needs at least 2")]
     TooFewTokens(usize),
@@ -92,6 +54,29 @@ pub enum PplError {
         window: usize,
         source: candle_core::Error,
     },
+    #[error(
+        "window {window} feeds {len} tokens, more than the model's n_positions ({n_positions})"
+    )]
+    WindowTooLong {
+        window: usize,
+        len: usize,
+        n_positions: usize,
+    },
+    #[error("the text has {0} token(s); perplexity needs at least 2")]
+    NothingScored(usize),
+    #[error("{0}")]
+    Output(String),
+}
+
+impl crate::eval::FieldError for PplError {
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::ContextTooSmall(_) | Self::ContextTooLarge { .. } => Some("context"),
+            Self::Stride { .. } => Some("stride"),
+            Self::BatchSize => Some("batch_size"),
+            _ => None,
+        }
+    }
 }
 
 impl PplOptions {
@@ -125,12 +110,18 @@ impl PplOptions {
 /// The result of a perplexity evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct PplReport {
+    /// Tokens of the text (every sequence, without lm-eval's prefix tokens).
     pub tokens: usize,
     pub tokens_scored: usize,
+    /// Windows that scored at least one token.
     pub windows: usize,
     pub nll_sum: f64,
+    /// Σ NLL², for the spread of per-token NLLs.
+    pub nll_sq_sum: f64,
     pub mean_nll: f64,
     pub perplexity: f64,
+    /// Σ NLL per document (one entry when the text is scored as one).
+    pub document_nll: Vec<f64>,
     /// Wall time of the forward passes and scoring.
     pub seconds: f64,
     pub tokens_per_second: f64,
@@ -138,9 +129,13 @@ pub struct PplReport {
 
 /// The scored rows of one window, as seen by a [`score_windows`] visitor.
 pub struct ScoredChunk<'a> {
-    /// Index of the window in [`windows`]' order.
+    /// Index of the window in the plan's order.
     pub window: usize,
     pub span: Window,
+    /// The sequence the window slices.
+    pub seq: &'a Sequence,
+    /// Sequence index of `targets[0]`.
+    pub first_target: usize,
     /// Targets of these rows.
     pub targets: &'a [u32],
     /// One (rows, C) tensor of final hidden states per model, row i predicting `targets[i]`.
@@ -155,15 +150,85 @@ impl ScoredChunk<'_> {
             .logits_from_hidden(&self.hidden[i])?
             .to_dtype(DType::F32)
     }
+
+    /// The candle error of this chunk's window.
+    pub fn fail(&self, source: candle_core::Error) -> PplError {
+        PplError::Candle {
+            window: self.window,
+            source,
+        }
+    }
+
+    /// The error for a non-finite loss in this chunk's window.
+    pub fn non_finite(&self) -> PplError {
+        PplError::NonFinite {
+            window: self.window,
+            begin: self.span.begin,
+            end: self.span.end,
+        }
+    }
 }
 
-/// Runs every model over every window and hands the visitor the scored positions, chunk by
-/// chunk, in a fixed order. With several models (a baseline and a variant) the chunks line
-/// up, so comparisons need no logits files. `progress(done, total)` is called per batch.
+/// Every window's input fits the model and every token its vocabulary.
+fn check_plan(plan: &ScoringPlan, n_positions: usize, vocab: usize) -> Result<(), PplError> {
+    if let Some((window, w)) = plan
+        .windows
+        .iter()
+        .enumerate()
+        .find(|(_, w)| w.len() > n_positions)
+    {
+        return Err(PplError::WindowTooLong {
+            window,
+            len: w.len(),
+            n_positions,
+        });
+    }
+    let ids = plan.sequences.iter().flat_map(|s| s.tokens.iter());
+    if let Some(&id) = ids.clone().find(|&&id| id as usize >= vocab) {
+        return Err(PplError::TokenOutOfVocab { id, vocab });
+    }
+    if plan.tokens_scored() == 0 {
+        return Err(PplError::NothingScored(ids.count()));
+    }
+    Ok(())
+}
+
+/// Consecutive scoring windows of equal input length, at most `batch_size` each.
+fn batches(plan: &ScoringPlan, batch_size: usize) -> Vec<Vec<(usize, Window)>> {
+    let all: Vec<(usize, Window)> = plan
+        .windows
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, w)| w.scored() > 0)
+        .collect();
+    let mut out: Vec<Vec<(usize, Window)>> = Vec::new();
+    let mut rest = &all[..];
+    while let Some((_, w0)) = rest.first() {
+        let n = rest
+            .iter()
+            .take(batch_size.max(1))
+            .take_while(|(_, w)| w.len() == w0.len())
+            .count();
+        out.push(rest[..n].to_vec());
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// Forward passes [`score_windows`] makes over `plan` (for progress).
+pub fn batch_count(plan: &ScoringPlan, batch_size: usize) -> usize {
+    batches(plan, batch_size).len()
+}
+
+/// Runs every model over every window of `plan` and hands the visitor the scored positions,
+/// chunk by chunk, in a fixed order. With several models (a baseline and a variant) the
+/// chunks line up, so comparisons need no logits files. `progress(done, total)` is called per
+/// batch.
 pub fn score_windows(
     models: &[&dyn CausalLm],
-    tokens: &[u32],
-    opts: &PplOptions,
+    plan: &ScoringPlan,
+    batch_size: usize,
     progress: &mut dyn FnMut(usize, usize),
     visit: &mut dyn FnMut(ScoredChunk<'_>) -> Result<(), PplError>,
 ) -> Result<(), PplError> {
@@ -171,70 +236,62 @@ pub fn score_windows(
         return Ok(());
     };
     let cfg = first.info();
-    opts.validate(cfg.n_positions, tokens.len())?;
-    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-        return Err(PplError::TokenOutOfVocab {
-            id,
-            vocab: cfg.vocab_size,
-        });
-    }
+    check_plan(plan, cfg.n_positions, cfg.vocab_size)?;
     let device = first.device().clone();
-    let all: Vec<(usize, Window)> = windows(tokens.len(), opts.context, opts.stride)
-        .into_iter()
-        .enumerate()
-        .filter(|(_, w)| w.scored() > 0)
-        .collect();
-    // Batches of consecutive windows of equal length.
-    let mut batches: Vec<&[(usize, Window)]> = Vec::new();
-    let mut rest = &all[..];
-    while let Some((_, w0)) = rest.first() {
-        let n = rest
-            .iter()
-            .take(opts.batch_size)
-            .take_while(|(_, w)| w.len() == w0.len())
-            .count();
-        batches.push(&rest[..n]);
-        rest = &rest[n..];
-    }
+    let batches = batches(plan, batch_size);
     for (done, batch) in batches.iter().enumerate() {
         let window = batch[0].0;
         let candle = |source| PplError::Candle { window, source };
-        let len = batch[0].1.len();
         let ids: Vec<u32> = batch
             .iter()
-            .flat_map(|(_, w)| tokens[w.begin..w.end].iter().copied())
+            .flat_map(|(_, w)| plan.input(w).iter().copied())
             .collect();
-        let input = Tensor::from_vec(ids, (batch.len(), len), &device).map_err(candle)?;
+        let input =
+            Tensor::from_vec(ids, (batch.len(), batch[0].1.len()), &device).map_err(candle)?;
         let hidden: Vec<Tensor> = models
             .iter()
             .map(|m| m.hidden_states(&input))
             .collect::<candle_core::Result<_>>()
             .map_err(candle)?; // per model (b, len, C)
         for (bi, &(window, w)) in batch.iter().enumerate() {
-            let candle = |source| PplError::Candle { window, source };
-            let first_row = w.score_from - 1 - w.begin;
-            let last_row = w.end - 1 - w.begin;
-            let mut row = first_row;
-            while row < last_row {
-                let n = HEAD_CHUNK.min(last_row - row);
-                let rows = hidden
-                    .iter()
-                    .map(|h| h.i(bi)?.narrow(0, row, n)) // (n, C)
-                    .collect::<candle_core::Result<Vec<_>>>()
-                    .map_err(candle)?;
-                let t0 = w.begin + row + 1;
-                let targets = &tokens[t0..t0 + n];
-                visit(ScoredChunk {
-                    window,
-                    span: w,
-                    targets,
-                    hidden: rows,
-                    models,
-                })?;
-                row += n;
-            }
+            visit_window(models, plan, &hidden, bi, window, w, visit)?;
         }
         progress(done + 1, batches.len());
+    }
+    Ok(())
+}
+
+/// Hands the visitor window `w`'s scored rows (row `bi` of the batch), in head chunks.
+fn visit_window(
+    models: &[&dyn CausalLm],
+    plan: &ScoringPlan,
+    hidden: &[Tensor],
+    bi: usize,
+    window: usize,
+    w: Window,
+    visit: &mut dyn FnMut(ScoredChunk<'_>) -> Result<(), PplError>,
+) -> Result<(), PplError> {
+    let candle = |source| PplError::Candle { window, source };
+    let seq = &plan.sequences[w.seq];
+    let mut t0 = w.score_from;
+    while t0 < w.score_end {
+        let n = HEAD_CHUNK.min(w.score_end - t0);
+        let row = t0 - 1 - w.begin;
+        let rows = hidden
+            .iter()
+            .map(|h| h.i(bi)?.narrow(0, row, n)) // (n, C)
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(candle)?;
+        visit(ScoredChunk {
+            window,
+            span: w,
+            seq,
+            first_target: t0,
+            targets: &seq.tokens[t0..t0 + n],
+            hidden: rows,
+            models,
+        })?;
+        t0 += n;
     }
     Ok(())
 }
@@ -252,109 +309,106 @@ pub fn token_nlls(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Vec<f
         .collect())
 }
 
-/// Perplexity of `model` on `tokens`.
+/// What [`score_plan`] hands each chunk's per-token NLLs to.
+pub type TokenVisitor<'v> = dyn FnMut(&ScoredChunk<'_>, &[f64]) -> Result<(), PplError> + 'v;
+
+/// Perplexity of `model` on `tokens` in the Hugging Face guide's windows.
 pub fn perplexity(
     model: &dyn CausalLm,
     tokens: &[u32],
     opts: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PplReport, PplError> {
+    opts.validate(model.info().n_positions, tokens.len())?;
+    let plan = ScoringPlan::hf(tokens.to_vec(), opts.context, opts.stride);
+    score_plan(model, &plan, opts.batch_size, progress, &mut |_, _| Ok(()))
+}
+
+/// Perplexity of `model` over `plan`'s windows; `per_token(chunk, nlls)` sees each chunk's
+/// per-token NLLs (for per-token output).
+pub fn score_plan(
+    model: &dyn CausalLm,
+    plan: &ScoringPlan,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    per_token: &mut TokenVisitor<'_>,
+) -> Result<PplReport, PplError> {
     let start = Instant::now();
-    let (mut nll_sum, mut scored, mut n_windows) = (0f64, 0usize, 0usize);
-    let mut last_window = usize::MAX;
-    score_windows(&[model], tokens, opts, progress, &mut |chunk| {
+    let documents = plan
+        .sequences
+        .iter()
+        .map(|s| s.document + 1)
+        .max()
+        .unwrap_or(0);
+    let mut acc = Accumulator {
+        document_nll: vec![0.0; documents],
+        ..Accumulator::default()
+    };
+    score_windows(&[model], plan, batch_size, progress, &mut |chunk| {
         let nlls = chunk
             .logits(0)
             .and_then(|logits| token_nlls(&logits, chunk.targets))
-            .map_err(|source| PplError::Candle {
-                window: chunk.window,
-                source,
-            })?;
+            .map_err(|source| chunk.fail(source))?;
         if nlls.iter().any(|v| !v.is_finite()) {
-            return Err(PplError::NonFinite {
-                window: chunk.window,
-                begin: chunk.span.begin,
-                end: chunk.span.end,
-            });
+            return Err(chunk.non_finite());
         }
-        nll_sum += nlls.iter().sum::<f64>();
-        scored += nlls.len();
-        if chunk.window != last_window {
-            n_windows += 1;
-            last_window = chunk.window;
-        }
-        Ok(())
+        acc.add(&chunk, &nlls);
+        per_token(&chunk, &nlls)
     })?;
     let seconds = start.elapsed().as_secs_f64();
-    let mean_nll = nll_sum / scored as f64;
-    Ok(PplReport {
-        tokens: tokens.len(),
-        tokens_scored: scored,
-        windows: n_windows,
-        nll_sum,
-        mean_nll,
-        perplexity: mean_nll.exp(),
-        seconds,
-        tokens_per_second: scored as f64 / seconds.max(1e-9),
-    })
+    let tokens = plan
+        .sequences
+        .iter()
+        .map(|s| s.tokens.len() - usize::from(s.first_position < 0))
+        .sum();
+    Ok(acc.report(tokens, seconds))
+}
+
+/// Running sums of [`score_plan`].
+#[derive(Default)]
+struct Accumulator {
+    nll_sum: f64,
+    nll_sq_sum: f64,
+    scored: usize,
+    windows: usize,
+    last_window: Option<usize>,
+    document_nll: Vec<f64>,
+}
+
+impl Accumulator {
+    fn add(&mut self, chunk: &ScoredChunk, nlls: &[f64]) {
+        for &v in nlls {
+            self.nll_sum += v;
+            self.nll_sq_sum += v * v;
+        }
+        self.document_nll[chunk.seq.document] += nlls.iter().sum::<f64>();
+        self.scored += nlls.len();
+        if self.last_window != Some(chunk.window) {
+            self.windows += 1;
+            self.last_window = Some(chunk.window);
+        }
+    }
+
+    fn report(self, tokens: usize, seconds: f64) -> PplReport {
+        let mean_nll = self.nll_sum / self.scored as f64;
+        PplReport {
+            tokens,
+            tokens_scored: self.scored,
+            windows: self.windows,
+            nll_sum: self.nll_sum,
+            nll_sq_sum: self.nll_sq_sum,
+            mean_nll,
+            perplexity: mean_nll.exp(),
+            document_nll: self.document_nll,
+            seconds,
+            tokens_per_second: self.scored as f64 / seconds.max(1e-9),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn targets(ws: &[Window]) -> Vec<usize> {
-        ws.iter().flat_map(|w| w.score_from..w.end).collect()
-    }
-
-    #[test]
-    fn overlapping_windows_score_every_token_but_the_first_once() {
-        for (n, c, s) in [
-            (10, 4, 2),
-            (1000, 64, 32),
-            (7, 8, 4),
-            (65, 16, 5),
-            (2, 2, 1),
-        ] {
-            let ws = windows(n, c, s);
-            assert_eq!(
-                targets(&ws),
-                (1..n).collect::<Vec<_>>(),
-                "n={n} c={c} s={s}"
-            );
-            assert!(ws.iter().all(|w| w.len() <= c));
-            assert_eq!(ws.last().unwrap().end, n);
-        }
-    }
-
-    #[test]
-    fn stride_equal_to_context_loses_one_target_per_window() {
-        let ws = windows(10, 4, 4);
-        assert_eq!(
-            ws,
-            vec![
-                Window {
-                    begin: 0,
-                    end: 4,
-                    score_from: 1
-                },
-                Window {
-                    begin: 4,
-                    end: 8,
-                    score_from: 5
-                },
-                Window {
-                    begin: 8,
-                    end: 10,
-                    score_from: 9
-                },
-            ]
-        );
-        assert_eq!(targets(&ws).len(), 10 - 3);
-        // A final one-token window scores nothing.
-        let ws = windows(9, 4, 4);
-        assert_eq!(ws.last().unwrap().scored(), 0);
-    }
 
     #[test]
     fn options_are_validated() {
@@ -367,8 +421,8 @@ mod tests {
         let msg = |o: PplOptions, n| o.validate(8, n).unwrap_err().to_string();
         assert!(msg(PplOptions { context: 16, ..ok }, 10)
             .contains("exceeds the model's n_positions (8)"));
-        assert!(msg(PplOptions { stride: 0, ..ok }, 10).contains("--stride"));
-        assert!(msg(PplOptions { stride: 9, ..ok }, 10).contains("--stride"));
+        assert!(msg(PplOptions { stride: 0, ..ok }, 10).contains("stride must"));
+        assert!(msg(PplOptions { stride: 9, ..ok }, 10).contains("stride must"));
         assert!(msg(
             PplOptions {
                 batch_size: 0,
@@ -376,7 +430,21 @@ mod tests {
             },
             10
         )
-        .contains("--batch-size"));
+        .contains("batch_size"));
         assert!(msg(ok, 1).contains("at least 2"));
+    }
+
+    #[test]
+    fn batches_group_equal_lengths_and_skip_windows_that_score_nothing() {
+        let plan = ScoringPlan::hf((0..9).collect(), 4, 4); // [0,4) [4,8) [8,9)
+        let b = batches(&plan, 8);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1]);
+        let plan = ScoringPlan::lm_eval(vec![vec![5; 9], vec![6; 2]], 0, 4);
+        let lens: Vec<Vec<usize>> = batches(&plan, 8)
+            .iter()
+            .map(|b| b.iter().map(|(_, w)| w.len()).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![4, 4, 4], vec![2]]);
     }
 }

@@ -16,6 +16,10 @@
 //! sweep_layers = true                       # this activation in one layer at a time
 //! diagnose = true                           # add per-layer diagnostics to its rows
 //! ```
+//!
+//! Protocol keys: `protocol = "hf" | "lm-eval" | "llama-cpp" | "disjoint"`, `max_length`
+//! and `detokenize = "wikitext"` (lm-eval), `text_field` (JSONL / Parquet datasets), `save_nll = true | "jsonl" |
+//! "parquet"` (per-token files), `bootstrap_samples` and `bootstrap_seed` (intervals).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::eval::bootstrap::BootstrapSettings;
+use crate::eval::detokenize::Detokenizer;
+use crate::eval::nll_output::NllFormat;
+use crate::eval::protocol::{ProtocolError, ProtocolName};
 use crate::model::activation::Activation;
 use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::model::ModelConfig;
@@ -52,9 +60,31 @@ struct RawGrid {
     #[serde(default)]
     sort: Option<Spanned<String>>,
     #[serde(default)]
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    max_length: Option<Spanned<usize>>,
+    #[serde(default)]
+    text_field: Option<Spanned<String>>,
+    #[serde(default)]
+    detokenize: Option<Spanned<String>>,
+    #[serde(default)]
+    save_nll: Option<Spanned<RawSaveNll>>,
+    #[serde(default)]
+    bootstrap_samples: Option<Spanned<usize>>,
+    #[serde(default)]
+    bootstrap_seed: Option<Spanned<u64>>,
+    #[serde(default)]
     baseline: Option<RawBaseline>,
     #[serde(default)]
     variants: Option<Spanned<Vec<RawVariant>>>,
+}
+
+/// `save_nll = true` (JSONL) or a format name.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSaveNll {
+    On(bool),
+    Format(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +147,18 @@ pub struct Grid {
     pub dtype: Option<Precision>,
     pub threads: Option<usize>,
     pub sort: SortOrder,
+    /// How cells are scored; settings resolve per model (see `grid::inputs`).
+    pub protocol: ProtocolName,
+    /// lm-eval's window (default: each model's maximum length).
+    pub max_length: Option<usize>,
+    /// The JSONL field / Parquet column of the documents (default `text`).
+    pub text_field: Option<String>,
+    /// lm-eval: documents detokenized before scoring.
+    pub detokenize: Option<Detokenizer>,
+    /// Write each cell's per-token NLLs under `nll/`.
+    pub save_nll: Option<NllFormat>,
+    /// Replicates and seed of the intervals.
+    pub bootstrap: BootstrapSettings,
     pub baseline_name: String,
     pub baseline_diagnose: bool,
     pub variants: Vec<Variant>,
@@ -157,6 +199,7 @@ impl Grid {
         let device = p.device(raw.device.as_ref())?;
         let dtype = p.dtype(raw.dtype.as_ref())?;
         let sort = p.sort(raw.sort.as_ref())?;
+        let ps = p.protocol_settings(&raw, &model_configs)?;
         let (baseline_name, baseline_diagnose) = baseline(raw.baseline.as_ref());
         let variants = p.variants(raw.variants, &baseline_name, &models, &model_configs)?;
         Ok(Self {
@@ -173,6 +216,12 @@ impl Grid {
             dtype,
             threads: w.threads,
             sort,
+            protocol: ps.protocol,
+            max_length: ps.max_length,
+            text_field: ps.text_field,
+            detokenize: ps.detokenize,
+            save_nll: ps.save_nll,
+            bootstrap: ps.bootstrap,
             baseline_name,
             baseline_diagnose,
             variants,
@@ -187,6 +236,16 @@ struct Windowing {
     batch_size: usize,
     max_tokens: Option<usize>,
     threads: Option<usize>,
+}
+
+/// The protocol keys of a config.
+struct ProtocolSettings {
+    protocol: ProtocolName,
+    max_length: Option<usize>,
+    text_field: Option<String>,
+    detokenize: Option<Detokenizer>,
+    save_nll: Option<NllFormat>,
+    bootstrap: BootstrapSettings,
 }
 
 /// The baseline's name (default `baseline`) and whether it is diagnosed.
@@ -371,6 +430,104 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `protocol`, `max_length`, `text_field`, `save_nll`, `bootstrap_*`: a known protocol
+    /// with only the settings it has, the rest checked.
+    fn protocol_settings(
+        &self,
+        raw: &RawGrid,
+        model_configs: &[ModelConfig],
+    ) -> Result<ProtocolSettings, GridError> {
+        let protocol = match &raw.protocol {
+            Some(s) => s
+                .get_ref()
+                .parse::<ProtocolName>()
+                .map_err(|e| self.err_at(s, format!("protocol: {e}")))?,
+            None => ProtocolName::Hf,
+        };
+        self.applicable(raw, protocol)?;
+        let max_length = self.positive(&raw.max_length, "max_length")?;
+        if let Some(m) = &raw.max_length {
+            if let Some(cfg) = model_configs
+                .iter()
+                .find(|c| *m.get_ref() > c.info.n_positions)
+            {
+                let (got, n) = (m.get_ref(), cfg.info.n_positions);
+                let msg = format!("max_length {got} exceeds a model's maximum length ({n})");
+                return Err(self.err_at(m, msg));
+            }
+        }
+        let text_field = match &raw.text_field {
+            Some(t) if t.get_ref().is_empty() => {
+                return Err(self.err_at(t, "text_field is empty".into()))
+            }
+            t => t.as_ref().map(|t| t.get_ref().clone()),
+        };
+        let defaults = BootstrapSettings::default();
+        let bootstrap = BootstrapSettings {
+            samples: self
+                .positive(&raw.bootstrap_samples, "bootstrap_samples")?
+                .unwrap_or(defaults.samples),
+            seed: raw
+                .bootstrap_seed
+                .as_ref()
+                .map_or(defaults.seed, |s| *s.get_ref()),
+        };
+        let detokenize = match &raw.detokenize {
+            Some(d) if d.get_ref() == "wikitext" => Some(Detokenizer::Wikitext),
+            Some(d) => {
+                let msg = format!("detokenize: '{}' is not one of wikitext", d.get_ref());
+                return Err(self.err_at(d, msg));
+            }
+            None => None,
+        };
+        Ok(ProtocolSettings {
+            protocol,
+            max_length,
+            text_field,
+            detokenize,
+            save_nll: self.save_nll(raw.save_nll.as_ref())?,
+            bootstrap,
+        })
+    }
+
+    /// Settings a protocol does not have are errors at their line: `stride` is hf's,
+    /// `max_length` lm-eval's, and lm-eval takes no `context` or `max_tokens`.
+    fn applicable(&self, raw: &RawGrid, protocol: ProtocolName) -> Result<(), GridError> {
+        let not_for = |key: &'static str, at: std::ops::Range<usize>| {
+            let msg = ProtocolError::NotFor { key, protocol }.to_string();
+            Err(self.err(Some(at), msg))
+        };
+        let lm_eval = protocol == ProtocolName::LmEval;
+        if let (Some(d), false) = (&raw.detokenize, lm_eval) {
+            return not_for("detokenize", d.span());
+        }
+        match (&raw.stride, &raw.max_length, &raw.context, &raw.max_tokens) {
+            (Some(s), ..) if protocol != ProtocolName::Hf => not_for("stride", s.span()),
+            (_, Some(m), ..) if !lm_eval => not_for("max_length", m.span()),
+            (_, _, Some(c), _) if lm_eval => not_for("context", c.span()),
+            (.., Some(t)) if lm_eval => Err(self.err_at(
+                t,
+                "max_tokens does not apply to the lm-eval protocol, which scores whole documents"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn save_nll(&self, raw: Option<&Spanned<RawSaveNll>>) -> Result<Option<NllFormat>, GridError> {
+        Ok(match raw.map(|s| (s.get_ref(), s)) {
+            None | Some((RawSaveNll::On(false), _)) => None,
+            Some((RawSaveNll::On(true), _)) => Some(NllFormat::Jsonl),
+            Some((RawSaveNll::Format(f), _)) if f == "jsonl" => Some(NllFormat::Jsonl),
+            Some((RawSaveNll::Format(f), _)) if f == "parquet" => Some(NllFormat::Parquet),
+            Some((RawSaveNll::Format(f), s)) => {
+                let msg =
+                    format!("save_nll: '{f}' is not one of true, false, \"jsonl\", \"parquet\"");
+                return Err(self.err_at(s, msg));
+            }
+        })
+    }
+
     /// `[[variants]]`: at least one, names unique (the baseline's included).
     fn variants(
         &self,
@@ -474,6 +631,14 @@ pub(crate) mod tests {
             (format!("{HEAD}dtype = \"f8\"\n{v}"), "line 3: dtype: 'f8'"),
             (format!("{HEAD}sort = \"name\"\n{v}"), "line 3: sort: 'name'"),
             (format!("{HEAD}[[variants]]\nname = \"a\"\nactivation = \"0:relu\"\nsweep_layers = true\n"), "sweep_layers needs a single activation"),
+            (format!("{HEAD}protocol = \"lm_eval\"\n{v}"), "line 3: protocol: 'lm_eval' is not one of hf, lm-eval, llama-cpp, disjoint"),
+            (format!("{HEAD}protocol = \"disjoint\"\nstride = 4\n{v}"), "line 4: stride does not apply to the disjoint protocol"),
+            (format!("{HEAD}max_length = 16\n{v}"), "line 3: max_length does not apply to the hf protocol"),
+            (format!("{HEAD}protocol = \"lm-eval\"\ncontext = 16\n{v}"), "line 4: context does not apply to the lm-eval protocol (its window is max_length)"),
+            (format!("{HEAD}protocol = \"lm-eval\"\nmax_tokens = 16\n{v}"), "line 4: max_tokens does not apply to the lm-eval protocol"),
+            (format!("{HEAD}protocol = \"lm-eval\"\nmax_length = 65\n{v}"), "line 4: max_length 65 exceeds a model's maximum length (64)"),
+            (format!("{HEAD}save_nll = \"csv\"\n{v}"), "line 3: save_nll: 'csv' is not one of"),
+            (format!("{HEAD}bootstrap_samples = 0\n{v}"), "line 3: bootstrap_samples must be at least 1"),
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err();

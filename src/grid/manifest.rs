@@ -9,6 +9,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::eval::bootstrap::BootstrapSettings;
+use crate::eval::nll_output::NllFormat;
+use crate::eval::protocol::Protocol;
 use crate::grid::config::Grid;
 use crate::grid::inputs::{FileInfo, Inputs};
 use crate::grid::results::write_atomic;
@@ -62,6 +65,8 @@ pub(crate) struct ModelInfo {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct DatasetInfo {
     pub bytes: usize,
+    /// Documents read (lines of a JSONL file, rows of a Parquet file; 1 for a text).
+    pub documents: usize,
     pub path: String,
     pub sha256: String,
     /// Tokens per model.
@@ -71,13 +76,21 @@ pub(crate) struct DatasetInfo {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Settings {
     pub batch_size: usize,
+    /// Replicates and seed of the bootstrap intervals.
+    pub bootstrap: BootstrapSettings,
     /// Per model.
     pub context: Vec<usize>,
     pub device: String,
     pub dtype: String,
     pub max_tokens: Option<usize>,
+    /// Per model: the protocol with every setting (as a JSON value: keys sorted).
+    pub protocol: Vec<serde_json::Value>,
+    /// Per-token files under `nll/`, when on.
+    pub save_nll: Option<NllFormat>,
     /// Per model.
     pub stride: Vec<usize>,
+    /// The JSONL field / Parquet column documents were read from (when named).
+    pub text_field: Option<String>,
     pub threads: usize,
 }
 
@@ -103,11 +116,15 @@ impl Manifest {
             models: models(grid, inputs),
             settings: Settings {
                 batch_size: grid.batch_size,
-                context: inputs.options.iter().map(|o| o.context).collect(),
+                bootstrap: grid.bootstrap,
+                context: inputs.protocols.iter().map(|p| p.context()).collect(),
                 device: settings.device.to_string(),
                 dtype: settings.dtype.to_string(),
                 max_tokens: grid.max_tokens,
-                stride: inputs.options.iter().map(|o| o.stride).collect(),
+                protocol: inputs.protocols.iter().map(protocol_json).collect(),
+                save_nll: grid.save_nll,
+                stride: inputs.protocols.iter().map(|p| p.stride()).collect(),
+                text_field: grid.text_field.clone(),
                 threads: settings.threads,
             },
             shard: settings.shard.map(|s| s.to_string()),
@@ -124,6 +141,11 @@ impl Manifest {
             serde_json::to_string_pretty(self)?.as_bytes(),
         )
     }
+}
+
+/// A protocol as a JSON object with sorted keys.
+fn protocol_json(p: &Protocol) -> serde_json::Value {
+    serde_json::to_value(p).expect("a protocol serializes")
 }
 
 fn models(grid: &Grid, inputs: &Inputs) -> Vec<ModelInfo> {
@@ -145,6 +167,7 @@ fn datasets(grid: &Grid, inputs: &Inputs) -> Vec<DatasetInfo> {
         .zip(&inputs.datasets)
         .map(|(p, d)| DatasetInfo {
             bytes: d.bytes,
+            documents: d.documents.docs.len(),
             path: p.display().to_string(),
             sha256: d.sha256.clone(),
             tokens: d.tokens.iter().map(|t| t.len()).collect(),
@@ -179,6 +202,7 @@ mod tests {
             },
             datasets: vec![DatasetInfo {
                 bytes: 5,
+                documents: 1,
                 path: "d".into(),
                 sha256: "s".into(),
                 tokens: vec![6],
@@ -194,11 +218,18 @@ mod tests {
             }],
             settings: Settings {
                 batch_size: 1,
+                bootstrap: BootstrapSettings::default(),
                 context: vec![64],
                 device: "cpu".into(),
                 dtype: "f32".into(),
                 max_tokens: None,
+                protocol: vec![protocol_json(&Protocol::Hf {
+                    context: 64,
+                    stride: 32,
+                })],
+                save_nll: None,
                 stride: vec![32],
+                text_field: None,
                 threads: 2,
             },
             shard: Some("0/2".into()),

@@ -50,7 +50,30 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Vec<Row>> {
     }
     rows.sort_by_key(|r| r.index);
     write_merged(dirs, out, &rows, &manifests[0])?;
+    copy_nll_files(dirs, out, &rows)?;
     Ok(rows)
+}
+
+/// Copies the per-token files the merged rows name (`nll/…`, `save_nll`) from the shard
+/// that has each into `out`.
+fn copy_nll_files(dirs: &[PathBuf], out: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    for name in rows.iter().filter_map(|r| r.nll_file.as_deref()) {
+        let target = out.join(name);
+        let Some(source) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) else {
+            eprintln!("warning: {name} is in no shard directory");
+            continue;
+        };
+        if source == target {
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::copy(&source, &target)
+            .with_context(|| format!("copying {} to {}", source.display(), target.display()))?;
+    }
+    Ok(())
 }
 
 fn read_manifest(dir: &Path) -> anyhow::Result<Value> {

@@ -8,6 +8,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::eval::lm_eval::LmEvalMetrics;
+use crate::eval::protocol::Protocol;
+
 /// One finished cell.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Row {
@@ -46,6 +49,33 @@ pub struct Row {
     /// windows of the same context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnostics: Option<RowDiagnostics>,
+    /// The protocol the cell was scored under, with its settings (absent in rows written
+    /// before protocols existed: those are `hf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Mean NLL difference against the baseline, variant − baseline (nats/token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_nll: Option<f64>,
+    /// 95 % interval of `delta_nll`: paired block bootstrap over windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_nll_ci95: Option<[f64; 2]>,
+    /// 95 % interval of `perplexity`: block bootstrap over windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity_ci95: Option<[f64; 2]>,
+    /// lm-eval protocol: the harness's wikitext metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_eval: Option<LmEvalMetrics>,
+    /// `save_nll`: the cell's per-token file, relative to the output directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_file: Option<String>,
+}
+
+impl Row {
+    /// Whether the 95 % interval of `delta_nll` excludes 0 (`None` without an interval).
+    pub fn delta_is_significant(&self) -> Option<bool> {
+        self.delta_nll_ci95
+            .map(crate::eval::bootstrap::excludes_zero)
+    }
 }
 
 /// The diagnostics of a cell: per-layer numbers, summarised for tables.
@@ -142,6 +172,20 @@ const CSV_DIAGNOSTIC_COLUMNS: [&str; 7] = [
     "diag_sigmoid_ppl_normalized",
 ];
 
+/// Columns of the protocol and the uncertainty, after the others (empty when unknown).
+const CSV_PROTOCOL_COLUMNS: [&str; 10] = [
+    "protocol",
+    "delta_nll",
+    "delta_nll_ci95_low",
+    "delta_nll_ci95_high",
+    "delta_nll_significant",
+    "perplexity_ci95_low",
+    "perplexity_ci95_high",
+    "word_perplexity",
+    "byte_perplexity",
+    "documents",
+];
+
 const CSV_COLUMNS: [&str; 22] = [
     "index",
     "model",
@@ -183,6 +227,8 @@ pub fn to_csv(rows: &[Row]) -> String {
         out.push(',');
         out.push_str(&CSV_DIAGNOSTIC_COLUMNS.join(","));
     }
+    out.push(',');
+    out.push_str(&CSV_PROTOCOL_COLUMNS.join(","));
     out.push('\n');
     for r in rows {
         let layers = r
@@ -215,6 +261,11 @@ pub fn to_csv(rows: &[Row]) -> String {
             r.top1_agreement.to_string(),
             r.seconds.to_string(),
         ];
+        let mut fields = fields.to_vec();
+        if with_diag {
+            fields.extend(diagnostic_fields(r.diagnostics.as_ref()));
+        }
+        fields.extend(protocol_fields(r));
         out.push_str(
             &fields
                 .iter()
@@ -225,6 +276,46 @@ pub fn to_csv(rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The values under [`CSV_DIAGNOSTIC_COLUMNS`] (empty for a row without diagnostics).
+fn diagnostic_fields(d: Option<&RowDiagnostics>) -> Vec<String> {
+    match d {
+        Some(d) => [
+            d.deriv_mean,
+            d.saturated_frac,
+            d.post_mean,
+            d.grad_norm_first,
+            d.grad_norm_last,
+            d.sigmoid_mass_mean,
+            d.sigmoid_ppl_normalized,
+        ]
+        .iter()
+        .map(f64::to_string)
+        .collect(),
+        None => vec![String::new(); CSV_DIAGNOSTIC_COLUMNS.len()],
+    }
+}
+
+/// The values under [`CSV_PROTOCOL_COLUMNS`].
+fn protocol_fields(r: &Row) -> Vec<String> {
+    let num = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let (dci, pci) = (r.delta_nll_ci95, r.perplexity_ci95);
+    let m = r.lm_eval.as_ref();
+    vec![
+        r.protocol.map(|p| p.name().to_string()).unwrap_or_default(),
+        num(r.delta_nll),
+        num(dci.map(|c| c[0])),
+        num(dci.map(|c| c[1])),
+        r.delta_is_significant()
+            .map(|b| b.to_string())
+            .unwrap_or_default(),
+        num(pci.map(|c| c[0])),
+        num(pci.map(|c| c[1])),
+        num(m.map(|m| m.word_perplexity)),
+        num(m.map(|m| m.byte_perplexity)),
+        m.map(|m| m.documents.to_string()).unwrap_or_default(),
+    ]
 }
 
 /// The last path component, for compact tables.
@@ -265,6 +356,12 @@ pub(crate) fn sample_row(index: usize, variant: &str, ppl: f64) -> Row {
         seconds: 1.0,
         finished_at: "2026-01-01T00:00:00Z".into(),
         diagnostics: None,
+        protocol: None,
+        delta_nll: None,
+        delta_nll_ci95: None,
+        perplexity_ci95: None,
+        lm_eval: None,
+        nll_file: None,
     }
 }
 
@@ -300,6 +397,8 @@ mod tests {
         ];
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 4);
+        let width = |l: &str| l.split(',').count();
+        assert!(csv.lines().all(|l| width(l) == 22 + 10), "{csv}");
         assert!(csv.lines().nth(2).unwrap().contains(",sigmoid,"));
         assert_eq!(csv_field("a,b"), "\"a,b\"");
     }

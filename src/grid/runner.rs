@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 
+use crate::eval::nll_output::NllWriter;
 use crate::grid::cells::{Cell, Shard};
 use crate::grid::charts::write_charts;
 use crate::grid::config::Grid;
@@ -219,7 +220,7 @@ impl Run<'_> {
             let Some((_, base)) = loaded.as_ref() else {
                 unreachable!("loaded above")
             };
-            let row = self.run_cell(base, &mut cache, pending, i, progress)?;
+            let row = self.run_cell(base, &mut cache, pending, i, &out.dir, progress)?;
             out.record(row)?;
         }
         Ok(())
@@ -247,6 +248,7 @@ impl Run<'_> {
         cache: &mut Option<BaselineCache>,
         pending: &[&KeyedCell],
         i: usize,
+        out_dir: &Path,
         progress: &mut Progress,
     ) -> anyhow::Result<Row> {
         let (cell, key) = pending[i];
@@ -254,31 +256,31 @@ impl Run<'_> {
         if cache.as_ref().is_some_and(|c| c.pair != pair) {
             *cache = None;
         }
-        let tokens = self.inputs.tokens(cell);
-        let opts = self.inputs.options[cell.model];
+        let plan = self.inputs.plan(cell);
         let want_cache = cache.is_none() && self.wants_cache(cell, &pending[i..]);
         if want_cache && !cell.is_baseline {
             // The baseline cell is done already: one hidden-state pass (no LM head) refills it.
-            let chunks = score::baseline_hidden(base, tokens, &opts)
+            let chunks = score::baseline_hidden(base, plan, self.grid.batch_size)
                 .with_context(|| format!("baseline pass for cell '{}'", cell.name))?;
             *cache = Some(BaselineCache { pair, chunks });
         }
         let cell_work = self.work_of(cell, cache.is_some());
-        let per_batch = cell_work / self.inputs.batches(cell).max(1);
+        let per_batch = cell_work / self.inputs.batches(self.grid, cell).max(1);
         let started = Instant::now();
         let fill = want_cache && cell.is_baseline;
+        let dataset = &self.inputs.datasets[cell.dataset];
         let ctx = CellContext {
             grid: self.grid,
             base,
-            tokens,
-            opts: &opts,
-            bytes: self.inputs.datasets[cell.dataset].covered_bytes[cell.model],
+            plan,
+            documents: &dataset.documents.docs,
+            tokenizer: &self.inputs.models[cell.model].tokenizer,
+            bytes: dataset.covered_bytes[cell.model],
             cache: cache.as_ref().map(|c| c.chunks.as_slice()),
             fill,
         };
         let mut draw = |done: usize, _total: usize| progress.draw(i, &cell.name, done * per_batch);
-        let (row, filled) = score::score_cell(&ctx, cell, key, &mut draw)
-            .with_context(|| format!("cell '{}'", cell.name))?;
+        let (row, filled) = self.score_with_records(&ctx, cell, key, out_dir, &mut draw)?;
         if fill {
             *cache = Some(BaselineCache {
                 pair,
@@ -286,7 +288,8 @@ impl Run<'_> {
             });
         }
         let diagnostics = if cell.diagnose {
-            Some(score::diagnose_cell(base, cell, tokens, opts.context)?)
+            let (tokens, context) = (self.inputs.tokens(cell), plan.protocol.context());
+            Some(score::diagnose_cell(base, cell, tokens, context)?)
         } else {
             None
         };
@@ -296,6 +299,47 @@ impl Run<'_> {
             diagnostics,
             ..row
         })
+    }
+
+    /// Scores a cell, writing its per-token file when `save_nll` is on (the row then names
+    /// it).
+    fn score_with_records(
+        &self,
+        ctx: &CellContext,
+        cell: &Cell,
+        key: &str,
+        out_dir: &Path,
+        draw: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<(Row, Vec<Tensor>)> {
+        let mut records = self.nll_writer(out_dir, cell)?;
+        let (row, filled) =
+            score::score_cell(ctx, cell, key, records.as_mut().map(|(w, _)| w), draw)
+                .with_context(|| format!("cell '{}'", cell.name))?;
+        let nll_file = match records {
+            Some((w, name)) => {
+                w.finish()?;
+                Some(name)
+            }
+            None => None,
+        };
+        Ok((Row { nll_file, ..row }, filled))
+    }
+
+    /// With `save_nll`: the cell's per-token file `nll/cell-INDEX.EXT` (its writer and its
+    /// name relative to the output directory).
+    fn nll_writer(
+        &self,
+        out_dir: &Path,
+        cell: &Cell,
+    ) -> anyhow::Result<Option<(NllWriter, String)>> {
+        let Some(format) = self.grid.save_nll else {
+            return Ok(None);
+        };
+        let name = format!("nll/cell-{:04}.{}", cell.index, format.extension());
+        let path = out_dir.join(&name);
+        std::fs::create_dir_all(out_dir.join("nll"))
+            .with_context(|| format!("creating {}", out_dir.join("nll").display()))?;
+        Ok(Some((NllWriter::create(&path, true)?, name)))
     }
 
     /// Whether to cache the baseline's hidden states for `cell`'s model × dataset: when they
@@ -308,7 +352,8 @@ impl Run<'_> {
             .filter(|(c, _)| (c.model, c.dataset) == pair && !c.is_baseline)
             .count();
         let n_embd = self.grid.model_configs[cell.model].info.hidden_size;
-        let cache_bytes = self.inputs.tokens(cell).len() * n_embd * self.dtype.size_in_bytes();
+        let rows = self.inputs.plan(cell).tokens_scored();
+        let cache_bytes = rows * n_embd * self.dtype.size_in_bytes();
         cache_bytes <= CACHE_BUDGET_BYTES
             && if cell.is_baseline {
                 variants_left >= 1
@@ -320,7 +365,7 @@ impl Run<'_> {
     /// Forward passes a cell takes: one model, or a variant and the baseline in lockstep.
     fn work_of(&self, cell: &Cell, cached: bool) -> usize {
         let models = if cell.is_baseline || cached { 1 } else { 2 };
-        self.inputs.batches(cell) * models
+        self.inputs.batches(self.grid, cell) * models
     }
 
     /// Forward passes of the pending cells, counting every variant as cached.

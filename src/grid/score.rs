@@ -1,6 +1,7 @@
 //! Scoring one cell: the variant and the unmodified model in the same pass (or the baseline's
-//! logits from cached hidden states), accumulating NLL, KL(P_baseline ‖ P_variant) and top-1
-//! agreement chunk by chunk, into a result row.
+//! logits from cached hidden states), accumulating NLL, KL(P_baseline ‖ P_variant), top-1
+//! agreement and per-window paired NLL sums (for the bootstrap intervals) chunk by chunk,
+//! into a result row; per-token records go to the cell's file when `save_nll` is on.
 //!
 //! The model is used only through `with_plan`, `logits_from_hidden` and [`score_windows`]
 //! (and `diagnose` for diagnosed cells).
@@ -8,8 +9,14 @@
 use anyhow::Context;
 use candle_core::{DType, Tensor};
 
+use crate::data::TextTokenizer;
+use crate::eval::bootstrap::{bootstrap, WindowSums};
 use crate::eval::diagnose::{Diagnosis, LayerStats};
-use crate::eval::perplexity::{score_windows, token_nlls, PplError, PplOptions, ScoredChunk};
+use crate::eval::lm_eval::lm_eval_metrics;
+use crate::eval::nll_output::{chunk_records, NllWriter};
+use crate::eval::perplexity::{score_windows, token_nlls, PplError, ScoredChunk};
+use crate::eval::plan::ScoringPlan;
+use crate::eval::protocol::Protocol;
 use crate::grid::cells::Cell;
 use crate::grid::config::Grid;
 use crate::grid::results::{Row, RowDiagnostics};
@@ -22,9 +29,12 @@ pub(crate) struct CellContext<'a> {
     pub grid: &'a Grid,
     /// The unmodified model; variants share its weights.
     pub base: &'a dyn CausalLm,
-    /// The dataset's tokens under this model's tokenizer.
-    pub tokens: &'a [u32],
-    pub opts: &'a PplOptions,
+    /// What the cell scores under the model's protocol.
+    pub plan: &'a ScoringPlan,
+    /// The dataset's documents (lm-eval's metrics count their words and bytes).
+    pub documents: &'a [String],
+    /// The model's tokenizer (token texts of per-token records).
+    pub tokenizer: &'a TextTokenizer,
     /// UTF-8 bytes the tokens cover (bits/byte divides by it).
     pub bytes: usize,
     /// The baseline's hidden states for this model × dataset, when cached: the baseline's
@@ -36,11 +46,12 @@ pub(crate) struct CellContext<'a> {
 
 /// Scores one cell: the baseline alone, or the variant against the baseline — from the
 /// cache when there is one, else with the baseline run in lockstep. When `ctx.fill` is set,
-/// returns the baseline's hidden states too.
+/// returns the baseline's hidden states too. Per-token records go to `records` when given.
 pub(crate) fn score_cell(
     ctx: &CellContext,
     cell: &Cell,
     key: &str,
+    records: Option<&mut NllWriter>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<(Row, Vec<Tensor>)> {
     let variant = (!cell.is_baseline).then(|| ctx.base.with_plan(cell.plan.clone()));
@@ -49,23 +60,50 @@ pub(crate) fn score_cell(
         (Some(v), Some(_)) => vec![v],
         (Some(v), None) => vec![ctx.base, v],
     };
-    let mut totals = Totals::default();
+    let documents = ctx
+        .plan
+        .sequences
+        .iter()
+        .map(|s| s.document + 1)
+        .max()
+        .unwrap_or(0);
+    let mut totals = Totals {
+        document_nll: vec![0.0; documents],
+        ..Totals::default()
+    };
+    let mut records = records;
     let mut filled = Vec::new();
     let mut index = 0usize;
-    score_windows(&models, ctx.tokens, ctx.opts, progress, &mut |chunk| {
-        let fail = |source| PplError::Candle {
-            window: chunk.window,
-            source,
-        };
-        let base_logits = baseline_logits(ctx, &chunk, index).map_err(fail)?;
+    let batch = ctx.grid.batch_size;
+    score_windows(&models, ctx.plan, batch, progress, &mut |chunk| {
+        let base_logits = baseline_logits(ctx, &chunk, index).map_err(|e| chunk.fail(e))?;
         index += 1;
         if ctx.fill {
-            filled.push(chunk.hidden[0].copy().map_err(fail)?);
+            filled.push(chunk.hidden[0].copy().map_err(|e| chunk.fail(e))?);
         }
         let variant_of = variant.is_some().then_some(models.len() - 1);
-        totals.add(&chunk, &base_logits, variant_of)
+        let (var_nll, base_nll) = totals.add(&chunk, &base_logits, variant_of)?;
+        match records.as_deref_mut() {
+            Some(w) => write_records(w, &chunk, &var_nll, &base_nll, ctx.tokenizer),
+            None => Ok(()),
+        }
     })?;
     Ok((totals.row(ctx, cell, key), filled))
+}
+
+/// The chunk's per-token records, with the baseline's NLL beside the variant's.
+fn write_records(
+    w: &mut NllWriter,
+    chunk: &ScoredChunk,
+    nll: &[f64],
+    baseline: &[f64],
+    tok: &TextTokenizer,
+) -> Result<(), PplError> {
+    let out = |e: &dyn std::fmt::Display| PplError::Output(e.to_string());
+    for r in chunk_records(chunk, nll, Some(baseline), tok).map_err(|e| out(&e))? {
+        w.write(&r).map_err(|e| out(&e))?;
+    }
+    Ok(())
 }
 
 /// The baseline's (rows, vocab) f32 logits for the `index`-th chunk: from the cache, or
@@ -96,21 +134,23 @@ struct Totals {
     kl: f64,
     agree: usize,
     n: usize,
+    /// Per window: tokens, Σ NLL_variant and Σ (NLL_variant − NLL_baseline).
+    windows: WindowSums,
+    /// Σ NLL_variant per document.
+    document_nll: Vec<f64>,
 }
 
 impl Totals {
     /// Adds one chunk: the baseline's logits, and the variant's (model `variant` of the pass)
     /// when the cell has one — else the baseline is the variant, agreeing with itself.
+    /// Returns the variant's and the baseline's per-token NLLs.
     fn add(
         &mut self,
         chunk: &ScoredChunk,
         base_logits: &Tensor,
         variant: Option<usize>,
-    ) -> Result<(), PplError> {
-        let fail = |source| PplError::Candle {
-            window: chunk.window,
-            source,
-        };
+    ) -> Result<(Vec<f64>, Vec<f64>), PplError> {
+        let fail = |source| chunk.fail(source);
         let base_nll = token_nlls(base_logits, chunk.targets).map_err(fail)?;
         let var_nll = if let Some(i) = variant {
             let var_logits = chunk.logits(i).map_err(fail)?;
@@ -123,22 +163,22 @@ impl Totals {
             base_nll.clone()
         };
         if var_nll.iter().chain(&base_nll).any(|v| !v.is_finite()) || !self.kl.is_finite() {
-            return Err(PplError::NonFinite {
-                window: chunk.window,
-                begin: chunk.span.begin,
-                end: chunk.span.end,
-            });
+            return Err(chunk.non_finite());
         }
         self.nll_base += base_nll.iter().sum::<f64>();
         self.nll_var += var_nll.iter().sum::<f64>();
         self.n += var_nll.len();
-        Ok(())
+        self.windows.add(chunk.window, &var_nll, &base_nll);
+        self.document_nll[chunk.seq.document] += var_nll.iter().sum::<f64>();
+        Ok((var_nll, base_nll))
     }
 
-    /// The cell's row (`seconds` and `diagnostics` are filled in by the caller).
+    /// The cell's row (`seconds`, `diagnostics` and `nll_file` are filled in by the caller).
     fn row(&self, ctx: &CellContext, cell: &Cell, key: &str) -> Row {
         let nf = self.n as f64;
         let (ppl, base_ppl) = ((self.nll_var / nf).exp(), (self.nll_base / nf).exp());
+        let intervals = bootstrap(&self.windows, &ctx.grid.bootstrap);
+        let protocol = ctx.plan.protocol;
         Row {
             key: key.to_string(),
             index: cell.index,
@@ -151,8 +191,8 @@ impl Totals {
             activation: cell.plan.describe(),
             layers_swapped: cell.plan.swapped_layers(),
             per_layer: cell.plan.per_layer.iter().map(|a| a.to_string()).collect(),
-            context: ctx.opts.context,
-            stride: ctx.opts.stride,
+            context: protocol.context(),
+            stride: protocol.stride(),
             tokens_scored: self.n,
             bytes: ctx.bytes,
             nll_sum: self.nll_var,
@@ -167,6 +207,13 @@ impl Totals {
             seconds: 0.0,
             finished_at: provenance::now_rfc3339(),
             diagnostics: None,
+            protocol: Some(protocol),
+            delta_nll: Some((self.nll_var - self.nll_base) / nf),
+            delta_nll_ci95: intervals.map(|i| i.delta_nll),
+            perplexity_ci95: intervals.map(|i| i.perplexity),
+            lm_eval: matches!(protocol, Protocol::LmEval { .. })
+                .then(|| lm_eval_metrics(ctx.documents, &self.document_nll)),
+            nll_file: None,
         }
     }
 }
@@ -175,11 +222,11 @@ impl Totals {
 /// [`score_windows`] order (one pass without the LM head), for the cache.
 pub(crate) fn baseline_hidden(
     base: &dyn CausalLm,
-    tokens: &[u32],
-    opts: &PplOptions,
+    plan: &ScoringPlan,
+    batch_size: usize,
 ) -> Result<Vec<Tensor>, PplError> {
     let mut chunks = Vec::new();
-    score_windows(&[base], tokens, opts, &mut |_, _| {}, &mut |chunk| {
+    score_windows(&[base], plan, batch_size, &mut |_, _| {}, &mut |chunk| {
         let copy = chunk.hidden[0].copy();
         chunks.push(copy.map_err(|source| PplError::Candle {
             window: chunk.window,

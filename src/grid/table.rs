@@ -40,11 +40,12 @@ struct Columns {
 }
 
 /// Headers of the numeric (right-aligned) columns that every table has.
-const NUMERIC: [&str; 8] = [
+const NUMERIC: [&str; 9] = [
     "perplexity",
     "Δ ppl",
     "× base",
     "mean NLL",
+    "Δ NLL [95% CI]",
     "bits/byte",
     "KL(base‖var)",
     "top-1 agree",
@@ -66,7 +67,41 @@ pub fn table(rows: &[Row]) -> String {
     let header = header(&cols);
     let numeric_from = header.len() - NUMERIC.len() - cols.diagnostics as usize * DIAGNOSTIC.len();
     let body: Vec<Vec<String>> = rows.iter().map(|r| cells(r, &cols)).collect();
-    layout(&header, &body, numeric_from)
+    let mut out = layout(&header, &body, numeric_from);
+    if rows.iter().any(|r| r.delta_nll_ci95.is_some()) {
+        out.push_str(SIGNIFICANCE_NOTE);
+    }
+    out
+}
+
+/// Printed under a table with intervals.
+const SIGNIFICANCE_NOTE: &str = "* the 95% interval of Δ NLL (variant − baseline, nats/token; \
+paired block bootstrap over windows) excludes 0\n";
+
+/// `+0.1234 [+0.1100, +0.1350] *`: Δ mean NLL, its interval, and `*` when the interval
+/// excludes 0; empty for rows without one.
+fn delta_cell(r: &Row) -> String {
+    match (r.delta_nll, r.delta_nll_ci95) {
+        (Some(d), Some([lo, hi])) => {
+            let mark = if r.delta_is_significant() == Some(true) {
+                " *"
+            } else {
+                "  "
+            };
+            format!("{} [{}, {}]{mark}", signed(d), signed(lo), signed(hi))
+        }
+        (Some(d), None) => signed(d),
+        _ => String::new(),
+    }
+}
+
+/// `+0.1234`, or `+2.1e-5` when four decimals would show a non-zero value as zero.
+fn signed(x: f64) -> String {
+    if x != 0.0 && x.abs() < 5e-5 {
+        format!("{x:+.1e}")
+    } else {
+        format!("{x:+.4}")
+    }
 }
 
 fn header(cols: &Columns) -> Vec<String> {
@@ -101,6 +136,7 @@ fn cells(r: &Row, cols: &Columns) -> Vec<String> {
         format!("{:+.3}", r.delta_perplexity),
         format!("{:.3}", r.ratio_perplexity),
         format!("{:.4}", r.mean_nll),
+        delta_cell(r),
         format!("{:.4}", r.bits_per_byte),
         format!("{:.4}", r.kl_mean),
         format!("{:.2}%", 100.0 * r.top1_agreement),
@@ -198,5 +234,24 @@ mod tests {
             "{t}"
         );
         assert!(lines[1].contains("---:"), "{t}");
+    }
+
+    #[test]
+    fn intervals_that_exclude_zero_are_marked() {
+        let mut rows = vec![
+            sample_row(0, "baseline", 10.0),
+            sample_row(1, "sigmoid", 40.0),
+        ];
+        rows[1].delta_nll = Some(1.3863);
+        rows[1].delta_nll_ci95 = Some([1.2, 1.5]);
+        let mut same = sample_row(2, "gelu", 10.0);
+        same.delta_nll = Some(0.0001);
+        same.delta_nll_ci95 = Some([-0.001, 0.002]);
+        rows.push(same);
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[3].contains("+1.3863 [+1.2000, +1.5000] *"), "{t}");
+        assert!(lines[4].contains("+0.0001 [-0.0010, +0.0020]  "), "{t}");
+        assert!(lines[5].starts_with("* the 95% interval"), "{t}");
     }
 }

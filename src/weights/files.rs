@@ -72,6 +72,9 @@ pub struct CheckpointFiles {
     pub source: ModelSource,
     pub config: PathBuf,
     pub tokenizer: TokenizerFiles,
+    /// `tokenizer_config.json` when the checkpoint has one: its special tokens (read for the
+    /// lm-eval protocol's prefix token). Not part of [`Self::all_files`].
+    pub tokenizer_config: Option<PathBuf>,
     pub format: WeightFormat,
     /// The shard index, when the weights are sharded.
     pub index: Option<PathBuf>,
@@ -254,6 +257,7 @@ impl std::fmt::Display for ModelSpec {
 struct Selected {
     config: PathBuf,
     tokenizer: TokenizerFiles,
+    tokenizer_config: Option<PathBuf>,
     weights: Weights,
 }
 
@@ -271,6 +275,7 @@ impl Selected {
             source,
             config: self.config,
             tokenizer: self.tokenizer,
+            tokenizer_config: self.tokenizer_config,
             format: self.weights.format,
             index: self.weights.index,
             weights: self.weights.files,
@@ -286,17 +291,20 @@ fn missing(place: &str, what: &'static str) -> LoadError {
 }
 
 /// The file choice, over any way of asking for a file by name (`Ok(None)`: not there).
-/// Files are asked for in order: config, tokenizer, weights.
+/// Files are asked for in order: config, tokenizer, tokenizer_config.json (optional),
+/// weights.
 fn select<E: From<LoadError>>(
     place: &str,
     mut get: impl FnMut(&str) -> Result<Option<PathBuf>, E>,
 ) -> Result<Selected, E> {
     let config = get("config.json")?.ok_or_else(|| missing(place, "config.json"))?;
     let tokenizer = select_tokenizer(place, &mut get)?;
+    let tokenizer_config = get("tokenizer_config.json")?;
     let weights = select_weights(place, &mut get)?;
     Ok(Selected {
         config,
         tokenizer,
+        tokenizer_config,
         weights,
     })
 }

@@ -138,6 +138,11 @@ impl TensorStore {
         }
     }
 
+    /// Whether any key starts with `prefix` (as stored, after the `transformer.` stripping).
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.entries.keys().any(|k| k.starts_with(prefix))
+    }
+
     /// Every stored tensor: (key as stored, dtype, shape), the mask buffers flagged.
     pub fn tensors(&self) -> impl Iterator<Item = (&str, DType, &[usize], bool)> {
         self.entries.iter().map(|(k, e)| {
