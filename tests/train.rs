@@ -470,3 +470,108 @@ fn train_rejects_bad_settings_with_the_flag_named() {
         "the finished run is kept"
     );
 }
+
+/// A from-scratch comparison grid on the tiny fixture tokenizer.
+fn scratch_grid(dir: &std::path::Path) -> std::path::PathBuf {
+    let arch = dir.join("arch.toml");
+    std::fs::write(
+        &arch,
+        format!(
+            "model_type = \"gpt2\"\ntokenizer = \"{}\"\nactivation = \"gelu_new\"\n\
+             [config]\nn_layer = 2\nn_embd = 32\nn_head = 4\nn_positions = 32\n",
+            fixture("tiny-gpt2/tokenizer.json").display()
+        ),
+    )
+    .unwrap();
+    let grid = dir.join("grid.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "from_scratch = \"arch.toml\"\ndatasets = [\"{}\"]\ncontext = 32\n\
+             [train]\ndata = \"{}\"\nsteps = 12\nbatch_size = 4\nseq_len = 32\nlr = 3e-3\n\
+             eval_every = 4\neval_tokens = 256\ntarget_loss = 5.5\n\
+             [[variants]]\nname = \"relu\"\nactivation = \"relu\"\n\
+             [[variants]]\nname = \"sigmoid centred\"\nactivation = \"sigmoid_centered\"\n",
+            fixture("sample-2.txt").display(),
+            fixture("sample.txt").display()
+        ),
+    )
+    .unwrap();
+    grid
+}
+
+#[test]
+fn a_from_scratch_grid_trains_each_activation_and_resumes_shards_and_merges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = scratch_grid(tmp.path());
+    let run = |out: &std::path::Path, extra: &[&str]| {
+        let mut c = bin();
+        c.arg("run")
+            .arg(&grid)
+            .arg("--out")
+            .arg(out)
+            .args(["--json", "--threads", "2"])
+            .args(extra);
+        common::run_json(&mut c).0
+    };
+    let whole = tmp.path().join("whole");
+    let rows = run(&whole, &[]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gelu_new", "relu", "sigmoid centred"]);
+    assert_eq!(rows[0]["kl_mean"], 0.0);
+    assert_eq!(rows[0]["ratio_perplexity"], 1.0);
+    for r in rows {
+        let t = &r["training"];
+        assert_eq!(t["kind"], "scratch");
+        assert_eq!(t["steps"], 12);
+        assert_eq!(t["curve"].as_array().unwrap().len(), 4, "{t}");
+        assert_eq!(t["grad_norms"].as_array().unwrap().len(), 2);
+        assert!(whole
+            .join(t["dir"].as_str().unwrap())
+            .join("final/model.safetensors")
+            .is_file());
+    }
+    assert!(rows[1]["kl_mean"].as_f64().unwrap() > 0.0);
+    for f in [
+        "results.csv",
+        "train_loss.svg",
+        "train_grad_by_layer.png",
+        "perplexity.svg",
+    ] {
+        assert!(whole.join(f).is_file(), "{f}");
+    }
+    // Resume: nothing left to do.
+    assert_eq!(run(&whole, &[]).as_array().unwrap().len(), 3);
+    // Shards, merged, give the same rows.
+    let (a, b, merged) = (
+        tmp.path().join("s0"),
+        tmp.path().join("s1"),
+        tmp.path().join("m"),
+    );
+    run(&a, &["--shard", "0/2"]);
+    run(&b, &["--shard", "1/2"]);
+    bin()
+        .arg("merge")
+        .arg(&a)
+        .arg(&b)
+        .arg("--out")
+        .arg(&merged)
+        .assert()
+        .success();
+    let key_ppl = |p: &std::path::Path| -> Vec<(String, String)> {
+        std::fs::read_to_string(p.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["key"].to_string(), v["perplexity"].to_string())
+            })
+            .collect()
+    };
+    assert_eq!(key_ppl(&merged), key_ppl(&whole));
+}

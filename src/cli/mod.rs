@@ -16,6 +16,7 @@ mod output;
 mod perplexity;
 mod protocol;
 mod run;
+mod run_scratch;
 mod train;
 
 use clap::{Parser, Subcommand};

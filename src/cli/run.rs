@@ -41,6 +41,11 @@ pub struct RunArgs {
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Ok(text) = std::fs::read_to_string(&args.config) {
+        if crate::grid::scratch::is_scratch_grid(&text) {
+            return super::run_scratch::run(args, &text);
+        }
+    }
     let grid = Grid::from_file(&args.config)?;
     if args.dry_run {
         print_cells(&grid, args.shard);

@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args};
 use super::args::DATA_HELP;
 use super::output::print_json;
 use crate::model::activation::Activation;
-use crate::model::plan::LayerSpec;
+use crate::model::plan::{ActivationMap, LayerSpec};
 use crate::runtime::{self, DeviceSpec, Precision};
 use crate::train::origin::Start;
 use crate::train::run::{train, TrainSpec, TrainSummary};
@@ -142,8 +142,9 @@ fn spec(args: &TrainArgs) -> anyhow::Result<TrainSpec> {
     };
     Ok(TrainSpec {
         start,
-        activation: args.activation,
-        layers: args.layers.clone(),
+        swap: args
+            .activation
+            .map(|a| ActivationMap(vec![(args.layers.clone(), a)])),
         calibrate: args.calibrate,
         data: args.data.clone(),
         eval_data: args.eval_data.clone(),

@@ -20,6 +20,7 @@ pub struct Series {
 pub struct LineChart {
     pub file: String,
     pub title: String,
+    pub x_desc: String,
     pub y_desc: String,
     pub series: Vec<Series>,
     pub log_y: bool,
@@ -30,6 +31,24 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 }
 
 impl LineChart {
+    pub fn new(
+        file: &str,
+        title: &str,
+        x_desc: &str,
+        y_desc: &str,
+        series: Vec<Series>,
+        log_y: bool,
+    ) -> Self {
+        Self {
+            file: file.into(),
+            title: title.into(),
+            x_desc: x_desc.into(),
+            y_desc: y_desc.into(),
+            series,
+            log_y,
+        }
+    }
+
     /// Draws `DIR/FILE.svg` and `DIR/FILE.png` (nothing if there are no points).
     pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         if self.series.iter().all(|s| s.points.is_empty()) {
@@ -74,7 +93,7 @@ impl LineChart {
                 let mut chart = $chart;
                 chart
                     .configure_mesh()
-                    .x_desc("step")
+                    .x_desc(&self.x_desc)
                     .y_desc(&self.y_desc)
                     .label_style(("sans-serif", 13))
                     .draw()
@@ -135,6 +154,7 @@ pub fn training_charts(log: &[LogRecord], what: &str) -> Vec<LineChart> {
         LineChart {
             file: "loss".into(),
             title: format!("Loss — {what}"),
+            x_desc: "step".into(),
             y_desc: "mean NLL (nats/token)".into(),
             series: vec![
                 Series {
@@ -151,6 +171,7 @@ pub fn training_charts(log: &[LogRecord], what: &str) -> Vec<LineChart> {
         LineChart {
             file: "perplexity".into(),
             title: format!("Held-out perplexity — {what}"),
+            x_desc: "step".into(),
             y_desc: "perplexity (log scale)".into(),
             series: vec![Series {
                 name: "held-out".into(),
@@ -161,6 +182,7 @@ pub fn training_charts(log: &[LogRecord], what: &str) -> Vec<LineChart> {
         LineChart {
             file: "grad_norms".into(),
             title: format!("‖∂loss/∂x‖ into each block — {what}"),
+            x_desc: "step".into(),
             y_desc: "gradient norm (log scale)".into(),
             series: per_layer(|g| Some(g.block_input)),
             log_y: true,
@@ -168,6 +190,7 @@ pub fn training_charts(log: &[LogRecord], what: &str) -> Vec<LineChart> {
         LineChart {
             file: "grad_norms_mlp".into(),
             title: format!("‖∂loss/∂W‖ of each layer's first MLP weight — {what}"),
+            x_desc: "step".into(),
             y_desc: "gradient norm (log scale)".into(),
             series: per_layer(|g| g.mlp.get("fc").or(g.mlp.get("gate")).copied()),
             log_y: true,

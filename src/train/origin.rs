@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::data::{read_data, TextTokenizer};
-use crate::model::activation::Activation;
-use crate::model::plan::{ActivationPlan, LayerSpec};
+use crate::model::plan::{ActivationMap, ActivationPlan};
 use crate::model::ModelConfig;
 use crate::provenance::{sha256_bytes, sha256_file};
 use crate::train::manifest::TextInfo;
@@ -92,18 +91,11 @@ impl Origin {
         })
     }
 
-    /// The checkpoint's own plan with `activation` swapped into `layers`.
-    pub fn plan(
-        &self,
-        activation: Option<Activation>,
-        layers: &LayerSpec,
-    ) -> anyhow::Result<ActivationPlan> {
+    /// The checkpoint's own plan with `swap` applied.
+    pub fn plan(&self, swap: Option<&ActivationMap>) -> anyhow::Result<ActivationPlan> {
         let plan = self.config.plan();
-        match activation {
-            Some(a) => Ok(plan.swap(a, layers)?),
-            None if *layers != LayerSpec::All => {
-                anyhow::bail!("layers are given without an activation to put in them")
-            }
+        match swap {
+            Some(map) => Ok(map.apply(plan)?),
             None => Ok(plan),
         }
     }

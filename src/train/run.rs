@@ -11,9 +11,8 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::eval::perplexity::{perplexity, PplOptions};
-use crate::model::activation::Activation;
 use crate::model::decoder::Decoder;
-use crate::model::plan::{ActivationPlan, LayerSpec};
+use crate::model::plan::{ActivationMap, ActivationPlan};
 use crate::model::CausalLm;
 use crate::provenance;
 use crate::train::calibrate::{calibrate, Calibration, DEFAULT_CALIBRATION_TOKENS};
@@ -37,8 +36,8 @@ use crate::weights::{CheckpointFiles, TensorStore};
 /// A training run as asked for.
 pub struct TrainSpec {
     pub start: Start,
-    pub activation: Option<Activation>,
-    pub layers: LayerSpec,
+    /// Activations to put in before training (`None`: the model's own).
+    pub swap: Option<ActivationMap>,
     /// Calibrate the swap (as `--calibrate`) on the first 4,096 training tokens first.
     pub calibrate: bool,
     pub data: PathBuf,
@@ -91,7 +90,7 @@ pub fn train(spec: &TrainSpec) -> anyhow::Result<TrainSummary> {
     let origin = Origin::resolve(&spec.start)?;
     let scratch = matches!(spec.start, Start::Scratch(_));
     let settings = spec.options.resolve(&origin.config.info, scratch)?;
-    let plan = origin.plan(spec.activation, &spec.layers)?;
+    let plan = origin.plan(spec.swap.as_ref())?;
     let vocab = origin.config.info.vocab_size;
     let texts = Texts::load(
         &spec.data,
