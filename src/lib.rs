@@ -9,6 +9,7 @@
 //! - [`data`]: text files, named datasets, tokenizers.
 //! - [`eval`]: windows, scoring, perplexity, diagnose, generation.
 //! - [`grid`]: ablation configs, the runner, results, charts.
+//! - [`train`]: calibrated swaps, training from scratch and recovery fine-tuning.
 //! - [`cli`]: the command line; [`runtime`]: device, dtype, threads; [`provenance`]: hashes.
 //! - [`fsio`]: output-directory locks, atomic writes, bounded reads; [`progress`]: progress
 //!   bars on a terminal and progress lines in logs.
@@ -24,4 +25,5 @@ pub mod model;
 pub mod progress;
 pub mod provenance;
 pub mod runtime;
+pub mod train;
 pub mod weights;

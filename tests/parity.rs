@@ -139,7 +139,7 @@ fn perplexity_matches_transformers() {
     }
     for a in gpt_ablate::model::activation::ALL_ACTIVATIONS {
         assert!(
-            checked_activations.contains(a.name()),
+            checked_activations.contains(&a.name()),
             "no perplexity reference for {a}"
         );
     }

@@ -571,7 +571,7 @@ fn generation_from_an_empty_prompt_starts_from_bos_else_eos_as_transformers_does
 fn help_lists_every_activation_and_has_no_doubled_escapes() {
     let help = ok(bin().args(["perplexity", "--help"]).output().unwrap());
     for a in gpt_ablate::model::activation::ALL_ACTIVATIONS {
-        assert!(help.contains(a.name()), "--help lacks {a}");
+        assert!(help.contains(&a.name()), "--help lacks {a}");
     }
     assert!(!help.contains("..."), "{help}");
     let help = ok(bin().args(["generate", "--help"]).output().unwrap());

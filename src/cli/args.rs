@@ -62,10 +62,20 @@ Protocols: hf (sliding windows, the default), lm-eval (lm-evaluation-harness's
 loglikelihood_rolling per document: word_perplexity, byte_perplexity, bits_per_byte),
 llama-cpp (llama-perplexity's chunks: PPL = X +/- U), disjoint (non-overlapping windows).";
 
+pub(super) const TRAIN_EXAMPLE: &str = "\
+Examples:
+  gpt-ablate train --init models/shakespeare-gpt2 --activation sigmoid \\
+      --data shakespeare-train --eval-data shakespeare-val --steps 200 --out runs/recover-sigmoid
+  gpt-ablate train --from-scratch configs/scratch-default.toml --activation relu \\
+      --data shakespeare-train --eval-data shakespeare-val --steps 300 --out runs/scratch-relu --json
+
+Running the same command again with the same --out resumes from the last checkpoint (and
+ends with the same weights as an uninterrupted run); a finished run only reports.";
+
 /// `--data` of the commands that score text.
 pub(super) const DATA_HELP: &str =
     "UTF-8 text file (one document), .jsonl file (a document per line) or .parquet file (a \
-    document per row), a named dataset (wikitext-2, shakespeare-val) or hf:ORG/NAME/path (a file \
+    document per row), a named dataset (wikitext-2, shakespeare-val, shakespeare-train) or hf:ORG/NAME/path (a file \
     of a Hub dataset repo). Documents are joined with a blank line, except under --protocol \
     lm-eval, which scores each apart.";
 

@@ -6,6 +6,7 @@
 //! and the model interface `crate::model::CausalLm`.
 
 mod args;
+mod calibrate;
 mod datasets;
 mod diagnose;
 mod generate;
@@ -15,13 +16,15 @@ mod output;
 mod perplexity;
 mod protocol;
 mod run;
+mod run_scratch;
+mod train;
 
 use clap::{Parser, Subcommand};
 
 pub use args::{ModelArgs, ModelRefArgs};
 use args::{
     DIAGNOSE_EXAMPLE, GENERATE_EXAMPLE, INSPECT_EXAMPLE, MERGE_EXAMPLE, PERPLEXITY_EXAMPLE,
-    RUN_EXAMPLE,
+    RUN_EXAMPLE, TRAIN_EXAMPLE,
 };
 pub use diagnose::DiagnoseArgs;
 pub use generate::GenerateArgs;
@@ -29,6 +32,7 @@ pub use inspect::InspectArgs;
 pub use merge::MergeArgs;
 pub use perplexity::PerplexityArgs;
 pub use run::RunArgs;
+pub use train::TrainArgs;
 
 /// Swap the feed-forward activation of GPT-2-family checkpoints at load time and measure
 /// what it costs.
@@ -68,6 +72,10 @@ pub enum Command {
     /// Combine the output directories of `run --shard` into one result set.
     #[command(after_long_help = MERGE_EXAMPLE)]
     Merge(MergeArgs),
+    /// Train a model from scratch, or fine-tune one after an activation swap (recovery):
+    /// AdamW, warm-up + cosine, clipping, held-out perplexity, checkpoints, resume.
+    #[command(after_long_help = TRAIN_EXAMPLE)]
+    Train(TrainArgs),
 }
 
 /// Runs the parsed command.
@@ -85,6 +93,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Datasets => datasets::run(),
         Command::Merge(args) => merge::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Train(args) => train::run(args),
     }
 }
 

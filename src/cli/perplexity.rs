@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::args::{ModelArgs, DATA_HELP};
+use super::calibrate::CalibrateArgs;
 use super::output::print_json;
 use super::protocol::ProtocolArgs;
 use crate::data::read_documents;
@@ -22,6 +23,7 @@ use crate::model::load::Loaded;
 use crate::model::plan::format_indices;
 use crate::progress::{Progress, Unit};
 use crate::runtime;
+use crate::train::calibrate::Calibration;
 
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
@@ -48,6 +50,8 @@ pub struct PerplexityArgs {
     /// cover).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
+    #[command(flatten)]
+    pub calibrate: CalibrateArgs,
     /// Print one JSON object on stdout instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +73,7 @@ struct Scored {
     nll_records: Option<u64>,
     load_seconds: f64,
     tokenize_seconds: f64,
+    calibration: Option<Calibration>,
 }
 
 pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
@@ -84,7 +89,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     // Before a possibly long model download.
     let docs = read_documents(&args.data, args.protocol.text_field.as_deref())?;
     let t0 = Instant::now();
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
     let load_seconds = t0.elapsed().as_secs_f64();
     let protocol = (args.protocol).resolve(&loaded, args.context, args.stride, ProtocolName::Hf)?;
     let t1 = Instant::now();
@@ -92,6 +97,8 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(super::protocol::render(&e)))
         .with_context(|| format!("preparing {}", args.data.display()))?;
     let tokenize_seconds = t1.elapsed().as_secs_f64();
+    let context = args.context.unwrap_or(loaded.model.info().n_positions);
+    let calibration = args.calibrate.apply(&mut loaded, &docs.joined(), context)?;
     let (report, nll_records) = score(&loaded, &prepared, &args)?;
     let spread = nll_spread(report.tokens_scored, report.nll_sum, report.nll_sq_sum);
     let lm_eval = matches!(protocol, Protocol::LmEval { .. })
@@ -109,6 +116,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
         nll_records,
         load_seconds,
         tokenize_seconds,
+        calibration,
     };
     if args.json {
         print_json(&PerplexityJson::new(&args, &scored))
@@ -183,7 +191,7 @@ struct PerplexityJson<'a> {
     model_source: serde_json::Value,
     data: String,
     activation: String,
-    original_activation: &'static str,
+    original_activation: String,
     layers: &'a str,
     layers_swapped: Vec<usize>,
     /// Which windows were scored, with every setting.
@@ -227,6 +235,9 @@ struct PerplexityJson<'a> {
     device: String,
     dtype: String,
     threads: usize,
+    /// The per-layer fits of `--calibrate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibration: Option<&'a Calibration>,
 }
 
 /// Where `--save-nll` wrote its records.
@@ -285,6 +296,7 @@ impl<'a> PerplexityJson<'a> {
             device: args.model.device.to_string(),
             dtype: args.model.dtype.to_string(),
             threads: runtime::threads(),
+            calibration: s.calibration.as_ref(),
         }
     }
 }
@@ -308,6 +320,18 @@ fn print_report(args: &PerplexityArgs, s: &Scored) {
         args.model.device
     );
     println!("activation   {activation}");
+    if let Some(c) = &s.calibration {
+        println!(
+            "calibrated   on {} tokens (context {}): {}",
+            c.tokens,
+            c.context,
+            c.layers
+                .iter()
+                .map(|l| format!("L{} a={:.4} b={:+.4}", l.layer, l.a, l.b))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "data         {} ({bytes} bytes, {} tokens)",
         args.data.display(),
@@ -417,7 +441,7 @@ mod tests {
             model_source: source,
             data: "d.jsonl".into(),
             activation: "sigmoid@0,2-3".into(),
-            original_activation: "gelu_new",
+            original_activation: "gelu_new".into(),
             layers: "0,2-3",
             layers_swapped: vec![0, 2, 3],
             protocol: Protocol::LmEval {
@@ -456,6 +480,7 @@ mod tests {
             device: "cpu".into(),
             dtype: "f32".into(),
             threads: 2,
+            calibration: None,
         };
         assert_eq!(json_value(&new).unwrap().to_string(), old.to_string());
     }

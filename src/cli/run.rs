@@ -123,6 +123,11 @@ fn settings(
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Ok(text) = std::fs::read_to_string(&args.config) {
+        if crate::grid::scratch::is_scratch_grid(&text) {
+            return super::run_scratch::run(args, &text);
+        }
+    }
     let grid = Grid::from_file(&args.config)?;
     let (device, dtype, threads) = settings(&args, &grid)?;
     if args.dry_run {

@@ -11,8 +11,12 @@ pub struct NamedDataset {
     pub text: &'static str,
 }
 
+/// Tiny Shakespeare; its first 1,003,836 bytes are the default model's training text, the
+/// rest is `data/shakespeare-val.txt`.
+const TINY_SHAKESPEARE: &str = include_str!("../../data/tinyshakespeare.txt");
+
 /// The named datasets (the files under `data/`, embedded at build time).
-pub const NAMED_DATASETS: [NamedDataset; 2] = [
+pub const NAMED_DATASETS: [NamedDataset; 3] = [
     NamedDataset {
         name: "wikitext-2",
         description: "WikiText-2 raw test split, rows joined with \"\\n\\n\" as in the Hugging Face perplexity guide",
@@ -26,5 +30,12 @@ pub const NAMED_DATASETS: [NamedDataset; 2] = [
         licence: "public domain",
         tokens: "43,568 tokens of models/shakespeare-gpt2",
         text: include_str!("../../data/shakespeare-val.txt"),
+    },
+    NamedDataset {
+        name: "shakespeare-train",
+        description: "the first 90 % of Tiny Shakespeare (bytes [0, 1003836)), the default model's training text",
+        licence: "public domain",
+        tokens: "346,891 tokens of models/shakespeare-gpt2",
+        text: TINY_SHAKESPEARE.split_at(1_003_836).0,
     },
 ];

@@ -39,8 +39,7 @@ impl Grid {
         let mut out = Vec::new();
         for (mi, cfg) in self.model_configs.iter().enumerate() {
             // Validated in `parse`, so the config's own activation is known.
-            let original = cfg.info.activation;
-            let specs = self.cells_of_model(ActivationPlan::original(original, cfg.info.n_layer));
+            let specs = self.cells_of_model(cfg.plan());
             for di in 0..self.datasets.len() {
                 for s in &specs {
                     out.push(Cell {

@@ -140,7 +140,7 @@ struct CellKey<'a> {
     dtype: String,
     max_tokens: Option<usize>,
     model: &'a str,
-    per_layer: Vec<&'a str>,
+    per_layer: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<Protocol>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -276,7 +276,7 @@ mod tests {
             dtype: "f32".into(),
             max_tokens: None,
             model: "m0c",
-            per_layer: vec!["gelu_new", "relu"],
+            per_layer: vec!["gelu_new".into(), "relu".into()],
             protocol: None,
             save_nll: None,
             stride: 32,

@@ -5,6 +5,9 @@
 //!
 //! Private: `inputs` reads and hashes what a run needs before computing anything, `score`
 //! scores one cell, `manifest` is the manifest's shape, `progress` the progress line.
+//!
+//! Grids that train: [`training`] (the `[train]` table, a cell's training run and its
+//! account in the row); [`scratch`] and [`scratch_run`], from-scratch comparisons.
 
 pub mod cells;
 pub mod charts;
@@ -16,7 +19,10 @@ mod progress;
 pub mod results;
 pub mod runner;
 mod score;
+pub mod scratch;
+pub mod scratch_run;
 pub mod table;
+pub mod training;
 
 pub use cells::{Cell, Shard};
 pub use config::{Grid, GridError, SortOrder, Variant};

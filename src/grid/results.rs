@@ -69,6 +69,9 @@ pub struct Row {
     /// `save_nll`: the cell's per-token file, relative to the output directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nll_file: Option<String>,
+    /// Cells that train (fine-tuned variants, from-scratch grids): what the training did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<crate::grid::training::RowTraining>,
 }
 
 impl Row {
@@ -215,6 +218,11 @@ pub fn to_csv(rows: &[Row]) -> String {
     }
     out.push(',');
     out.push_str(&CSV_PROTOCOL_COLUMNS.join(","));
+    let with_training = rows.iter().any(|r| r.training.is_some());
+    if with_training {
+        out.push(',');
+        out.push_str(&crate::grid::training::CSV_COLUMNS.join(","));
+    }
     out.push('\n');
     for r in rows {
         let layers = r
@@ -252,6 +260,9 @@ pub fn to_csv(rows: &[Row]) -> String {
             fields.extend(diagnostic_fields(r.diagnostics.as_ref()));
         }
         fields.extend(protocol_fields(r));
+        if with_training {
+            fields.extend(crate::grid::training::csv_fields(r.training.as_ref()));
+        }
         out.push_str(
             &fields
                 .iter()
@@ -348,6 +359,7 @@ pub(crate) fn sample_row(index: usize, variant: &str, ppl: f64) -> Row {
         perplexity_ci95: None,
         lm_eval: None,
         nll_file: None,
+        training: None,
     }
 }
 

@@ -24,7 +24,6 @@ use crate::grid::manifest::{CellCounts, Manifest};
 use crate::grid::progress::Progress;
 use crate::grid::results::{self, Row};
 use crate::grid::score::{self, CellContext};
-use crate::model::plan::ActivationPlan;
 use crate::model::CausalLm;
 use crate::provenance;
 use crate::runtime::{DeviceSpec, Precision};
@@ -254,7 +253,7 @@ impl Run<'_> {
     /// builds a model.
     fn load_model(&self, mi: usize) -> anyhow::Result<Box<dyn CausalLm>> {
         let cfg = &self.grid.model_configs[mi];
-        let base_plan = ActivationPlan::original(cfg.info.activation, cfg.info.n_layer);
+        let base_plan = cfg.plan();
         let store = TensorStore::open(
             &self.inputs.models[mi].files.weights,
             self.dtype,

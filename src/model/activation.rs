@@ -48,9 +48,65 @@ pub enum Activation {
     Mish,
     /// `x` (alias `linear`).
     Identity,
+    /// `σ(x) − ½`: sigmoid's shape, centred on 0 (claim 2 isolated).
+    SigmoidCentered,
+    /// `4σ(x) − 2 = 2·tanh(x/2)`: centred, and slope 1 at 0 like the GELUs.
+    SigmoidScaled,
+    /// `a·base(x) + b` (written `affine(NAME, a, b)`), e.g. a calibrated swap.
+    Affine(Affine),
 }
 
-/// Every activation, in the order help texts list them.
+/// `a·base(x) + b`. The base is kept as an index into [`BASES`] and the coefficients as
+/// their bits, so that the activation stays `Copy`, `Eq`, `Ord` and `Hash`; nested affines
+/// are folded into one, so the base is never itself affine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Affine {
+    base: u8,
+    a: u32,
+    b: u32,
+}
+
+impl Affine {
+    /// The function the coefficients apply to.
+    pub fn base(self) -> Activation {
+        BASES[self.base as usize]
+    }
+
+    pub fn a(self) -> f32 {
+        f32::from_bits(self.a)
+    }
+
+    pub fn b(self) -> f32 {
+        f32::from_bits(self.b)
+    }
+}
+
+/// The activations without coefficients: Hugging Face's names, then the calibrated sigmoids.
+pub const BASES: [Activation; 18] = [
+    Activation::GeluNew,
+    Activation::Gelu,
+    Activation::GeluPytorchTanh,
+    Activation::QuickGelu,
+    Activation::Relu,
+    Activation::Relu2,
+    Activation::Relu6,
+    Activation::LeakyRelu,
+    Activation::Elu,
+    Activation::Silu,
+    Activation::Sigmoid,
+    Activation::HardSigmoid,
+    Activation::Tanh,
+    Activation::Softplus,
+    Activation::Mish,
+    Activation::Identity,
+    Activation::SigmoidCentered,
+    Activation::SigmoidScaled,
+];
+
+/// The calibrated sigmoids: names of this tool, not of Hugging Face's `ACT2FN`.
+pub const CALIBRATED: [Activation; 2] = [Activation::SigmoidCentered, Activation::SigmoidScaled];
+
+/// Every activation Hugging Face's `ACT2FN` also names, in the order help texts list them.
 pub const ALL_ACTIVATIONS: [Activation; 16] = [
     Activation::GeluNew,
     Activation::Gelu,
@@ -70,29 +126,59 @@ pub const ALL_ACTIVATIONS: [Activation; 16] = [
     Activation::Identity,
 ];
 
-/// An activation name that is not one of ours.
+/// An activation name that is not one of ours (or a malformed `affine(…)`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown activation '{name}'; valid names: {}", valid_names())]
+#[error("{}", match detail {
+    Some(d) => format!("activation '{name}': {d}"),
+    None => format!("unknown activation '{name}'; valid names: {}", valid_names()),
+})]
 pub struct UnknownActivation {
     pub name: String,
+    /// What is wrong with an `affine(…)`; `None` for an unknown name.
+    pub detail: Option<String>,
 }
 
 /// The valid names, comma-separated, aliases in parentheses.
 pub fn valid_names() -> String {
-    ALL_ACTIVATIONS
+    let mut names: Vec<String> = BASES
         .iter()
         .map(|a| match a {
             Activation::Silu => "silu (swish)".to_string(),
             Activation::Identity => "identity (linear)".to_string(),
-            a => a.name().to_string(),
+            a => a.name(),
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    names.push("affine(NAME, a, b)".into());
+    names.join(", ")
 }
 
 impl Activation {
-    /// The canonical (Hugging Face) name.
-    pub fn name(self) -> &'static str {
+    /// `a·base(x) + b` as one activation (a nested affine is folded into its base).
+    pub fn affine(base: Activation, a: f32, b: f32) -> Self {
+        let (base, a, b) = match base {
+            Self::Affine(inner) => (inner.base(), a * inner.a(), a * inner.b() + b),
+            base => (base, a, b),
+        };
+        let index = BASES.iter().position(|&x| x == base).unwrap_or(0) as u8;
+        // +0.0 for −0.0, so that equal functions compare equal.
+        let bits = |v: f32| (v + 0.0).to_bits();
+        Self::Affine(Affine {
+            base: index,
+            a: bits(a),
+            b: bits(b),
+        })
+    }
+
+    /// The canonical name: Hugging Face's, this tool's (`sigmoid_centered`), or
+    /// `affine(NAME,a,b)` with the shortest decimals that give back the same `f32`s.
+    pub fn name(self) -> String {
+        match self {
+            Self::Affine(af) => format!("affine({},{},{})", af.base(), af.a(), af.b()),
+            base => base.base_name().to_string(),
+        }
+    }
+
+    fn base_name(self) -> &'static str {
         match self {
             Self::GeluNew => "gelu_new",
             Self::Gelu => "gelu",
@@ -110,6 +196,9 @@ impl Activation {
             Self::Softplus => "softplus",
             Self::Mish => "mish",
             Self::Identity => "identity",
+            Self::SigmoidCentered => "sigmoid_centered",
+            Self::SigmoidScaled => "sigmoid_scaled",
+            Self::Affine(_) => "affine",
         }
     }
 
@@ -147,6 +236,9 @@ impl Activation {
             Self::Softplus => softplus(x),
             Self::Mish => x * math::tanh(softplus(x)),
             Self::Identity => x,
+            Self::SigmoidCentered => math::sigmoid(x) - 0.5,
+            Self::SigmoidScaled => 2.0 * math::tanh(0.5 * x),
+            Self::Affine(af) => affine_eval(af, x),
         }
     }
 
@@ -187,6 +279,9 @@ impl Activation {
             Self::Softplus => softplus(x),
             Self::Mish => x * softplus(x).tanh(),
             Self::Identity => x,
+            Self::SigmoidCentered => sigmoid(x) - 0.5,
+            Self::SigmoidScaled => 4.0 * sigmoid(x) - 2.0,
+            Self::Affine(af) => af.a() as f64 * af.base().eval_f64(x) + af.b() as f64,
         }
     }
 
@@ -255,6 +350,15 @@ impl Activation {
                 t + x * (1.0 - t * t) * sigmoid(x)
             }
             Self::Identity => 1.0,
+            Self::SigmoidCentered => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            Self::SigmoidScaled => {
+                let s = sigmoid(x);
+                4.0 * s * (1.0 - s)
+            }
+            Self::Affine(af) => af.a() as f64 * af.base().derivative_f64(x),
         }
     }
 
@@ -294,8 +398,20 @@ impl Activation {
             Self::Softplus => softplus_composed(xs),
             Self::Mish => xs * softplus_composed(xs)?.tanh()?,
             Self::Identity => Ok(xs.clone()),
+            Self::SigmoidCentered => C::Sigmoid.forward(xs)?.affine(1.0, -0.5),
+            Self::SigmoidScaled => (xs * 0.5)?.tanh()?.affine(2.0, 0.0),
+            Self::Affine(af) => af
+                .base()
+                .forward_composed(xs)?
+                .affine(af.a() as f64, af.b() as f64),
         }
     }
+}
+
+/// [`Activation::eval`] of an affine, out of line (the base is never affine).
+#[inline(never)]
+fn affine_eval(af: Affine, x: f32) -> f32 {
+    af.a() * af.base().eval(x) + af.b()
 }
 
 /// `ln(1 + e^x)`, switching to `x` above 20 like `torch.nn.Softplus`.
@@ -346,7 +462,7 @@ fn erf_f64(x: f64) -> f64 {
 }
 
 /// `act` over a slice with the elementwise kernel; the match is outside the loop so that
-/// each activation gets its own vectorised loop.
+/// each activation gets its own vectorised loop (an affine: its base's, then `a·y + b`).
 pub fn map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
     macro_rules! each {
         ($($variant:ident),*) => {
@@ -354,6 +470,10 @@ pub fn map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
                 $(Activation::$variant => {
                     elementwise::map_f32(xs, |x| Activation::$variant.eval(x))
                 })*
+                Activation::Affine(af) => {
+                    let (a, b) = (af.a(), af.b());
+                    elementwise::map_f32(&map_f32(xs, af.base()), move |y| a * y + b)
+                }
             }
         };
     }
@@ -373,7 +493,9 @@ pub fn map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
         Tanh,
         Softplus,
         Mish,
-        Identity
+        Identity,
+        SigmoidCentered,
+        SigmoidScaled
     )
 }
 
@@ -413,7 +535,7 @@ impl CustomOp1 for ActivationOp {
 
 impl fmt::Display for Activation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
@@ -422,22 +544,65 @@ impl FromStr for Activation {
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         let key = s.trim().to_ascii_lowercase();
+        if let Some(args) = key.strip_prefix("affine") {
+            return parse_affine(args).map_err(|detail| UnknownActivation {
+                name: s.to_string(),
+                detail: Some(detail),
+            });
+        }
         let alias = match key.as_str() {
             "swish" => Some(Self::Silu),
             "linear" => Some(Self::Identity),
             _ => None,
         };
         alias
-            .or_else(|| ALL_ACTIVATIONS.iter().copied().find(|a| a.name() == key))
+            .or_else(|| BASES.iter().copied().find(|a| a.base_name() == key))
             .ok_or(UnknownActivation {
                 name: s.to_string(),
+                detail: None,
             })
     }
 }
 
+/// The `(NAME, a, b)` of `affine(NAME, a, b)`; NAME may itself be an affine.
+fn parse_affine(args: &str) -> std::result::Result<Activation, String> {
+    let usage = "expected affine(NAME, a, b), e.g. affine(sigmoid, 4, -2)";
+    let inner = args
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| usage.to_string())?;
+    // The last two commas outside parentheses separate a and b.
+    let mut depth = 0i32;
+    let mut commas = Vec::new();
+    for (i, c) in inner.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => commas.push(i),
+            _ => {}
+        }
+    }
+    let [c1, c2] = commas[..] else {
+        return Err(usage.to_string());
+    };
+    let base: Activation = inner[..c1]
+        .parse()
+        .map_err(|e: UnknownActivation| e.to_string())?;
+    let coef = |name: &str, t: &str| {
+        t.trim()
+            .parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("{name} = '{}' is not a finite number ({usage})", t.trim()))
+    };
+    let (a, b) = (coef("a", &inner[c1 + 1..c2])?, coef("b", &inner[c2 + 1..])?);
+    Ok(Activation::affine(base, a, b))
+}
+
 impl Serialize for Activation {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
+        s.serialize_str(&self.name())
     }
 }
 
@@ -463,9 +628,21 @@ mod tests {
         xs
     }
 
+    /// Every base activation and a few affines of them.
+    fn every() -> Vec<Activation> {
+        let mut all = BASES.to_vec();
+        all.extend([
+            Activation::affine(Activation::Sigmoid, 4.0, -2.0),
+            Activation::affine(Activation::GeluNew, 1.5, 0.25),
+            Activation::affine(Activation::Relu, -0.5, 3.0),
+            Activation::affine(Activation::SigmoidScaled, 0.7, 0.1),
+        ]);
+        all
+    }
+
     #[test]
     fn names_round_trip_and_aliases() {
-        for a in ALL_ACTIVATIONS {
+        for a in every() {
             assert_eq!(a.name().parse::<Activation>().unwrap(), a);
             assert_eq!(a.to_string(), a.name());
         }
@@ -476,14 +653,62 @@ mod tests {
         );
         let err = "gelu_10".parse::<Activation>().unwrap_err().to_string();
         assert!(err.contains("'gelu_10'"), "{err}");
-        for a in ALL_ACTIVATIONS {
-            assert!(err.contains(a.name()), "{err} lacks {a}");
+        for a in BASES {
+            assert!(err.contains(&a.name()), "{err} lacks {a}");
+        }
+        assert!(err.contains("affine(NAME, a, b)"), "{err}");
+    }
+
+    #[test]
+    fn affine_parses_folds_and_explains_mistakes() {
+        let a: Activation = " Affine( sigmoid , 4, -2 ) ".parse().unwrap();
+        assert_eq!(a, Activation::affine(Activation::Sigmoid, 4.0, -2.0));
+        assert_eq!(a.name(), "affine(sigmoid,4,-2)");
+        let Activation::Affine(af) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (af.base(), af.a(), af.b()),
+            (Activation::Sigmoid, 4.0, -2.0)
+        );
+        // Nested: 2·(4σ − 2) + 1 = 8σ − 3.
+        let nested: Activation = "affine(affine(sigmoid,4,-2),2,1)".parse().unwrap();
+        assert_eq!(nested, Activation::affine(Activation::Sigmoid, 8.0, -3.0));
+        assert_eq!(
+            "affine(swish,1,-0)".parse::<Activation>().unwrap(),
+            Activation::affine(Activation::Silu, 1.0, 0.0)
+        );
+        // Coefficients keep their exact f32 through the name.
+        let c = Activation::affine(Activation::Tanh, 0.1 + 0.2, -1.0 / 3.0);
+        assert_eq!(c.name().parse::<Activation>().unwrap(), c);
+        for (bad, want) in [
+            ("affine(sigmoid,4)", "expected affine(NAME, a, b)"),
+            ("affine sigmoid,4,2", "expected affine(NAME, a, b)"),
+            ("affine(sigmoid,x,2)", "a = 'x' is not a finite number"),
+            ("affine(sigmoid,1,inf)", "b = 'inf' is not a finite number"),
+            ("affine(nope,1,2)", "unknown activation 'nope'"),
+        ] {
+            let err = bad.parse::<Activation>().unwrap_err().to_string();
+            assert!(err.contains(want), "{bad}: {err}");
+            assert!(err.contains(bad), "{bad}: {err}");
         }
     }
 
     #[test]
+    fn calibrated_sigmoids_are_centred_and_scaled_sigmoids() {
+        for x in grid() {
+            let (x, s) = (x as f64, Activation::Sigmoid.eval_f64(x as f64));
+            let centred = Activation::SigmoidCentered.eval_f64(x);
+            let scaled = Activation::SigmoidScaled.eval_f64(x);
+            assert!((centred - (s - 0.5)).abs() < 1e-15);
+            assert!((scaled - 2.0 * (x / 2.0).tanh()).abs() < 1e-14, "{x}");
+        }
+        assert_eq!(Activation::SigmoidScaled.derivative_f64(0.0), 1.0);
+    }
+
+    #[test]
     fn fast_formulas_match_f64_reference() {
-        for a in ALL_ACTIVATIONS {
+        for a in every() {
             let mut worst = (0.0f64, 0.0f32);
             for x in grid() {
                 let got = a.eval(x) as f64;
@@ -506,7 +731,7 @@ mod tests {
     fn derivatives_match_central_finite_differences() {
         // Points away from the kinks of relu-like functions (0, ±3, 6, 20).
         let xs: Vec<f64> = (-800..=800).map(|i| i as f64 * 0.01 + 0.0037).collect();
-        for a in ALL_ACTIVATIONS {
+        for a in every() {
             for &x in &xs {
                 let h = 1e-5;
                 let fd = (a.eval_f64(x + h) - a.eval_f64(x - h)) / (2.0 * h);
@@ -524,7 +749,7 @@ mod tests {
     fn kernel_and_composed_paths_agree() {
         let xs = grid();
         let t = Tensor::from_vec(xs.clone(), xs.len(), &Device::Cpu).unwrap();
-        for a in ALL_ACTIVATIONS {
+        for a in every() {
             let fast: Vec<f32> = a.forward(&t).unwrap().to_vec1().unwrap();
             let composed: Vec<f32> = a.forward_composed(&t).unwrap().to_vec1().unwrap();
             let (worst, at) = fast

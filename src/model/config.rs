@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use crate::model::activation::Activation;
 use crate::model::plan::ActivationPlan;
 use crate::model::registry;
 use crate::model::{decoder::Decoder, ModelInfo};
@@ -39,6 +40,20 @@ pub trait ArchConfig: Send + Sync + std::fmt::Debug {
     /// Builds the model, taking every tensor it needs from `store`.
     fn build(&self, plan: ActivationPlan, store: &mut TensorStore) -> Result<Decoder, LoadError>;
 
+    /// The model's parameters under this family's Hugging Face names and layouts, as
+    /// `save_pretrained` writes them (a tied head not repeated): the exact inverse of
+    /// [`ArchConfig::build`], which reads them back into the same model.
+    fn export(&self, model: &Decoder) -> candle_core::Result<Vec<(String, candle_core::Tensor)>>;
+
+    /// The `config.json` key that names the feed-forward activation (`activation_function`
+    /// or `hidden_act`).
+    fn activation_key(&self) -> &'static str;
+
+    /// Why a model of this config cannot be trained (and exported after training), if not.
+    fn untrainable(&self) -> Option<String> {
+        None
+    }
+
     /// Architecture options worth showing in `inspect`, as (key, value).
     fn describe(&self) -> Vec<(String, serde_json::Value)>;
 }
@@ -48,7 +63,13 @@ pub trait ArchConfig: Send + Sync + std::fmt::Debug {
 pub struct ModelConfig {
     pub arch: Arc<dyn ArchConfig>,
     pub info: ModelInfo,
+    /// A per-layer activation plan (`gpt_ablate_activations`, written by `gpt-ablate train`
+    /// for checkpoints whose layers differ), applied over the config's own activation.
+    pub layer_activations: Option<Vec<Activation>>,
 }
+
+/// The `config.json` key of a per-layer activation plan: one name per layer.
+pub const LAYER_ACTIVATIONS_KEY: &str = "gpt_ablate_activations";
 
 impl ModelConfig {
     /// Reads and validates `config.json`.
@@ -70,8 +91,48 @@ impl ModelConfig {
         let family = registry::family_of(&value).map_err(Invalid::Msg)?;
         let arch = (family.parse)(text)?;
         let info = arch.info();
-        Ok(Self { arch, info })
+        let layer_activations = layer_activations(&value, info.n_layer)?;
+        Ok(Self {
+            arch,
+            info,
+            layer_activations,
+        })
     }
+
+    /// The activation plan the checkpoint was saved with: its own activation, with the
+    /// per-layer plan applied when it has one.
+    pub fn plan(&self) -> ActivationPlan {
+        let mut plan = ActivationPlan::original(self.info.activation, self.info.n_layer);
+        if let Some(per_layer) = &self.layer_activations {
+            plan.per_layer = per_layer.clone();
+        }
+        plan
+    }
+}
+
+/// `gpt_ablate_activations`: absent, or one activation name per layer.
+fn layer_activations(
+    config: &serde_json::Value,
+    n_layer: usize,
+) -> Result<Option<Vec<Activation>>, Invalid> {
+    let Some(v) = config.get(LAYER_ACTIVATIONS_KEY).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let key = LAYER_ACTIVATIONS_KEY;
+    let names = v
+        .as_array()
+        .filter(|a| a.len() == n_layer)
+        .ok_or_else(|| format!("{key} must be a list of {n_layer} activation names"))?;
+    let acts = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let name = n.as_str().ok_or(format!("{key}[{i}] must be a string"))?;
+            name.parse::<Activation>()
+                .map_err(|e| format!("{key}[{i}]: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Some(acts))
 }
 
 impl ModelConfig {

@@ -57,7 +57,7 @@ pub fn plan(
     opts: &LoadOptions,
 ) -> anyhow::Result<(ModelConfig, ActivationPlan)> {
     let config = ModelConfig::from_file(&files.config)?;
-    let mut plan = ActivationPlan::original(config.info.activation, config.info.n_layer);
+    let mut plan = config.plan();
     if let Some(act) = opts.activation {
         plan = plan.swap(act, &opts.layers)?;
     } else if opts.layers != LayerSpec::All {

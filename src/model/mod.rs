@@ -13,6 +13,7 @@ pub mod activation;
 pub mod attention;
 pub mod config;
 pub mod decoder;
+pub mod export;
 pub mod ffn;
 pub mod gpt2;
 pub mod inspect;

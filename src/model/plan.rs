@@ -267,10 +267,11 @@ impl FromStr for ActivationMap {
         if !s.contains(':') {
             return Ok(Self(vec![(LayerSpec::All, s.parse()?)]));
         }
-        // Indices accumulate until an entry carries `:name`.
+        // Indices accumulate until an entry carries `:name`. Commas inside parentheses belong
+        // to an `affine(NAME, a, b)`.
         let mut entries = Vec::new();
         let mut pending: Vec<&str> = Vec::new();
-        for part in s.split(',') {
+        for part in split_outside_parens(s) {
             match part.split_once(':') {
                 Some((layers, name)) => {
                     pending.push(layers);
@@ -324,6 +325,24 @@ fn overlap(map: &str, layers: String, first: Activation, second: Activation) -> 
     }
 }
 
+/// `s` split at the commas that are not inside parentheses.
+fn split_outside_parens(s: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
 impl ActivationMap {
     /// The activation of a map that puts one activation in every layer (`"relu"`).
     pub fn single(&self) -> Option<Activation> {
@@ -358,6 +377,10 @@ mod map_tests {
         let p = m.apply(plan.clone()).unwrap();
         use Activation::*;
         assert_eq!(p.per_layer, vec![Relu, Relu, GeluNew, Sigmoid]);
+        let m: ActivationMap = "0:affine(sigmoid, 4, -2),1-2:relu".parse().unwrap();
+        let p = m.apply(plan.clone()).unwrap();
+        assert_eq!(p.per_layer[0], Activation::affine(Sigmoid, 4.0, -2.0));
+        assert_eq!(p.describe(), "affine(sigmoid,4,-2)@0,relu@1-2");
         let m: ActivationMap = "0,2:tanh".parse().unwrap();
         assert_eq!(
             m.apply(plan.clone()).unwrap().per_layer,

@@ -21,4 +21,4 @@ mod store;
 
 pub use error::LoadError;
 pub use files::{CheckpointFiles, ModelSource, ModelSpec, TokenizerFiles, WeightFormat};
-pub use store::TensorStore;
+pub use store::{TensorMaker, TensorStore};

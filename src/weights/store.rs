@@ -53,8 +53,13 @@ pub(super) struct Entry {
     pub(super) end: u64,
 }
 
+/// Makes the tensor a key names, with the shape asked for (on the CPU, in any float dtype).
+pub type TensorMaker = Box<dyn FnMut(&str, &[usize]) -> candle_core::Result<Tensor> + Send>;
+
 /// The tensors of a checkpoint, read on demand into the compute dtype on the target device.
 pub struct TensorStore {
+    /// Set for a store whose tensors are made, not read (a model trained from scratch).
+    maker: Option<TensorMaker>,
     files: Vec<PathBuf>,
     /// For PyTorch files, candle's lazy reader of the archive.
     pth: Vec<Option<PthTensors>>,
@@ -98,6 +103,7 @@ impl TensorStore {
             }
         }
         Ok(Self {
+            maker: None,
             files: files.to_vec(),
             pth,
             entries,
@@ -106,6 +112,21 @@ impl TensorStore {
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// A store with every key, each made by `maker` when it is taken (new weights for a model
+    /// trained from scratch), converted to `dtype` on `device`.
+    pub fn generated(maker: TensorMaker, dtype: DType, device: &Device) -> Self {
+        Self {
+            maker: Some(maker),
+            files: Vec::new(),
+            pth: Vec::new(),
+            entries: BTreeMap::new(),
+            taken: BTreeSet::new(),
+            prefixed: false,
+            dtype,
+            device: device.clone(),
+        }
     }
 
     /// The key layout, for messages: `transformer.`-prefixed (`save_pretrained`) or bare.
@@ -145,7 +166,7 @@ impl TensorStore {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
+        self.maker.is_some() || self.entries.contains_key(key)
     }
 
     /// How a key is spelled in this checkpoint, for messages (`lm_head.` is never prefixed).
@@ -159,6 +180,17 @@ impl TensorStore {
 
     /// The tensor `key` (bare spelling), which must have exactly `shape`.
     pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        if let Some(make) = self.maker.as_mut() {
+            let candle = |cause| LoadError::Candle {
+                key: key.to_string(),
+                cause,
+            };
+            let t = make(key, shape)
+                .and_then(|t| t.to_dtype(self.dtype))
+                .and_then(|t| t.to_device(&self.device))
+                .map_err(candle)?;
+            return Ok(t);
+        }
         let entry = self.entries.get(key).ok_or_else(|| LoadError::MissingKey {
             key: self.shown(key),
             expected: shape.to_vec(),

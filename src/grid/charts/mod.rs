@@ -59,7 +59,7 @@ macro_rules! svg_and_png {
 }
 pub(crate) use svg_and_png;
 
-fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
         // The font is a valid TTF shipped in the repository; a failure would only lose PNG text.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, text::FONT_BYTES);

@@ -14,6 +14,7 @@ use crate::model::activation::Activation;
 use crate::model::attention::Attention;
 use crate::model::config::{parse_as, ArchConfig};
 use crate::model::decoder::{Block, Decoder, LearnedPositions, Residual};
+use crate::model::export::StateDict;
 use crate::model::ffn::Ffn;
 use crate::model::norm::Norm;
 use crate::model::params::Params;
@@ -57,13 +58,13 @@ impl ArchConfig for Gpt2Config {
     fn build(&self, plan: ActivationPlan, store: &mut TensorStore) -> Result<Decoder, LoadError> {
         let mut p = Params::new(store, self.prefix());
         let (v, c) = (self.vocab_size, self.n_embd);
-        let wte = p.take("wte.weight", &[v, c])?;
-        let wpe = p.take("wpe.weight", &[self.n_positions, c])?;
+        let wte = p.take(WTE, &[v, c])?;
+        let wpe = p.take(WPE, &[self.n_positions, c])?;
         let blocks = (0..self.n_layer)
             .map(|i| self.block(&mut p, i, plan.per_layer[i]))
             .collect::<Result<Vec<_>, _>>()?;
-        let final_norm = Some(self.norm(&mut p, "ln_f")?);
-        let lm_head = p.head(self.tie_word_embeddings, &wte, &["lm_head.weight"], &[v, c])?;
+        let final_norm = Some(self.norm(&mut p, LN_F)?);
+        let lm_head = p.head(self.tie_word_embeddings, &wte, &[LM_HEAD], &[v, c])?;
         Ok(Decoder {
             positions: Some(LearnedPositions {
                 table: wpe,
@@ -71,6 +72,38 @@ impl ArchConfig for Gpt2Config {
             }),
             ..Decoder::new(self.info(), wte, blocks, final_norm, lm_head, plan)
         })
+    }
+
+    fn export(&self, d: &Decoder) -> candle_core::Result<Vec<(String, candle_core::Tensor)>> {
+        // `save_pretrained`'s layout: `transformer.`-prefixed, Conv1D weights (in, out).
+        let mut s = StateDict::new("transformer.");
+        s.put(WTE, &d.embed)?;
+        if let Some(p) = &d.positions {
+            s.put(WPE, &p.table)?;
+        }
+        for (i, b) in d.blocks.iter().enumerate() {
+            let k = BlockKeys::of(i);
+            s.norm(&k.ln_1, &b.ln1)?;
+            s.conv1d(&k.c_attn, &b.attn.qkv)?;
+            s.conv1d(&k.attn_c_proj, &b.attn.out)?;
+            s.norm(&k.ln_2, &b.ln2)?;
+            let Ffn::Plain { fc, proj, .. } = &b.ffn else {
+                candle_core::bail!("GPT-2 block {i} has a gated MLP");
+            };
+            s.conv1d(&k.c_fc, fc)?;
+            s.conv1d(&k.mlp_c_proj, proj)?;
+        }
+        if let Some(n) = &d.final_norm {
+            s.norm(LN_F, n)?;
+        }
+        if !self.tie_word_embeddings {
+            s.put_top(LM_HEAD, &d.lm_head)?;
+        }
+        Ok(s.tensors)
+    }
+
+    fn activation_key(&self) -> &'static str {
+        "activation_function"
     }
 
     fn describe(&self) -> Vec<(String, serde_json::Value)> {
@@ -89,6 +122,37 @@ impl ArchConfig for Gpt2Config {
     }
 }
 
+/// Stored names outside the blocks (`build` and `export` both use these).
+const WTE: &str = "wte.weight";
+const WPE: &str = "wpe.weight";
+const LN_F: &str = "ln_f";
+const LM_HEAD: &str = "lm_head.weight";
+
+/// The stored names of block i's parts (without `.weight`/`.bias`), for both
+/// [`ArchConfig::build`] and [`ArchConfig::export`].
+struct BlockKeys {
+    ln_1: String,
+    c_attn: String,
+    attn_c_proj: String,
+    ln_2: String,
+    c_fc: String,
+    mlp_c_proj: String,
+}
+
+impl BlockKeys {
+    fn of(i: usize) -> Self {
+        let h = format!("h.{i}");
+        Self {
+            ln_1: format!("{h}.ln_1"),
+            c_attn: format!("{h}.attn.c_attn"),
+            attn_c_proj: format!("{h}.attn.c_proj"),
+            ln_2: format!("{h}.ln_2"),
+            c_fc: format!("{h}.mlp.c_fc"),
+            mlp_c_proj: format!("{h}.mlp.c_proj"),
+        }
+    }
+}
+
 impl Gpt2Config {
     fn norm(&self, p: &mut Params, prefix: &str) -> Result<Norm, LoadError> {
         Norm::layer(p, prefix, self.n_embd, self.layer_norm_epsilon, true)
@@ -96,7 +160,7 @@ impl Gpt2Config {
 
     fn block(&self, p: &mut Params, i: usize, act: Activation) -> Result<Block, LoadError> {
         let (c, inner) = (self.n_embd, self.inner_size());
-        let h = format!("h.{i}");
+        let k = BlockKeys::of(i);
         let mut scale = match self.scale_attn_weights {
             true => 1.0 / (self.head_dim() as f64).sqrt(),
             false => 1.0,
@@ -105,8 +169,8 @@ impl Gpt2Config {
             scale /= (i + 1) as f64;
         }
         let attn = Attention {
-            qkv: p.conv1d(&format!("{h}.attn.c_attn"), c, 3 * c)?,
-            out: p.conv1d(&format!("{h}.attn.c_proj"), c, c)?,
+            qkv: p.conv1d(&k.c_attn, c, 3 * c)?,
+            out: p.conv1d(&k.attn_c_proj, c, c)?,
             heads: Heads::mha(self.n_head),
             head_dim: self.head_dim(),
             scale,
@@ -114,14 +178,14 @@ impl Gpt2Config {
             upcast: self.reorder_and_upcast_attn,
         };
         let ffn = Ffn::Plain {
-            fc: p.conv1d(&format!("{h}.mlp.c_fc"), c, inner)?,
-            proj: p.conv1d(&format!("{h}.mlp.c_proj"), inner, c)?,
+            fc: p.conv1d(&k.c_fc, c, inner)?,
+            proj: p.conv1d(&k.mlp_c_proj, inner, c)?,
             act,
         };
         Ok(Block {
-            ln1: self.norm(p, &format!("{h}.ln_1"))?,
+            ln1: self.norm(p, &k.ln_1)?,
             attn,
-            ln2: self.norm(p, &format!("{h}.ln_2"))?,
+            ln2: self.norm(p, &k.ln_2)?,
             ffn,
             residual: Residual::PreNorm,
         })

@@ -17,6 +17,7 @@ use crate::model::activation::Activation;
 use crate::model::attention::Attention;
 use crate::model::config::{parse_as, positive, positive_eps, token_id, ArchConfig};
 use crate::model::decoder::{Block, Decoder, Residual};
+use crate::model::export::StateDict;
 use crate::model::ffn::Ffn;
 use crate::model::norm::Norm;
 use crate::model::params::Params;
@@ -84,6 +85,42 @@ pub struct LlamaConfig {
     /// Set for `model_type` "qwen2" (q/k/v biases), not read from the file.
     #[serde(skip)]
     pub qwen2: bool,
+}
+
+/// Stored names outside the blocks (`build` and `export` both use these).
+const EMBED_TOKENS: &str = "embed_tokens.weight";
+const NORM: &str = "norm";
+const LM_HEAD: &str = "lm_head.weight";
+
+/// The stored names of block i's parts (without `.weight`/`.bias`).
+struct BlockKeys {
+    input_layernorm: String,
+    post_attention_layernorm: String,
+    q: String,
+    k: String,
+    v: String,
+    o: String,
+    gate: String,
+    up: String,
+    down: String,
+}
+
+impl BlockKeys {
+    fn of(i: usize) -> Self {
+        let l = format!("layers.{i}");
+        let (a, m) = (format!("{l}.self_attn"), format!("{l}.mlp"));
+        Self {
+            input_layernorm: format!("{l}.input_layernorm"),
+            post_attention_layernorm: format!("{l}.post_attention_layernorm"),
+            q: format!("{a}.q_proj"),
+            k: format!("{a}.k_proj"),
+            v: format!("{a}.v_proj"),
+            o: format!("{a}.o_proj"),
+            gate: format!("{m}.gate_proj"),
+            up: format!("{m}.up_proj"),
+            down: format!("{m}.down_proj"),
+        }
+    }
 }
 
 fn silu() -> String {
@@ -165,23 +202,29 @@ impl LlamaConfig {
         Norm::rms(p, prefix, self.hidden_size, self.rms_norm_eps)
     }
 
-    fn attention(&self, p: &mut Params, a: &str, rope: &Arc<Rope>) -> Result<Attention, LoadError> {
+    /// Rows of the q and the k (or v) projections.
+    fn qkv_widths(&self) -> (usize, usize) {
+        let d = self.head_dim();
+        (self.num_attention_heads * d, self.kv_heads() * d)
+    }
+
+    fn attention(
+        &self,
+        p: &mut Params,
+        k: &BlockKeys,
+        rope: &Arc<Rope>,
+    ) -> Result<Attention, LoadError> {
         let c = self.hidden_size;
         let heads = Heads {
             n_head: self.num_attention_heads,
             n_kv: self.kv_heads(),
         };
         let d = self.head_dim();
-        let (qw, kw) = (heads.n_head * d, heads.n_kv * d);
-        let (q, k, v) = (
-            format!("{a}.q_proj"),
-            format!("{a}.k_proj"),
-            format!("{a}.v_proj"),
-        );
+        let (qw, kw) = self.qkv_widths();
         let qkv_bias = self.qwen2 || self.attention_bias;
         Ok(Attention {
-            qkv: p.fused_linear(&[(&q, qw), (&k, kw), (&v, kw)], c, qkv_bias)?,
-            out: p.linear(&format!("{a}.o_proj"), qw, c, self.attention_bias)?,
+            qkv: p.fused_linear(&[(&k.q, qw), (&k.k, kw), (&k.v, kw)], c, qkv_bias)?,
+            out: p.linear(&k.o, qw, c, self.attention_bias)?,
             heads,
             head_dim: d,
             scale: 1.0 / (d as f64).sqrt(),
@@ -198,17 +241,17 @@ impl LlamaConfig {
         rope: &Arc<Rope>,
     ) -> Result<Block, LoadError> {
         let (c, inner, bias) = (self.hidden_size, self.intermediate_size, self.mlp_bias);
-        let l = format!("layers.{i}");
+        let k = BlockKeys::of(i);
         let ffn = Ffn::Gated {
-            gate: p.linear(&format!("{l}.mlp.gate_proj"), c, inner, bias)?,
-            up: p.linear(&format!("{l}.mlp.up_proj"), c, inner, bias)?,
-            down: p.linear(&format!("{l}.mlp.down_proj"), inner, c, bias)?,
+            gate: p.linear(&k.gate, c, inner, bias)?,
+            up: p.linear(&k.up, c, inner, bias)?,
+            down: p.linear(&k.down, inner, c, bias)?,
             act,
         };
         Ok(Block {
-            ln1: self.norm(p, &format!("{l}.input_layernorm"))?,
-            attn: self.attention(p, &format!("{l}.self_attn"), rope)?,
-            ln2: self.norm(p, &format!("{l}.post_attention_layernorm"))?,
+            ln1: self.norm(p, &k.input_layernorm)?,
+            attn: self.attention(p, &k, rope)?,
+            ln2: self.norm(p, &k.post_attention_layernorm)?,
             ffn,
             residual: Residual::PreNorm,
         })
@@ -243,7 +286,7 @@ impl ArchConfig for LlamaConfig {
         let device = store.device().clone();
         let mut p = Params::new(store, self.prefix());
         let (v, c) = (self.vocab_size, self.hidden_size);
-        let embed = p.take("embed_tokens.weight", &[v, c])?;
+        let embed = p.take(EMBED_TOKENS, &[v, c])?;
         let rope = rope::shared(
             self.rope_spec(),
             self.head_dim(),
@@ -253,13 +296,8 @@ impl ArchConfig for LlamaConfig {
         let blocks = (0..self.num_hidden_layers)
             .map(|i| self.block(&mut p, i, plan.per_layer[i], &rope))
             .collect::<Result<Vec<_>, _>>()?;
-        let final_norm = Some(self.norm(&mut p, "norm")?);
-        let lm_head = p.head(
-            self.tie_word_embeddings,
-            &embed,
-            &["lm_head.weight"],
-            &[v, c],
-        )?;
+        let final_norm = Some(self.norm(&mut p, NORM)?);
+        let lm_head = p.head(self.tie_word_embeddings, &embed, &[LM_HEAD], &[v, c])?;
         Ok(Decoder::new(
             self.info(),
             embed,
@@ -268,6 +306,36 @@ impl ArchConfig for LlamaConfig {
             lm_head,
             plan,
         ))
+    }
+
+    fn export(&self, d: &Decoder) -> candle_core::Result<Vec<(String, candle_core::Tensor)>> {
+        let mut s = StateDict::new(self.prefix());
+        let (qw, kw) = self.qkv_widths();
+        s.put(EMBED_TOKENS, &d.embed)?;
+        for (i, b) in d.blocks.iter().enumerate() {
+            let k = BlockKeys::of(i);
+            s.norm(&k.input_layernorm, &b.ln1)?;
+            s.split_linear(&[(&k.q, qw), (&k.k, kw), (&k.v, kw)], &b.attn.qkv)?;
+            s.linear(&k.o, &b.attn.out)?;
+            s.norm(&k.post_attention_layernorm, &b.ln2)?;
+            let Ffn::Gated { gate, up, down, .. } = &b.ffn else {
+                candle_core::bail!("{} block {i} has a plain MLP", self.model_type());
+            };
+            s.linear(&k.gate, gate)?;
+            s.linear(&k.up, up)?;
+            s.linear(&k.down, down)?;
+        }
+        if let Some(n) = &d.final_norm {
+            s.norm(NORM, n)?;
+        }
+        if !self.tie_word_embeddings {
+            s.put_top(LM_HEAD, &d.lm_head)?;
+        }
+        Ok(s.tensors)
+    }
+
+    fn activation_key(&self) -> &'static str {
+        "hidden_act"
     }
 
     fn describe(&self) -> Vec<(String, serde_json::Value)> {

@@ -19,6 +19,7 @@ use crate::model::activation::Activation;
 use crate::model::attention::Attention;
 use crate::model::config::{parse_as, positive, positive_eps, token_id, ArchConfig};
 use crate::model::decoder::{Block, Decoder, Residual};
+use crate::model::export::StateDict;
 use crate::model::ffn::Ffn;
 use crate::model::norm::Norm;
 use crate::model::params::Params;
@@ -60,6 +61,48 @@ pub struct NeoxConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// Stored names outside the blocks (`build` and `export` both use these).
+const EMBED_IN: &str = "embed_in.weight";
+const FINAL_NORM: &str = "final_layer_norm";
+const EMBED_OUT: &str = "embed_out.weight";
+
+/// The stored names of block i's parts (without `.weight`/`.bias`).
+struct BlockKeys {
+    input_layernorm: String,
+    post_attention_layernorm: String,
+    query_key_value: String,
+    dense: String,
+    dense_h_to_4h: String,
+    dense_4h_to_h: String,
+}
+
+impl BlockKeys {
+    fn of(i: usize) -> Self {
+        let l = format!("layers.{i}");
+        Self {
+            input_layernorm: format!("{l}.input_layernorm"),
+            post_attention_layernorm: format!("{l}.post_attention_layernorm"),
+            query_key_value: format!("{l}.attention.query_key_value"),
+            dense: format!("{l}.attention.dense"),
+            dense_h_to_4h: format!("{l}.mlp.dense_h_to_4h"),
+            dense_4h_to_h: format!("{l}.mlp.dense_4h_to_h"),
+        }
+    }
+}
+
+/// `t` with its first dimension, (a·b·d) rows, regrouped from (a, b, d) to (b, a, d).
+fn regroup(t: &Tensor, a: usize, b: usize, d: usize) -> candle_core::Result<Tensor> {
+    let tail = &t.dims()[1..];
+    let mut shape = vec![a, b, d];
+    shape.extend_from_slice(tail);
+    let mut flat = vec![a * b * d];
+    flat.extend_from_slice(tail);
+    t.reshape(shape)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape(flat)
 }
 
 fn gelu() -> String {
@@ -125,23 +168,21 @@ impl NeoxConfig {
             key: key.clone(),
             cause,
         };
-        let regroup = |t: &Tensor, tail: &[usize]| -> candle_core::Result<Tensor> {
-            let mut shape = vec![h, 3, d];
-            shape.extend_from_slice(tail);
-            let mut flat = vec![3 * c];
-            flat.extend_from_slice(tail);
-            t.reshape(shape)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape(flat)
-        };
-        let w = regroup(l.weight(), &[c]).map_err(candle)?;
+        let w = regroup(l.weight(), h, 3, d).map_err(candle)?;
         let b = l
             .bias()
-            .map(|b| regroup(b, &[]))
+            .map(|b| regroup(b, h, 3, d))
             .transpose()
             .map_err(candle)?;
         Ok(Linear::new(w, b))
+    }
+
+    /// The inverse of [`NeoxConfig::qkv`]: q|k|v rows back to per-head `[q_h k_h v_h]`.
+    fn export_qkv(&self, s: &mut StateDict, prefix: &str, l: &Linear) -> candle_core::Result<()> {
+        let (h, d) = (self.num_attention_heads, self.head_dim());
+        let w = regroup(l.weight(), 3, h, d)?;
+        let b = l.bias().map(|b| regroup(b, 3, h, d)).transpose()?;
+        s.linear(prefix, &Linear::new(w, b))
     }
 
     fn block(
@@ -152,11 +193,11 @@ impl NeoxConfig {
         rope: &Arc<Rope>,
     ) -> Result<Block, LoadError> {
         let (c, inner) = (self.hidden_size, self.intermediate_size);
-        let l = format!("layers.{i}");
+        let k = BlockKeys::of(i);
         let bias = self.attention_bias;
         let attn = Attention {
-            qkv: self.qkv(p, &format!("{l}.attention.query_key_value"))?,
-            out: p.linear(&format!("{l}.attention.dense"), c, c, bias)?,
+            qkv: self.qkv(p, &k.query_key_value)?,
+            out: p.linear(&k.dense, c, c, bias)?,
             heads: Heads::mha(self.num_attention_heads),
             head_dim: self.head_dim(),
             scale: 1.0 / (self.head_dim() as f64).sqrt(),
@@ -164,14 +205,14 @@ impl NeoxConfig {
             upcast: false,
         };
         let ffn = Ffn::Plain {
-            fc: p.linear(&format!("{l}.mlp.dense_h_to_4h"), c, inner, true)?,
-            proj: p.linear(&format!("{l}.mlp.dense_4h_to_h"), inner, c, true)?,
+            fc: p.linear(&k.dense_h_to_4h, c, inner, true)?,
+            proj: p.linear(&k.dense_4h_to_h, inner, c, true)?,
             act,
         };
         Ok(Block {
-            ln1: self.norm(p, &format!("{l}.input_layernorm"))?,
+            ln1: self.norm(p, &k.input_layernorm)?,
             attn,
-            ln2: self.norm(p, &format!("{l}.post_attention_layernorm"))?,
+            ln2: self.norm(p, &k.post_attention_layernorm)?,
             ffn,
             residual: match self.use_parallel_residual {
                 true => Residual::Parallel,
@@ -215,7 +256,7 @@ impl ArchConfig for NeoxConfig {
         let device = store.device().clone();
         let mut p = Params::new(store, self.prefix());
         let (v, c) = (self.vocab_size, self.hidden_size);
-        let embed = p.take("embed_in.weight", &[v, c])?;
+        let embed = p.take(EMBED_IN, &[v, c])?;
         let rope = rope::shared(
             self.rope_spec(),
             self.head_dim(),
@@ -225,11 +266,11 @@ impl ArchConfig for NeoxConfig {
         let blocks = (0..self.num_hidden_layers)
             .map(|i| self.block(&mut p, i, plan.per_layer[i], &rope))
             .collect::<Result<Vec<_>, _>>()?;
-        let final_norm = Some(self.norm(&mut p, "final_layer_norm")?);
+        let final_norm = Some(self.norm(&mut p, FINAL_NORM)?);
         let lm_head = p.head(
             self.tie_word_embeddings,
             &embed,
-            &["embed_out.weight", "lm_head.weight"],
+            &[EMBED_OUT, "lm_head.weight"],
             &[v, c],
         )?;
         Ok(Decoder::new(
@@ -240,6 +281,34 @@ impl ArchConfig for NeoxConfig {
             lm_head,
             plan,
         ))
+    }
+
+    fn export(&self, d: &Decoder) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut s = StateDict::new(self.prefix());
+        s.put(EMBED_IN, &d.embed)?;
+        for (i, b) in d.blocks.iter().enumerate() {
+            let k = BlockKeys::of(i);
+            s.norm(&k.input_layernorm, &b.ln1)?;
+            self.export_qkv(&mut s, &k.query_key_value, &b.attn.qkv)?;
+            s.linear(&k.dense, &b.attn.out)?;
+            s.norm(&k.post_attention_layernorm, &b.ln2)?;
+            let Ffn::Plain { fc, proj, .. } = &b.ffn else {
+                candle_core::bail!("GPT-NeoX block {i} has a gated MLP");
+            };
+            s.linear(&k.dense_h_to_4h, fc)?;
+            s.linear(&k.dense_4h_to_h, proj)?;
+        }
+        if let Some(n) = &d.final_norm {
+            s.norm(FINAL_NORM, n)?;
+        }
+        if !self.tie_word_embeddings {
+            s.put_top(EMBED_OUT, &d.lm_head)?;
+        }
+        Ok(s.tensors)
+    }
+
+    fn activation_key(&self) -> &'static str {
+        "hidden_act"
     }
 
     fn describe(&self) -> Vec<(String, serde_json::Value)> {

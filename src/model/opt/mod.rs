@@ -18,6 +18,7 @@ use crate::model::activation::Activation;
 use crate::model::attention::Attention;
 use crate::model::config::{parse_as, positive, token_id, ArchConfig};
 use crate::model::decoder::{Block, Decoder, LearnedPositions, Residual};
+use crate::model::export::StateDict;
 use crate::model::ffn::Ffn;
 use crate::model::norm::Norm;
 use crate::model::params::Params;
@@ -65,6 +66,43 @@ pub struct OptConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// Stored names outside the blocks (`build` and `export` both use these).
+const EMBED_TOKENS: &str = "decoder.embed_tokens.weight";
+const EMBED_POSITIONS: &str = "decoder.embed_positions.weight";
+const PROJECT_IN: &str = "decoder.project_in";
+const PROJECT_OUT: &str = "decoder.project_out";
+const FINAL_NORM: &str = "decoder.final_layer_norm";
+const LM_HEAD: &str = "lm_head.weight";
+
+/// The stored names of block i's parts (without `.weight`/`.bias`).
+struct BlockKeys {
+    q: String,
+    k: String,
+    v: String,
+    out: String,
+    attn_norm: String,
+    fc1: String,
+    fc2: String,
+    final_norm: String,
+}
+
+impl BlockKeys {
+    fn of(i: usize) -> Self {
+        let l = format!("decoder.layers.{i}");
+        let a = format!("{l}.self_attn");
+        Self {
+            q: format!("{a}.q_proj"),
+            k: format!("{a}.k_proj"),
+            v: format!("{a}.v_proj"),
+            out: format!("{a}.out_proj"),
+            attn_norm: format!("{l}.self_attn_layer_norm"),
+            fc1: format!("{l}.fc1"),
+            fc2: format!("{l}.fc2"),
+            final_norm: format!("{l}.final_layer_norm"),
+        }
+    }
 }
 
 fn max_positions() -> usize {
@@ -131,16 +169,10 @@ impl OptConfig {
 
     fn block(&self, p: &mut Params, i: usize, act: Activation) -> Result<Block, LoadError> {
         let (c, inner, bias) = (self.hidden_size, self.ffn_dim, self.enable_bias);
-        let l = format!("decoder.layers.{i}");
-        let a = format!("{l}.self_attn");
-        let (q, k, v) = (
-            format!("{a}.q_proj"),
-            format!("{a}.k_proj"),
-            format!("{a}.v_proj"),
-        );
+        let k = BlockKeys::of(i);
         let attn = Attention {
-            qkv: p.fused_linear(&[(&q, c), (&k, c), (&v, c)], c, bias)?,
-            out: p.linear(&format!("{a}.out_proj"), c, c, bias)?,
+            qkv: p.fused_linear(&[(&k.q, c), (&k.k, c), (&k.v, c)], c, bias)?,
+            out: p.linear(&k.out, c, c, bias)?,
             heads: Heads::mha(self.num_attention_heads),
             head_dim: self.head_dim(),
             scale: 1.0 / (self.head_dim() as f64).sqrt(),
@@ -148,14 +180,14 @@ impl OptConfig {
             upcast: false,
         };
         let ffn = Ffn::Plain {
-            fc: p.linear(&format!("{l}.fc1"), c, inner, bias)?,
-            proj: p.linear(&format!("{l}.fc2"), inner, c, bias)?,
+            fc: p.linear(&k.fc1, c, inner, bias)?,
+            proj: p.linear(&k.fc2, inner, c, bias)?,
             act,
         };
         Ok(Block {
-            ln1: self.norm(p, &format!("{l}.self_attn_layer_norm"))?,
+            ln1: self.norm(p, &k.attn_norm)?,
             attn,
-            ln2: self.norm(p, &format!("{l}.final_layer_norm"))?,
+            ln2: self.norm(p, &k.final_norm)?,
             ffn,
             residual: match self.do_layer_norm_before {
                 true => Residual::PreNorm,
@@ -192,31 +224,26 @@ impl ArchConfig for OptConfig {
     fn build(&self, plan: ActivationPlan, store: &mut TensorStore) -> Result<Decoder, LoadError> {
         let mut p = Params::new(store, self.prefix());
         let (v, c, e) = (self.vocab_size, self.hidden_size, self.proj_dim());
-        let embed = p.take("decoder.embed_tokens.weight", &[v, e])?;
+        let embed = p.take(EMBED_TOKENS, &[v, e])?;
         let n_pos = self.max_position_embeddings + POSITION_OFFSET;
-        let table = p.take("decoder.embed_positions.weight", &[n_pos, c])?;
+        let table = p.take(EMBED_POSITIONS, &[n_pos, c])?;
         let projected = e != c;
         let project_in = match projected {
-            true => Some(p.linear("decoder.project_in", e, c, false)?),
+            true => Some(p.linear(PROJECT_IN, e, c, false)?),
             false => None,
         };
         let blocks = (0..self.num_hidden_layers)
             .map(|i| self.block(&mut p, i, plan.per_layer[i]))
             .collect::<Result<Vec<_>, _>>()?;
         let final_norm = match self.do_layer_norm_before && !self.remove_final_layer_norm {
-            true => Some(self.norm(&mut p, "decoder.final_layer_norm")?),
+            true => Some(self.norm(&mut p, FINAL_NORM)?),
             false => None,
         };
         let project_out = match projected {
-            true => Some(p.linear("decoder.project_out", c, e, false)?),
+            true => Some(p.linear(PROJECT_OUT, c, e, false)?),
             false => None,
         };
-        let lm_head = p.head(
-            self.tie_word_embeddings,
-            &embed,
-            &["lm_head.weight"],
-            &[v, e],
-        )?;
+        let lm_head = p.head(self.tie_word_embeddings, &embed, &[LM_HEAD], &[v, e])?;
         let positions = LearnedPositions {
             table,
             offset: POSITION_OFFSET,
@@ -226,6 +253,56 @@ impl ArchConfig for OptConfig {
             project_in,
             project_out,
             ..Decoder::new(self.info(), embed, blocks, final_norm, lm_head, plan)
+        })
+    }
+
+    fn export(&self, d: &Decoder) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut s = StateDict::new(self.prefix());
+        let c = self.hidden_size;
+        // Norms without affine parameters are not stored.
+        let affine = self.layer_norm_elementwise_affine;
+        let norm = |s: &mut StateDict, key: &str, n: &Norm| match affine {
+            true => s.norm(key, n),
+            false => Ok(()),
+        };
+        s.put(EMBED_TOKENS, &d.embed)?;
+        if let Some(p) = &d.positions {
+            s.put(EMBED_POSITIONS, &p.table)?;
+        }
+        if let Some(p) = &d.project_in {
+            s.linear(PROJECT_IN, p)?;
+        }
+        for (i, b) in d.blocks.iter().enumerate() {
+            let k = BlockKeys::of(i);
+            s.split_linear(&[(&k.q, c), (&k.k, c), (&k.v, c)], &b.attn.qkv)?;
+            s.linear(&k.out, &b.attn.out)?;
+            norm(&mut s, &k.attn_norm, &b.ln1)?;
+            let Ffn::Plain { fc, proj, .. } = &b.ffn else {
+                candle_core::bail!("OPT block {i} has a gated MLP");
+            };
+            s.linear(&k.fc1, fc)?;
+            s.linear(&k.fc2, proj)?;
+            norm(&mut s, &k.final_norm, &b.ln2)?;
+        }
+        if let Some(n) = &d.final_norm {
+            norm(&mut s, FINAL_NORM, n)?;
+        }
+        if let Some(p) = &d.project_out {
+            s.linear(PROJECT_OUT, p)?;
+        }
+        if !self.tie_word_embeddings {
+            s.put_top(LM_HEAD, &d.lm_head)?;
+        }
+        Ok(s.tensors)
+    }
+
+    fn activation_key(&self) -> &'static str {
+        "activation_function"
+    }
+
+    fn untrainable(&self) -> Option<String> {
+        (!self.layer_norm_elementwise_affine).then(|| {
+            "layer_norm_elementwise_affine = false (norms without parameters) is not supported for training".into()
         })
     }
 
