@@ -420,6 +420,11 @@ struct ScratchManifest {
     kind: &'static str,
     config: ScratchConfigInfo,
     cells: ScratchCounts,
+    /// None here: every model is trained by the run (`merge` compares the lists).
+    models: Vec<()>,
+    /// The training text, then the held-out datasets, with their hashes (`merge` refuses
+    /// shards whose data differ).
+    datasets: Vec<DataHash>,
     device: String,
     threads: usize,
     shard: Option<String>,
@@ -434,6 +439,23 @@ struct ScratchConfigInfo {
     text: String,
     from_scratch: String,
     architecture: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct DataHash {
+    path: String,
+    sha256: String,
+}
+
+/// The hash of each data file (empty when a named dataset or `hf:` path is no file).
+fn data_hashes(grid: &ScratchGrid) -> Vec<DataHash> {
+    std::iter::once(&grid.train_data)
+        .chain(&grid.datasets)
+        .map(|p| DataHash {
+            path: p.display().to_string(),
+            sha256: provenance::sha256_file(p).unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -468,6 +490,8 @@ impl ScratchManifest {
                 in_shard,
                 total: grid.models.len() * grid.datasets.len(),
             },
+            models: Vec::new(),
+            datasets: data_hashes(grid),
             device: s.device.to_string(),
             threads: s.threads,
             shard: s.shard.map(|s| s.to_string()),
