@@ -770,7 +770,11 @@ fn family_grid_configs_run_from_the_hub() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{config}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The baseline, six variants and one sweep cell per layer, each listed.
         let cells = stdout.lines().filter(|l| l.contains(" run ")).count();
         assert_eq!(cells, 7 + layers, "{config}: {stdout}");
@@ -785,18 +789,22 @@ fn family_grid_configs_run_from_the_hub() {
         data.to_str().unwrap(),
         "--json",
     ]));
-    let r: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("families/reference.json")).unwrap(),
-    )
-    .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("families/reference.json")).unwrap())
+            .unwrap();
     let want = r["perplexity"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["model"] == "llama-gqa" && e["activation"].is_null() && e["data"] == "sample.txt")
+        .find(|e| {
+            e["model"] == "llama-gqa" && e["activation"].is_null() && e["data"] == "sample.txt"
+        })
         .unwrap();
     assert_eq!(v["model_source"]["commit"], C2);
     assert_eq!(v["context"], want["context"]);
-    let (got, want) = (v["perplexity"].as_f64().unwrap(), want["perplexity"].as_f64().unwrap());
+    let (got, want) = (
+        v["perplexity"].as_f64().unwrap(),
+        want["perplexity"].as_f64().unwrap(),
+    );
     assert!((got - want).abs() / want < 1e-5, "{got} vs {want}");
 }

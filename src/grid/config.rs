@@ -24,8 +24,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::activation::Activation;
-use crate::model::ModelConfig;
 use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
+use crate::model::ModelConfig;
 use crate::runtime::{DeviceSpec, Precision};
 use crate::weights::ModelSpec;
 
