@@ -101,14 +101,29 @@ impl Acc {
     }
 }
 
+/// A window length the model cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("context must be between 2 and the model's n_positions ({n_positions}), got {context}")]
+pub struct ContextOutOfRange {
+    pub context: usize,
+    pub n_positions: usize,
+}
+
+impl crate::eval::FieldError for ContextOutOfRange {
+    fn field(&self) -> Option<&'static str> {
+        Some("context")
+    }
+}
+
 /// Runs the diagnostics of `model` over `tokens` with windows of `context` tokens.
 pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow::Result<Diagnosis> {
     let cfg = model.info();
     if context < 2 || context > cfg.n_positions {
-        anyhow::bail!(
-            "--context must be between 2 and the model's n_positions ({}), got {context}",
-            cfg.n_positions
-        );
+        return Err(ContextOutOfRange {
+            context,
+            n_positions: cfg.n_positions,
+        }
+        .into());
     }
     if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
         anyhow::bail!(

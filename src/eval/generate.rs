@@ -45,19 +45,19 @@ impl Default for SamplingParams {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
-    #[error("--temperature must be ≥ 0 (0 = greedy), got {0}")]
+    #[error("temperature must be ≥ 0 (0 = greedy), got {0}")]
     Temperature(f64),
-    #[error("--top-p must be in (0, 1], got {0}")]
+    #[error("top_p must be in (0, 1], got {0}")]
     TopP(f64),
-    #[error("--repeat-penalty must be > 0 (1 = off), got {0}")]
+    #[error("repeat_penalty must be > 0 (1 = off), got {0}")]
     RepeatPenalty(f32),
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("the prompt has {tokens} tokens; the model's context is {n_positions}")]
     PromptTooLong { tokens: usize, n_positions: usize },
-    #[error("--stop {0:?}: a stop string cannot be empty")]
+    #[error("stop {0:?}: a stop string cannot be empty")]
     EmptyStop(String),
-    #[error("--stop {text:?}: unknown escape '\\{escape}' (valid: \\n \\t \\r \\\\ \\\" \\' \\0 \\u{{HEX}})")]
+    #[error("stop {text:?}: unknown escape '\\{escape}' (valid: \\n \\t \\r \\\\ \\\" \\' \\0 \\u{{HEX}})")]
     Escape { text: String, escape: char },
     #[error("token id {id} is outside the model's vocabulary ({vocab})")]
     TokenOutOfVocab { id: u32, vocab: usize },
@@ -67,6 +67,18 @@ pub enum GenError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl crate::eval::FieldError for GenError {
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::Temperature(_) => Some("temperature"),
+            Self::TopP(_) => Some("top_p"),
+            Self::RepeatPenalty(_) => Some("repeat_penalty"),
+            Self::EmptyStop(_) | Self::Escape { .. } => Some("stop"),
+            _ => None,
+        }
+    }
 }
 
 impl SamplingParams {
@@ -84,7 +96,7 @@ impl SamplingParams {
     }
 }
 
-/// Unescapes a `--stop` argument: `\n \t \r \\ \" \' \0 \u{HEX}`; anything else is an error.
+/// Unescapes a stop string: `\n \t \r \\ \" \' \0 \u{HEX}`; anything else is an error.
 pub fn unescape_stop(s: &str) -> Result<String, GenError> {
     let mut out = String::new();
     let mut chars = s.chars();

@@ -69,13 +69,13 @@ pub struct PplOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PplError {
-    #[error("--context must be at least 2, got {0}")]
+    #[error("context must be at least 2, got {0}")]
     ContextTooSmall(usize),
-    #[error("--context {context} exceeds the model's n_positions ({n_positions})")]
+    #[error("context {context} exceeds the model's n_positions ({n_positions})")]
     ContextTooLarge { context: usize, n_positions: usize },
-    #[error("--stride must be between 1 and the context ({context}), got {stride}")]
+    #[error("stride must be between 1 and the context ({context}), got {stride}")]
     Stride { stride: usize, context: usize },
-    #[error("--batch-size must be at least 1")]
+    #[error("batch_size must be at least 1")]
     BatchSize,
     #[error("the text has {0} token(s); perplexity needs at least 2")]
     TooFewTokens(usize),
@@ -92,6 +92,17 @@ pub enum PplError {
         window: usize,
         source: candle_core::Error,
     },
+}
+
+impl crate::eval::FieldError for PplError {
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::ContextTooSmall(_) | Self::ContextTooLarge { .. } => Some("context"),
+            Self::Stride { .. } => Some("stride"),
+            Self::BatchSize => Some("batch_size"),
+            _ => None,
+        }
+    }
 }
 
 impl PplOptions {
@@ -367,8 +378,8 @@ mod tests {
         let msg = |o: PplOptions, n| o.validate(8, n).unwrap_err().to_string();
         assert!(msg(PplOptions { context: 16, ..ok }, 10)
             .contains("exceeds the model's n_positions (8)"));
-        assert!(msg(PplOptions { stride: 0, ..ok }, 10).contains("--stride"));
-        assert!(msg(PplOptions { stride: 9, ..ok }, 10).contains("--stride"));
+        assert!(msg(PplOptions { stride: 0, ..ok }, 10).contains("stride must"));
+        assert!(msg(PplOptions { stride: 9, ..ok }, 10).contains("stride must"));
         assert!(msg(
             PplOptions {
                 batch_size: 0,
@@ -376,7 +387,7 @@ mod tests {
             },
             10
         )
-        .contains("--batch-size"));
+        .contains("batch_size"));
         assert!(msg(ok, 1).contains("at least 2"));
     }
 }

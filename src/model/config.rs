@@ -80,6 +80,21 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// How the checkpoint's keys are spelled: with the family's base-model prefix
+    /// (`save_pretrained`) or without it.
+    pub fn key_layout(&self, store: &TensorStore) -> String {
+        let prefix = self.arch.prefix();
+        if prefix.is_empty() {
+            store.layout_name().to_string()
+        } else if store.has_prefix(prefix) {
+            format!("{prefix}-prefixed (save_pretrained)")
+        } else {
+            format!("bare (no {prefix} prefix)")
+        }
+    }
+}
+
 /// A config that failed to parse (serde's message names the key and line) or validate.
 #[derive(Debug)]
 pub enum Invalid {

@@ -102,6 +102,29 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Embeddings → blocks → final norm → head, without learned positions or projections
+    /// (the rotary families); others set those fields on the result.
+    pub fn new(
+        info: ModelInfo,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        final_norm: Option<Norm>,
+        lm_head: Tensor,
+        plan: ActivationPlan,
+    ) -> Self {
+        Self {
+            info,
+            embed,
+            positions: None,
+            project_in: None,
+            blocks,
+            final_norm,
+            project_out: None,
+            lm_head,
+            plan,
+        }
+    }
+
     /// Token (+ position) embeddings of `tokens` (b, t) at positions `start..start + t`:
     /// (b·t, C).
     fn embed(&self, tokens: &Tensor, start: usize) -> Result<Tensor> {

@@ -33,7 +33,7 @@ pub struct Inspection {
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub format: WeightFormat,
-    pub layout: &'static str,
+    pub layout: String,
     /// Distinct weights (mask buffers excluded; a tied `lm_head` counted once).
     pub parameters: u64,
     /// Stored dtype → number of tensors.
@@ -107,7 +107,7 @@ pub fn inspect(files: &CheckpointFiles) -> anyhow::Result<Inspection> {
         source: files.source.clone(),
         dir: files.dir.clone(),
         format: files.format,
-        layout: store.layout_name(),
+        layout: config.key_layout(&store),
         parameters,
         dtypes,
         lm_head,
@@ -143,7 +143,7 @@ impl Inspection {
             weights: WeightsJson {
                 format: format_name(self.format),
                 dtypes: &self.dtypes,
-                key_layout: self.layout,
+                key_layout: &self.layout,
                 lm_head: &self.lm_head,
             },
             tokenizer: TokenizerJson {
@@ -274,7 +274,7 @@ struct InspectJson<'a> {
 struct WeightsJson<'a> {
     format: &'static str,
     dtypes: &'a BTreeMap<String, usize>,
-    key_layout: &'static str,
+    key_layout: &'a str,
     lm_head: &'a str,
 }
 

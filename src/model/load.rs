@@ -40,7 +40,7 @@ pub struct Loaded {
     pub files: CheckpointFiles,
     pub config: ModelConfig,
     /// Which key layout the weights use.
-    pub layout: &'static str,
+    pub layout: String,
 }
 
 /// Layers were chosen but no activation to put in them.
@@ -88,7 +88,7 @@ pub fn load_files(files: CheckpointFiles, opts: &LoadOptions) -> anyhow::Result<
     let (config, plan) = plan(&files, opts)?;
     let tokenizer = TextTokenizer::load(&files.tokenizer)?;
     let store = TensorStore::open(&files.weights, opts.dtype, &opts.device)?;
-    let layout = store.layout_name();
+    let layout = config.key_layout(&store);
     let model = build(&config, plan, store)
         .with_context(|| format!("loading weights from {}", files.source))?;
     Ok(Loaded {

@@ -135,6 +135,17 @@ pub trait CausalLm: Send + Sync {
 
     fn dtype(&self) -> DType;
 
+    /// The same weights with the checkpoint's own activation in every layer.
+    fn original(&self) -> Box<dyn CausalLm> {
+        let plan = ActivationPlan::original(self.plan().original, self.info().n_layer);
+        self.with_plan(plan)
+    }
+
+    /// Whether the activation differs from the checkpoint's in at least one layer.
+    fn is_swapped(&self) -> bool {
+        !self.plan().swapped_layers().is_empty()
+    }
+
     /// Final hidden states (b, t, C) of `tokens` (b, t): with a cache, the tokens continue the
     /// sequence it holds and are appended to it; with a tracer, the pass is made of
     /// differentiable ops only and records probes, weights and pre-activations.

@@ -39,6 +39,27 @@ impl<'a> Params<'a> {
         self.store.dtype()
     }
 
+    /// The LM head: the token embedding when `tied`, else the first of `keys` that is stored
+    /// (the last one is named if none is).
+    pub fn head(
+        &mut self,
+        tied: bool,
+        embed: &Tensor,
+        keys: &[&str],
+        shape: &[usize],
+    ) -> Result<Tensor, LoadError> {
+        if tied {
+            return Ok(embed.clone());
+        }
+        let key = keys
+            .iter()
+            .find(|k| self.has_top(k))
+            .or(keys.last())
+            .copied()
+            .unwrap_or("lm_head.weight");
+        self.take_top(key, shape)
+    }
+
     /// Whether a top-level key is stored.
     pub fn has_top(&self, key: &str) -> bool {
         self.store.contains(key)

@@ -23,6 +23,24 @@ pub enum RopeScaling {
     },
 }
 
+impl std::fmt::Display for RopeScaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("unscaled"),
+            Self::Linear { factor } => write!(f, "linear scaling ×{factor}"),
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => write!(
+                f,
+                "llama3 scaling ×{factor} (low {low_freq_factor}, high {high_freq_factor}, original length {original_max_position_embeddings})"
+            ),
+        }
+    }
+}
+
 /// Rotary embedding of the first `rot` dimensions of each head.
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -205,6 +223,21 @@ impl RopeFields {
             scaling,
         })
     }
+}
+
+/// The shared tables of a rotary family, or the config's rope error as a load error.
+pub fn shared(
+    spec: std::result::Result<RopeSpec, String>,
+    head_dim: usize,
+    max_positions: usize,
+    device: &Device,
+) -> std::result::Result<std::sync::Arc<Rope>, crate::weights::LoadError> {
+    let rope = spec.and_then(|r| {
+        r.build(head_dim, max_positions, device)
+            .map_err(|e| e.to_string())
+    });
+    rope.map(std::sync::Arc::new)
+        .map_err(|msg| crate::weights::LoadError::Config { msg })
 }
 
 impl RopeSpec {

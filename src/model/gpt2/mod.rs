@@ -63,23 +63,13 @@ impl ArchConfig for Gpt2Config {
             .map(|i| self.block(&mut p, i, plan.per_layer[i]))
             .collect::<Result<Vec<_>, _>>()?;
         let final_norm = Some(self.norm(&mut p, "ln_f")?);
-        let lm_head = match self.tie_word_embeddings {
-            true => wte.clone(),
-            false => p.take_top("lm_head.weight", &[v, c])?,
-        };
+        let lm_head = p.head(self.tie_word_embeddings, &wte, &["lm_head.weight"], &[v, c])?;
         Ok(Decoder {
-            info: self.info(),
-            embed: wte,
             positions: Some(LearnedPositions {
                 table: wpe,
                 offset: 0,
             }),
-            project_in: None,
-            blocks,
-            final_norm,
-            project_out: None,
-            lm_head,
-            plan,
+            ..Decoder::new(self.info(), wte, blocks, final_norm, lm_head, plan)
         })
     }
 

@@ -22,7 +22,7 @@ use crate::model::norm::Norm;
 use crate::model::params::Params;
 use crate::model::plan::ActivationPlan;
 use crate::model::registry::Family;
-use crate::model::rope::{Rope, RopeFields, RopeSpec};
+use crate::model::rope::{self, Rope, RopeFields, RopeSpec};
 use crate::model::ModelInfo;
 use crate::weights::{LoadError, TensorStore};
 
@@ -244,33 +244,30 @@ impl ArchConfig for LlamaConfig {
         let mut p = Params::new(store, self.prefix());
         let (v, c) = (self.vocab_size, self.hidden_size);
         let embed = p.take("embed_tokens.weight", &[v, c])?;
-        let rope = self
-            .rope_spec()
-            .and_then(|r| {
-                r.build(self.head_dim(), self.max_position_embeddings, &device)
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|msg| LoadError::Config { msg })?;
-        let rope = Arc::new(rope);
+        let rope = rope::shared(
+            self.rope_spec(),
+            self.head_dim(),
+            self.max_position_embeddings,
+            &device,
+        )?;
         let blocks = (0..self.num_hidden_layers)
             .map(|i| self.block(&mut p, i, plan.per_layer[i], &rope))
             .collect::<Result<Vec<_>, _>>()?;
         let final_norm = Some(self.norm(&mut p, "norm")?);
-        let lm_head = match self.tie_word_embeddings {
-            true => embed.clone(),
-            false => p.take_top("lm_head.weight", &[v, c])?,
-        };
-        Ok(Decoder {
-            info: self.info(),
+        let lm_head = p.head(
+            self.tie_word_embeddings,
+            &embed,
+            &["lm_head.weight"],
+            &[v, c],
+        )?;
+        Ok(Decoder::new(
+            self.info(),
             embed,
-            positions: None,
-            project_in: None,
             blocks,
             final_norm,
-            project_out: None,
             lm_head,
             plan,
-        })
+        ))
     }
 
     fn describe(&self) -> Vec<(String, serde_json::Value)> {
@@ -292,7 +289,7 @@ impl ArchConfig for LlamaConfig {
             ("hidden_act".into(), self.hidden_act.clone().into()),
             (
                 "rope".into(),
-                rope.map(|r| format!("theta {}, {:?}", r.theta, r.scaling))
+                rope.map(|r| format!("theta {}, {}", r.theta, r.scaling))
                     .unwrap_or_default()
                     .into(),
             ),

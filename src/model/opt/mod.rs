@@ -211,23 +211,21 @@ impl ArchConfig for OptConfig {
             true => Some(p.linear("decoder.project_out", c, e, false)?),
             false => None,
         };
-        let lm_head = match self.tie_word_embeddings {
-            true => embed.clone(),
-            false => p.take_top("lm_head.weight", &[v, e])?,
+        let lm_head = p.head(
+            self.tie_word_embeddings,
+            &embed,
+            &["lm_head.weight"],
+            &[v, e],
+        )?;
+        let positions = LearnedPositions {
+            table,
+            offset: POSITION_OFFSET,
         };
         Ok(Decoder {
-            info: self.info(),
-            embed,
-            positions: Some(LearnedPositions {
-                table,
-                offset: POSITION_OFFSET,
-            }),
+            positions: Some(positions),
             project_in,
-            blocks,
-            final_norm,
             project_out,
-            lm_head,
-            plan,
+            ..Decoder::new(self.info(), embed, blocks, final_norm, lm_head, plan)
         })
     }
 
