@@ -108,7 +108,7 @@ fn check(isa: Isa, ty: Ty, d: Dims, bias: bool, act: bool, with: Option<Combine>
     }
 }
 
-const SHAPES: [(usize, usize, usize); 9] = [
+const SHAPES: [(usize, usize, usize); 11] = [
     (1, 7, 5),
     (2, 33, 70),
     (3, 64, 129),
@@ -118,6 +118,9 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (37, 513, 260),
     (100, 64, 600),
     (250, 1000, 70),
+    // Few rows, many columns: the product runs with the operands swapped.
+    (6, 96, 3000),
+    (7, 64, 9000),
 ];
 
 #[test]
@@ -135,7 +138,7 @@ fn linear_matches_reference_on_every_level_and_dtype() {
 fn fused_epilogues_match_reference() {
     for isa in Isa::supported() {
         for ty in [Ty::F32, Ty::Bf16] {
-            for (n, k, m) in [(3, 40, 50), (30, 70, 90)] {
+            for (n, k, m) in [(3, 40, 50), (30, 70, 90), (5, 40, 700)] {
                 let d = Dims { n, k, m };
                 check(isa, ty, d, true, false, None);
                 check(isa, ty, d, true, true, None);

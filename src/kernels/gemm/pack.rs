@@ -32,7 +32,17 @@ pub(crate) struct Packed<'a> {
     pub padded: usize,
 }
 
-impl Packed<'_> {
+impl<'a> Packed<'a> {
+    /// An empty pack into `buf` (filled by [`pack_all`]).
+    pub fn new(buf: &'a mut Vec<u32>, width: usize, pairs: bool) -> Self {
+        Self {
+            buf,
+            width,
+            pairs,
+            padded: 0,
+        }
+    }
+
     /// Values per block of k.
     fn block(&self) -> usize {
         self.padded * steps(KC, self.pairs)
@@ -61,38 +71,41 @@ struct Shared(*mut u32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// # Safety
+    /// `i` must be within the buffer.
+    unsafe fn at(&self, i: usize) -> *mut u32 {
+        self.0.add(i)
+    }
+}
+
 thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Packs `src` for the whole reduction into `dst`, one parallel task per panel.
-pub(crate) fn pack_all(isa: Isa, src: Rows, width: usize, pairs: bool, dst: &mut Packed) {
-    debug_assert!(dst.width == width && dst.pairs == pairs);
+pub(crate) fn pack_all(isa: Isa, src: Rows, dst: &mut Packed) {
+    let (width, pairs) = (dst.width, dst.pairs);
     dst.padded = src.rows.next_multiple_of(width);
     let block = dst.block();
     dst.buf.resize(src.k.div_ceil(KC) * block, 0);
     let base = Shared(dst.buf.as_mut_ptr());
     (0..dst.padded / width).into_par_iter().for_each(|panel| {
-        let base = base;
-        ROW.with(|row| {
-            let row = &mut *row.borrow_mut();
-            for (pc, k0) in (0..src.k).step_by(KC).enumerate() {
-                let kc = KC.min(src.k - k0);
-                let len = steps(kc, pairs) * width;
-                // SAFETY: this task alone writes panel `panel` of each block, which lies
-                // inside the buffer sized above.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(base.0.add(pc * block + panel * len), len)
-                };
-                pack_panel(isa, src, panel * width, (k0, kc), width, pairs, out, row);
-            }
-        });
+        for (pc, k0) in (0..src.k).step_by(KC).enumerate() {
+            let kc = KC.min(src.k - k0);
+            let len = steps(kc, pairs) * width;
+            // SAFETY: this task alone writes panel `panel` of each block, which lies inside
+            // the buffer sized above.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(base.at(pc * block + panel * len), len) };
+            pack_panel(isa, src, panel * width, (k0, kc), width, pairs, out);
+        }
     });
 }
 
-/// Packs rows `first .. first + width` (relative to `src.row0`) for k in `k0 .. k0 + kc`.
-#[allow(clippy::too_many_arguments)]
-fn pack_panel(
+/// Packs rows `first .. first + width` (relative to `src.row0`) for k in `k0 .. k0 + kc`
+/// into `out` (`steps(kc) × width` values).
+pub(crate) fn pack_panel(
     isa: Isa,
     src: Rows,
     first: usize,
@@ -100,7 +113,6 @@ fn pack_panel(
     width: usize,
     pairs: bool,
     out: &mut [u32],
-    scratch: &mut Vec<f32>,
 ) {
     let s = steps(kc, pairs);
     for lane in 0..width {
@@ -113,11 +125,12 @@ fn pack_panel(
         match (pairs, src.src) {
             (true, Src::Bf16(v)) => pack_pairs(&v[start..start + kc], out, width, lane),
             (false, Src::F32(v)) => scatter(&v[start..start + kc], out, width, lane),
-            (false, other) => {
-                scratch.resize(kc, 0.0);
-                convert::load(isa, other, start, scratch);
-                scatter(scratch, out, width, lane);
-            }
+            (false, other) => ROW.with(|row| {
+                let row = &mut *row.borrow_mut();
+                row.resize(kc, 0.0);
+                convert::load(isa, other, start, row);
+                scatter(row, out, width, lane);
+            }),
             (true, _) => unreachable!("pair packing is for bf16 only"),
         }
     }
@@ -125,9 +138,11 @@ fn pack_panel(
 
 #[inline(always)]
 fn scatter(row: &[f32], out: &mut [u32], width: usize, lane: usize) {
-    let out = &mut out[lane..];
+    assert!(lane < width && out.len() >= row.len() * width);
+    let out = out.as_mut_ptr();
     for (p, &v) in row.iter().enumerate() {
-        out[p * width] = v.to_bits();
+        // SAFETY: p·width + lane < row.len()·width ≤ out.len() (checked above).
+        unsafe { *out.add(p * width + lane) = v.to_bits() };
     }
 }
 
