@@ -54,6 +54,20 @@ pub enum Out {
     F16(*mut f16),
 }
 
+impl Out {
+    /// The same buffer from element `n` on.
+    ///
+    /// # Safety
+    /// `n` must be within the buffer.
+    pub unsafe fn offset(self, n: usize) -> Out {
+        match self {
+            Out::F32(p) => Out::F32(p.add(n)),
+            Out::Bf16(p) => Out::Bf16(p.add(n)),
+            Out::F16(p) => Out::F16(p.add(n)),
+        }
+    }
+}
+
 // SAFETY: an `Out` is only a pointer; the kernels that share one write disjoint elements.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
@@ -83,12 +97,32 @@ pub fn load(isa: Isa, src: Src, start: usize, dst: &mut [f32]) {
     let n = dst.len();
     match src {
         Src::F32(s) => dst.copy_from_slice(&s[start..start + n]),
-        Src::Bf16(s) => {
-            for (d, h) in dst.iter_mut().zip(&s[start..start + n]) {
-                *d = bf16_to_f32(h.to_bits());
-            }
-        }
+        Src::Bf16(s) => bf16_load(isa, &s[start..start + n], dst),
         Src::F16(s) => f16_load(isa, &s[start..start + n], dst),
+    }
+}
+
+fn bf16_load(isa: Isa, src: &[bf16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: the level implies the CPU has AVX2.
+        unsafe { bf16_load_avx2(src, dst) };
+        return;
+    }
+    let _ = isa;
+    bf16_load_generic(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bf16_load_avx2(src: &[bf16], dst: &mut [f32]) {
+    bf16_load_generic(src, dst)
+}
+
+#[inline(always)]
+fn bf16_load_generic(src: &[bf16], dst: &mut [f32]) {
+    for (d, h) in dst.iter_mut().zip(src) {
+        *d = bf16_to_f32(h.to_bits());
     }
 }
 

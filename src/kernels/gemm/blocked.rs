@@ -15,7 +15,8 @@ use crate::kernels::convert::{Out, Src};
 
 thread_local! {
     /// Packed x and W of the calling thread's products, kept between calls.
-    static PACKS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static PACKS: RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
     /// Each worker's f32 tile, epilogue run and partial-panel pack.
     static TILE: RefCell<(Vec<f32>, Vec<f32>, Vec<u32>)> =
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
@@ -49,24 +50,40 @@ pub(super) unsafe fn run(job: &Job) {
         ..*job
     };
     // Few rows and many columns (an LM head over a chunk of positions): packing W would cost
-    // as much as the product, so compute Yᵀ = W·xᵀ with W read in place instead.
-    if d.n * 8 <= d.m && reads_x_in_place(&swapped, &kern) {
-        transposed(job, &kern);
+    // as much as the product, so compute Yᵀ = W·xᵀ with W read in place instead — or, when
+    // the kernel cannot read W's dtype, converted to f32 slab by slab (cheaper than packing).
+    let f32_w = Job {
+        x: Src::F32(&[]),
+        ..swapped
+    };
+    if d.n * 8 > d.m {
+        plain(job, &kern);
+    } else if reads_x_in_place(&swapped, &kern) {
+        transposed(job, &kern, false);
+    } else if !kern.pairs && reads_x_in_place(&f32_w, &kern) {
+        transposed(job, &kern, true);
     } else {
         plain(job, &kern);
     }
 }
 
-/// `y = x·Wᵀ` as `(W·xᵀ)ᵀ`, a slab of W's rows at a time: the slab's product into an f32
-/// buffer, then transposed through the epilogue into `y`'s columns.
-unsafe fn transposed(job: &Job, kern: &Kernel) {
+/// `y = x·Wᵀ` as `(W·xᵀ)ᵀ`, a slab of W's rows at a time (converted to f32 first when
+/// `convert`): the slab's product into an f32 buffer, then transposed through the epilogue
+/// into `y`'s columns.
+unsafe fn transposed(job: &Job, kern: &Kernel, convert: bool) {
     let (d, none) = (job.d, Epilogue::default());
-    let mut yt = Vec::new();
+    let (mut yt, mut wf) = (Vec::new(), Vec::new());
     for j0 in (0..d.m).step_by(SWAP_SLAB) {
         let len = SWAP_SLAB.min(d.m - j0);
         yt.resize(len * d.n, 0f32);
+        let slab = job.w.slice(j0 * d.k, len * d.k);
         let sub = Job {
-            x: job.w.slice(j0 * d.k, len * d.k),
+            x: if convert {
+                to_f32(job.isa, slab, &mut wf);
+                Src::F32(&wf)
+            } else {
+                slab
+            },
             w: job.x,
             d: Dims {
                 n: len,
@@ -96,18 +113,26 @@ unsafe fn transposed(job: &Job, kern: &Kernel) {
     }
 }
 
+/// `src` converted to f32 into `dst`, in parallel.
+fn to_f32(isa: crate::kernels::Isa, src: Src, dst: &mut Vec<f32>) {
+    const CHUNK: usize = 1 << 16;
+    dst.resize(src.len(), 0.0);
+    dst.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| crate::kernels::convert::load(isa, src, c * CHUNK, out));
+}
+
 /// `y = x·Wᵀ` packing W by slabs, and x by super-blocks unless the kernel reads it in place.
 unsafe fn plain(job: &Job, kern: &Kernel) {
-    let d = job.d;
-    let kern = *kern;
-    let direct = reads_x_in_place(job, &kern);
+    let (d, kern) = (job.d, *kern);
+    let mode = x_mode(job, &kern);
     let per_row = 4 * pack::steps(d.k.next_multiple_of(KC), kern.pairs);
     let slab = balanced(d.m, B_BUDGET / per_row, kern.nr);
-    let block = match direct {
-        true => d.n,
-        false => balanced(d.n, A_BUDGET / per_row, MC),
+    let block = match mode {
+        XMode::InPlace => d.n,
+        XMode::Converted | XMode::Packed => balanced(d.n, A_BUDGET / per_row, MC),
     };
-    with_packs(|abuf, bbuf| {
+    with_packs(|abuf, bbuf, conv| {
         for j0 in (0..d.m).step_by(slab) {
             let cols = j0..(j0 + slab).min(d.m);
             let mut b = Packed::new(bbuf, kern.nr, kern.pairs);
@@ -120,23 +145,62 @@ unsafe fn plain(job: &Job, kern: &Kernel) {
             pack::pack_all(job.isa, w_rows, &mut b);
             for i0 in (0..d.n).step_by(block) {
                 let rows = i0..(i0 + block).min(d.n);
-                let mut a = Packed::new(abuf, kern.mr, kern.pairs);
-                let side = if direct {
-                    ASide::Direct
-                } else {
-                    let x_rows = Rows {
-                        src: job.x,
-                        k: d.k,
-                        row0: i0,
-                        rows: rows.len(),
-                    };
-                    pack::pack_all(job.isa, x_rows, &mut a);
-                    ASide::Packed(&a)
-                };
-                multiply(job, &kern, (side, rows), (&b, cols.clone()));
+                let b_side = (&b, cols.clone());
+                match mode {
+                    XMode::InPlace => multiply(job, &kern, (ASide::Direct, rows), b_side),
+                    XMode::Converted => {
+                        let n = rows.len();
+                        to_f32(job.isa, job.x.slice(i0 * d.k, n * d.k), conv);
+                        let epi = job.epi.rows(i0 * d.m, n * d.m);
+                        let sub = Job {
+                            x: Src::F32(conv),
+                            d: Dims { n, ..d },
+                            epi: &epi,
+                            out: job.out.offset(i0 * d.m),
+                            ..*job
+                        };
+                        multiply(&sub, &kern, (ASide::Direct, 0..n), b_side);
+                    }
+                    XMode::Packed => {
+                        let mut a = Packed::new(abuf, kern.mr, kern.pairs);
+                        let x_rows = Rows {
+                            src: job.x,
+                            k: d.k,
+                            row0: i0,
+                            rows: rows.len(),
+                        };
+                        pack::pack_all(job.isa, x_rows, &mut a);
+                        multiply(job, &kern, (ASide::Packed(&a), rows), b_side);
+                    }
+                }
             }
         }
     });
+}
+
+/// How x reaches the kernel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum XMode {
+    /// Read in place by a direct kernel.
+    InPlace,
+    /// Converted to f32 a block of rows at a time, then read in place.
+    Converted,
+    /// Packed a block of rows at a time.
+    Packed,
+}
+
+fn x_mode(job: &Job, kern: &Kernel) -> XMode {
+    let as_f32 = Job {
+        x: Src::F32(&[]),
+        ..*job
+    };
+    if reads_x_in_place(job, kern) {
+        XMode::InPlace
+    } else if !kern.pairs && reads_x_in_place(&as_f32, kern) {
+        XMode::Converted
+    } else {
+        XMode::Packed
+    }
 }
 
 /// Parts of `len` of at most about `most` each (multiples of `unit`), as equal as can be.
@@ -145,14 +209,14 @@ fn balanced(len: usize, most: usize, unit: usize) -> usize {
     len.div_ceil(parts).next_multiple_of(unit)
 }
 
-/// Runs `f` with this thread's pack buffers (fresh ones if they are in use).
-fn with_packs(f: impl FnOnce(&mut Vec<u32>, &mut Vec<u32>)) {
+/// Runs `f` with this thread's pack and conversion buffers (fresh ones if they are in use).
+fn with_packs(f: impl FnOnce(&mut Vec<u32>, &mut Vec<u32>, &mut Vec<f32>)) {
     PACKS.with(|p| match p.try_borrow_mut() {
         Ok(mut bufs) => {
-            let (a, b) = &mut *bufs;
-            f(a, b)
+            let (a, b, c) = &mut *bufs;
+            f(a, b, c)
         }
-        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+        Err(_) => f(&mut Vec::new(), &mut Vec::new(), &mut Vec::new()),
     })
 }
 
