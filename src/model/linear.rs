@@ -78,7 +78,8 @@ impl Linear {
             || w.track_op()
             || self.bias().is_some_and(|b| b.track_op())
             || with.is_some_and(|(_, r)| r.track_op() || r.dtype() != dtype);
-        if !x.device().is_cpu() || dtype != w.dtype() || tracked || !supported(dtype) {
+        let fusable = act.is_none_or(|a| act_kernel(a).is_some());
+        if !x.device().is_cpu() || dtype != w.dtype() || tracked || !supported(dtype) || !fusable {
             return Ok(None);
         }
         let (m, k) = w.dims2()?;
@@ -102,7 +103,9 @@ impl Linear {
         let rs = with.as_ref().map(|(_, r)| r.storage_and_layout());
         let epi = Epilogue {
             bias: bs.as_ref().map(|(s, l)| slice(s, l)).transpose()?,
-            act: act.filter(|&a| a != Activation::Identity).map(act_kernel),
+            act: act
+                .filter(|&a| a != Activation::Identity)
+                .and_then(act_kernel),
             with: match (&with, &rs) {
                 (Some((op, _)), Some((s, l))) => Some((*op, slice(s, l)?)),
                 _ => None,
@@ -160,14 +163,17 @@ fn run(x: Src, w: Src, d: Dims, epi: &Epilogue, shape: Vec<usize>) -> Result<Ten
     }
 }
 
-/// The activation as an in-place kernel over a run of f32 values, one loop per activation.
-pub fn act_kernel(act: Activation) -> fn(&mut [f32]) {
+/// The activation as an in-place kernel over a run of f32 values, one loop per activation;
+/// `None` for `affine(…)` (its constants cannot live in a function pointer: the caller
+/// applies it unfused).
+pub fn act_kernel(act: Activation) -> Option<fn(&mut [f32])> {
     macro_rules! each {
         ($($v:ident),*) => {
             match act {
-                $(Activation::$v => |xs: &mut [f32]| {
+                $(Activation::$v => Some(|xs: &mut [f32]| {
                     elementwise::map_in_place(xs, |x| Activation::$v.eval(x))
-                },)*
+                }),)*
+                Activation::Affine(_) => None,
             }
         };
     }
@@ -187,6 +193,8 @@ pub fn act_kernel(act: Activation) -> fn(&mut [f32]) {
         Tanh,
         Softplus,
         Mish,
-        Identity
+        Identity,
+        SigmoidCentered,
+        SigmoidScaled
     )
 }
