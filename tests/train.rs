@@ -575,3 +575,73 @@ fn a_from_scratch_grid_trains_each_activation_and_resumes_shards_and_merges() {
     };
     assert_eq!(key_ppl(&merged), key_ppl(&whole));
 }
+
+#[test]
+fn a_grid_variant_with_finetune_steps_reports_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.toml");
+    let head = format!(
+        "models = [\"{}\"]\ndatasets = [\"{}\"]\n",
+        fixture("tiny-gpt2").display(),
+        fixture("sample-2.txt").display()
+    );
+    std::fs::write(
+        &grid,
+        format!(
+            "{head}[train]\ndata = \"{}\"\nbatch_size = 4\nseq_len = 32\neval_every = 5\n\
+             [[variants]]\nname = \"sigmoid\"\nactivation = \"sigmoid\"\n\
+             [[variants]]\nname = \"sigmoid, recovered\"\nactivation = \"sigmoid\"\nfinetune_steps = 10\nlr = 3e-3\n",
+            fixture("sample.txt").display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let mut cmd = bin();
+    cmd.arg("run")
+        .arg(&grid)
+        .arg("--out")
+        .arg(&out)
+        .args(["--json", "--threads", "2"]);
+    let (rows, _) = common::run_json(&mut cmd);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[1]["training"].is_null());
+    let (swapped, t) = (&rows[2], &rows[2]["training"]);
+    // Right after the swap the fine-tuned variant scores as the plain swap does.
+    assert_eq!(swapped["perplexity"], rows[1]["perplexity"]);
+    assert_eq!(t["kind"], "finetune");
+    let curve: Vec<(u64, f64)> = serde_json::from_value(t["curve"].clone()).unwrap();
+    assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 5, 10]);
+    let (before, after) = (
+        swapped["perplexity"].as_f64().unwrap(),
+        t["perplexity_after"].as_f64().unwrap(),
+    );
+    assert!(rel(curve[0].1, before) < 1e-6, "{curve:?} vs {before}");
+    assert!(rel(curve[2].1, after) < 1e-6, "{curve:?} vs {after}");
+    assert!(after < before, "recovery: {before} → {after}");
+    assert!(t["ratio_after"].as_f64().unwrap() < swapped["ratio_perplexity"].as_f64().unwrap());
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("perplexity_after,ratio_after,kl_after"));
+    // Without a text to train on, the config is refused, naming the line.
+    std::fs::write(
+        &grid,
+        format!("{head}[[variants]]\nname = \"s\"\nactivation = \"sigmoid\"\nfinetune_steps = 3\n"),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("run")
+        .arg(&grid)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 6: variant 's': finetune_steps needs a text to train on"),
+        "{err}"
+    );
+}

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use crate::grid::config::{Grid, Variant};
+use crate::grid::training::Finetune;
 use crate::model::plan::{ActivationPlan, LayerSpec};
 
 /// One unit of work: a model, a dataset and the activation of every layer.
@@ -21,6 +22,8 @@ pub struct Cell {
     pub plan: ActivationPlan,
     /// Add per-layer diagnostics to this cell's row.
     pub diagnose: bool,
+    /// Fine-tune after the swap and score again.
+    pub finetune: Option<Finetune>,
 }
 
 /// A cell before it is placed in the grid (index, model and dataset).
@@ -30,6 +33,7 @@ struct CellSpec {
     sweep: Option<(String, usize)>,
     plan: ActivationPlan,
     diagnose: bool,
+    finetune: Option<Finetune>,
 }
 
 impl Grid {
@@ -51,6 +55,7 @@ impl Grid {
                         sweep: s.sweep.clone(),
                         plan: s.plan.clone(),
                         diagnose: s.diagnose,
+                        finetune: s.finetune.clone(),
                     });
                 }
             }
@@ -66,6 +71,7 @@ impl Grid {
             sweep: None,
             plan: base_plan.clone(),
             diagnose: self.baseline_diagnose,
+            finetune: None,
         }];
         for v in &self.variants {
             if v.sweep_layers {
@@ -81,6 +87,7 @@ impl Grid {
                     sweep: None,
                     plan,
                     diagnose: v.diagnose,
+                    finetune: v.finetune.clone(),
                 });
             }
         }
@@ -111,6 +118,7 @@ fn sweep_cells(v: &Variant, base_plan: &ActivationPlan) -> Vec<CellSpec> {
                 sweep: Some((v.name.clone(), layer)),
                 plan,
                 diagnose: v.diagnose,
+                finetune: v.finetune.clone(),
             }
         })
         .collect()

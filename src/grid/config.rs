@@ -31,6 +31,7 @@ use crate::eval::bootstrap::BootstrapSettings;
 use crate::eval::detokenize::Detokenizer;
 use crate::eval::nll_output::NllFormat;
 use crate::eval::protocol::{ProtocolError, ProtocolName};
+use crate::grid::training::{Finetune, TrainTable};
 use crate::model::activation::Activation;
 use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::model::ModelConfig;
@@ -77,6 +78,9 @@ struct RawGrid {
     baseline: Option<RawBaseline>,
     #[serde(default)]
     variants: Option<Spanned<Vec<RawVariant>>>,
+    /// How variants with `finetune_steps` are fine-tuned.
+    #[serde(default)]
+    train: Option<TrainTable>,
 }
 
 /// `save_nll = true` (JSONL) or a format name.
@@ -107,6 +111,14 @@ struct RawVariant {
     sweep_layers: bool,
     #[serde(default)]
     diagnose: bool,
+    /// Fine-tune after the swap (recovery) for this many steps; `lr` and `train_data`
+    /// override `[train]`.
+    #[serde(default)]
+    finetune_steps: Option<Spanned<usize>>,
+    #[serde(default)]
+    lr: Option<f64>,
+    #[serde(default)]
+    train_data: Option<String>,
 }
 
 /// How the results table is ordered.
@@ -129,6 +141,8 @@ pub struct Variant {
     pub diagnose: bool,
     /// Source text of the activation map, for reports.
     pub activation: String,
+    /// Recovery fine-tuning after the swap.
+    pub finetune: Option<Finetune>,
 }
 
 /// A validated grid.
@@ -165,6 +179,8 @@ pub struct Grid {
     pub baseline_name: String,
     pub baseline_diagnose: bool,
     pub variants: Vec<Variant>,
+    /// `[train]`: how variants with `finetune_steps` are fine-tuned.
+    pub train: TrainTable,
 }
 
 /// A config error: the message, with the file and line where one applies.
@@ -194,9 +210,10 @@ impl Grid {
     /// checked in a fixed order (models, datasets, windowing, device, dtype, sort, baseline,
     /// variants) and the first error found is the one reported.
     pub fn parse(path: &Path, text: &str) -> Result<Self, GridError> {
-        let p = Parser::new(path, text);
+        let mut p = Parser::new(path, text);
         let raw: RawGrid =
             toml::from_str(text).map_err(|e| p.err(e.span(), e.message().to_string()))?;
+        p.train = raw.train.clone().unwrap_or_default();
         let (models, model_configs) = p.models(&raw.models)?;
         let datasets = p.datasets(&raw.datasets)?;
         let w = p.windowing(&raw, &models, &model_configs)?;
@@ -229,6 +246,7 @@ impl Grid {
             baseline_name,
             baseline_diagnose,
             variants,
+            train: p.train,
         })
     }
 }
@@ -267,6 +285,8 @@ struct Parser<'a> {
     text: &'a str,
     /// The config's directory: relative paths resolve against it.
     base: &'a Path,
+    /// The `[train]` table (fine-tuned variants' defaults).
+    train: TrainTable,
 }
 
 impl<'a> Parser<'a> {
@@ -274,6 +294,7 @@ impl<'a> Parser<'a> {
         Self {
             file: path.display().to_string(),
             text,
+            train: TrainTable::default(),
             base: path.parent().unwrap_or(Path::new(".")),
         }
     }
@@ -652,12 +673,26 @@ impl<'a> Parser<'a> {
             map.apply(plan)
                 .map_err(|e| self.err_at(at, format!("variant '{name}': {e} ({})", m.display())))?;
         }
+        let finetune = match &v.finetune_steps {
+            Some(steps) => Some(
+                Finetune::resolve(
+                    *steps.get_ref(),
+                    v.lr,
+                    v.train_data.as_deref(),
+                    &self.train,
+                    self.base,
+                )
+                .map_err(|e| self.err_at(steps, format!("variant '{name}': {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Variant {
             name,
             map,
             sweep_layers: v.sweep_layers,
             diagnose: v.diagnose,
             activation: v.activation.into_inner(),
+            finetune,
         })
     }
 }

@@ -111,6 +111,10 @@ impl Inputs {
             diagnose: cell.diagnose,
             documents: other.then_some(d.documents_sha256.as_str()),
             dtype: dtype.to_string(),
+            finetune: cell
+                .finetune
+                .as_ref()
+                .map(|f| crate::grid::training::finetune_key(f, &grid.train)),
             max_tokens: grid.max_tokens,
             model: &self.models[cell.model].fingerprint,
             per_layer: cell.plan.per_layer.iter().map(|a| a.name()).collect(),
@@ -138,6 +142,9 @@ struct CellKey<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     documents: Option<&'a str>,
     dtype: String,
+    /// Fine-tuned cells: their training settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finetune: Option<String>,
     max_tokens: Option<usize>,
     model: &'a str,
     per_layer: Vec<String>,
@@ -274,6 +281,7 @@ mod tests {
             diagnose: true,
             documents: None,
             dtype: "f32".into(),
+            finetune: None,
             max_tokens: None,
             model: "m0c",
             per_layer: vec!["gelu_new".into(), "relu".into()],

@@ -12,6 +12,7 @@
 pub mod cells;
 pub mod charts;
 pub mod config;
+mod finetune;
 mod inputs;
 mod manifest;
 pub mod merge;

@@ -19,11 +19,13 @@ use crate::fsio::DirLock;
 use crate::grid::cells::{Cell, Shard};
 use crate::grid::charts::write_charts;
 use crate::grid::config::Grid;
+use crate::grid::finetune::{finetune_cell, FinetuneJob};
 use crate::grid::inputs::Inputs;
 use crate::grid::manifest::{CellCounts, Manifest};
 use crate::grid::progress::Progress;
 use crate::grid::results::{self, Row};
 use crate::grid::score::{self, CellContext};
+use crate::grid::training::{Finetune, RowTraining};
 use crate::model::CausalLm;
 use crate::provenance;
 use crate::runtime::{DeviceSpec, Precision};
@@ -88,6 +90,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
         grid,
         inputs: &inputs,
         device,
+        device_name: settings.device.to_string(),
         dtype: settings.dtype.dtype(),
     };
     let mut progress = Progress::new(settings.progress, pending.len(), run.total_work(&pending));
@@ -220,6 +223,7 @@ struct Run<'a> {
     grid: &'a Grid,
     inputs: &'a Inputs,
     device: Device,
+    device_name: String,
     dtype: DType,
 }
 
@@ -301,9 +305,15 @@ impl Run<'_> {
             bytes: dataset.covered_bytes[cell.model],
             cache: cache.as_ref().map(|c| c.chunks.as_slice()),
             fill,
+            variant: None,
         };
         let mut draw = |done: usize, _total: usize| progress.draw(i, &cell.name, done * per_batch);
         let (row, filled) = self.score_with_records(&ctx, cell, key, out_dir, &mut draw)?;
+        // A fine-tuned variant (never a baseline cell, so the cache is not being filled).
+        let training = match &cell.finetune {
+            Some(finetune) => Some(self.finetune(ctx, cell, key, finetune, out_dir)?),
+            None => None,
+        };
         if fill {
             *cache = Some(BaselineCache {
                 pair,
@@ -320,8 +330,33 @@ impl Run<'_> {
         Ok(Row {
             seconds: started.elapsed().as_secs_f64(),
             diagnostics,
+            training,
             ..row
         })
+    }
+
+    /// Fine-tunes a variant cell after its swap and scores the recovered model.
+    fn finetune(
+        &self,
+        ctx: CellContext,
+        cell: &Cell,
+        key: &str,
+        finetune: &Finetune,
+        out_dir: &Path,
+    ) -> anyhow::Result<RowTraining> {
+        let config = &self.inputs.models[cell.model].files.config;
+        let job = FinetuneJob {
+            cell,
+            key,
+            finetune,
+            model_dir: config.parent().unwrap_or(Path::new(".")),
+            out: out_dir,
+            device: &self.device,
+            device_name: self.device_name.clone(),
+            dtype: self.dtype,
+            threads: crate::runtime::threads(),
+        };
+        finetune_cell(&job, ctx)
     }
 
     /// Scores a cell, writing its per-token file when `save_nll` is on (the row then names

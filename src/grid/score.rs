@@ -25,6 +25,7 @@ use crate::model::CausalLm;
 use crate::provenance;
 
 /// Everything scoring a cell needs besides the cell itself.
+#[derive(Clone, Copy)]
 pub(crate) struct CellContext<'a> {
     pub grid: &'a Grid,
     /// The unmodified model; variants share its weights.
@@ -42,6 +43,8 @@ pub(crate) struct CellContext<'a> {
     pub cache: Option<&'a [Tensor]>,
     /// Return the baseline's hidden states, to fill the cache.
     pub fill: bool,
+    /// The variant to score instead of `base.with_plan(cell.plan)` (a fine-tuned model).
+    pub variant: Option<&'a dyn CausalLm>,
 }
 
 /// Scores one cell: the baseline alone, or the variant against the baseline — from the
@@ -54,8 +57,13 @@ pub(crate) fn score_cell(
     records: Option<&mut NllWriter>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<(Row, Vec<Tensor>)> {
-    let variant = (!cell.is_baseline).then(|| ctx.base.with_plan(cell.plan.clone()));
-    let models: Vec<&dyn CausalLm> = match (&variant, ctx.cache) {
+    let owned =
+        (!cell.is_baseline && ctx.variant.is_none()).then(|| ctx.base.with_plan(cell.plan.clone()));
+    let variant: Option<&dyn CausalLm> = match cell.is_baseline {
+        true => None,
+        false => ctx.variant.or(owned.as_deref()),
+    };
+    let models: Vec<&dyn CausalLm> = match (variant, ctx.cache) {
         (None, _) => vec![ctx.base],
         (Some(v), Some(_)) => vec![v],
         (Some(v), None) => vec![ctx.base, v],

@@ -105,6 +105,59 @@ impl TrainTable {
     }
 }
 
+/// A variant's recovery fine-tuning: steps, learning rate (`None`: `[train]`'s or the
+/// default), and the text (never the scored datasets unless named).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finetune {
+    pub steps: usize,
+    pub lr: Option<f64>,
+    pub train_data: PathBuf,
+}
+
+impl Finetune {
+    /// Checks a variant's `finetune_steps`, `lr` and `train_data` (else `[train]` `data`,
+    /// relative to the config's directory `base`).
+    pub fn resolve(
+        steps: usize,
+        lr: Option<f64>,
+        train_data: Option<&str>,
+        table: &TrainTable,
+        base: &Path,
+    ) -> Result<Self, String> {
+        if steps == 0 {
+            return Err("finetune_steps must be at least 1".into());
+        }
+        if lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+            return Err(format!(
+                "lr must be a positive number, got {}",
+                lr.unwrap_or_default()
+            ));
+        }
+        let data = train_data.or(table.data.as_deref()).ok_or(
+            "finetune_steps needs a text to train on: train_data in the variant or data in [train]",
+        )?;
+        let p = base.join(data);
+        let train_data = if p.is_file() {
+            p
+        } else if crate::data::is_data_name(data) {
+            PathBuf::from(data)
+        } else {
+            return Err(format!("train_data: {} does not exist, and {data} is not a named dataset or an hf:ORG/NAME/path", p.display()));
+        };
+        Ok(Self {
+            steps,
+            lr,
+            train_data,
+        })
+    }
+}
+
+/// What a fine-tuned cell's key adds: every training setting (the text by name; a changed
+/// text is caught by the training run's own identity check).
+pub fn finetune_key(f: &Finetune, table: &TrainTable) -> String {
+    format!("{f:?} {table:?}")
+}
+
 /// One layer's gradient norms over a run's steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerGradSummary {
