@@ -20,7 +20,7 @@ use crate::grid::charts::write_charts;
 use crate::grid::results::{self, Row};
 use crate::grid::runner::{RunSettings, RunSummary};
 use crate::grid::scratch::ScratchGrid;
-use crate::grid::training::{cell_dir, run_training, summarise, RowTraining};
+use crate::grid::training::{cell_dir, run_training, summarise, RowTraining, RunInfo};
 use crate::kernels;
 use crate::model::load::{load, LoadOptions};
 use crate::model::CausalLm;
@@ -78,8 +78,8 @@ pub fn run_scratch(grid: &ScratchGrid, settings: &RunSettings) -> anyhow::Result
     let mut trained: BTreeMap<usize, Trained> = BTreeMap::new();
     for cell in &pending {
         for m in [0, cell.model] {
-            if !trained.contains_key(&m) {
-                trained.insert(m, train_model(grid, settings, &device, m)?);
+            if let std::collections::btree_map::Entry::Vacant(e) = trained.entry(m) {
+                e.insert(train_model(grid, settings, &device, m)?);
             }
         }
         let started = Instant::now();
@@ -222,16 +222,15 @@ fn train_model(
         .find_map(|r| r.lr.filter(|&l| l > 0.0))
         .unwrap_or(0.0);
     let lr = grid.train.lr.unwrap_or(lr);
-    let training = summarise(
-        "scratch",
-        &settings.out,
-        &dir,
-        &data,
+    let run = RunInfo {
+        kind: "scratch",
+        out: &settings.out,
+        dir: &dir,
+        train_data: &data,
         lr,
-        grid.train.target_loss,
-        &summary,
-        &log,
-    );
+        target_loss: grid.train.target_loss,
+    };
+    let training = summarise(run, &summary, &log);
     let opts = LoadOptions {
         device: device.clone(),
         ..LoadOptions::default()

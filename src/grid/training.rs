@@ -209,17 +209,27 @@ pub fn run_training(spec: &TrainSpec) -> anyhow::Result<(TrainSummary, Vec<LogRe
     Ok((summary, log))
 }
 
-/// The row's account of a training run in `dir` (under the grid's `out`).
-pub fn summarise(
-    kind: &str,
-    out: &Path,
-    dir: &Path,
-    train_data: &str,
-    lr: f64,
-    target_loss: Option<f64>,
-    s: &TrainSummary,
-    log: &[LogRecord],
-) -> RowTraining {
+/// Which training run a row describes: its kind (`scratch`, `finetune`), its directory
+/// `dir` under the grid's `out`, its data, peak learning rate and target loss.
+pub struct RunInfo<'a> {
+    pub kind: &'a str,
+    pub out: &'a Path,
+    pub dir: &'a Path,
+    pub train_data: &'a str,
+    pub lr: f64,
+    pub target_loss: Option<f64>,
+}
+
+/// The row's account of a training run.
+pub fn summarise(run: RunInfo<'_>, s: &TrainSummary, log: &[LogRecord]) -> RowTraining {
+    let RunInfo {
+        kind,
+        out,
+        dir,
+        train_data,
+        lr,
+        target_loss,
+    } = run;
     let steps: Vec<&LogRecord> = log.iter().filter(|r| r.loss.is_some()).collect();
     RowTraining {
         kind: kind.to_string(),

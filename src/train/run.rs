@@ -342,7 +342,7 @@ impl Run<'_> {
                 ..LogRecord::default()
             };
             progress.step(done, r.loss, rec.tokens_per_second.unwrap_or(0.0));
-            if done == s.steps || (s.eval_every > 0 && done % s.eval_every == 0) {
+            if done == s.steps || (s.eval_every > 0 && done.is_multiple_of(s.eval_every)) {
                 let (ppl, nll) = self.evaluate()?;
                 progress.eval(done, ppl);
                 (rec.eval_perplexity, rec.eval_mean_nll) = (Some(ppl), Some(nll));
@@ -350,7 +350,7 @@ impl Run<'_> {
             self.record(rec)?;
             if done == s.steps {
                 self.save(FINAL, tokens_seen)?;
-            } else if s.save_every > 0 && done % s.save_every == 0 {
+            } else if s.save_every > 0 && done.is_multiple_of(s.save_every) {
                 self.save(&checkpoint::checkpoint_name(done), tokens_seen)?;
             }
         }
