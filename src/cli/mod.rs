@@ -34,8 +34,8 @@ pub use perplexity::PerplexityArgs;
 pub use run::RunArgs;
 pub use train::TrainArgs;
 
-/// Swap the feed-forward activation of GPT-2-family checkpoints at load time and measure
-/// what it costs.
+/// Swap the feed-forward activation of causal language models (GPT-2, GPT-NeoX, OPT, Llama,
+/// Qwen2) at load time and measure what it costs.
 #[derive(Debug, Parser)]
 #[command(name = "gpt-ablate", version, about, long_about = None)]
 pub struct Cli {
