@@ -218,7 +218,8 @@ fn src(s: &CpuStorage) -> Result<Src<'_>> {
     })
 }
 
-/// A buffer of `len` elements of `like`'s dtype, and a pointer for the tasks to fill it.
+/// A buffer of `len` elements of `like`'s dtype, and a pointer for the tasks to fill it (the
+/// pointer stays valid when the buffer moves into the storage: its heap block does not).
 fn output_like(like: &CpuStorage, len: usize) -> Result<(CpuStorage, Out)> {
     Ok(match like {
         CpuStorage::F32(_) => {

@@ -9,6 +9,7 @@
 //! - [`math`]: branch-free scalar `exp`, `tanh`, `erf`, GELUs (imports nothing from the crate).
 //! - [`elementwise`]: parallel, runtime-dispatched (AVX2+FMA or baseline) maps.
 //! - [`attention`]: fused causal attention with grouped-query heads.
+//! - [`norm`]: LayerNorm and RMSNorm in f32 whatever the dtype.
 //! - [`rope`]: rotary position embeddings on (part of) each head.
 //! - [`reductions`]: log-sum-exp, KL divergence and top-1 agreement per row.
 
@@ -18,6 +19,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod isa;
 pub mod math;
+pub mod norm;
 pub mod reductions;
 pub mod rope;
 
