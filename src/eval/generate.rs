@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::data::TextTokenizer;
+use crate::kernels;
 use crate::model::CausalLm;
 
 /// How the next token is chosen.
@@ -251,13 +252,7 @@ impl Sampler {
 
 /// First index of the largest value (like `torch.argmax`).
 pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
+    kernels::reductions::argmax(xs).0 as u32
 }
 
 /// When to stop.
@@ -335,16 +330,24 @@ pub fn generate(
     let (mut text, mut emitted) = (String::new(), 0usize);
     let mut ids = Vec::new();
 
+    let greedy = params.temperature == 0.0 && params.repeat_penalty == 1.0;
+    let mut logits = Vec::with_capacity(vocab);
+    history.reserve(rules.max_new_tokens);
+    ids.reserve(rules.max_new_tokens);
+
     let start = Instant::now();
     let input = Tensor::from_slice(prompt, (1, prompt.len()), &device)?;
-    let mut logits = last_logits(model, &input, &mut cache)?;
+    let mut picked = next_logits(model, &input, &mut cache, greedy, &mut logits)?;
     let prompt_seconds = start.elapsed().as_secs_f64();
     let gen_start = Instant::now();
     let stop_reason = loop {
         if ids.len() >= rules.max_new_tokens {
             break StopReason::MaxNewTokens;
         }
-        let id = sampler.sample(&mut logits, &history);
+        let id = match picked {
+            Some(id) => id,
+            None => sampler.sample(&mut logits, &history),
+        };
         ids.push(id);
         history.push(id);
         if Some(id) == rules.eos {
@@ -374,7 +377,7 @@ pub fn generate(
             break StopReason::ContextFull;
         }
         let input = Tensor::from_slice(&[id], (1, 1), &device)?;
-        logits = last_logits(model, &input, &mut cache)?;
+        picked = next_logits(model, &input, &mut cache, greedy, &mut logits)?;
     };
     if emitted < text.len() {
         emit(&text[emitted..])?;
@@ -389,19 +392,26 @@ pub fn generate(
     })
 }
 
-/// Runs `input` (1, t) through the model, extending `cache`; the last position's logits.
-fn last_logits(
+/// Runs `input` (1, t) through the model, extending `cache`. When `greedy`, returns the
+/// argmax of the last position's logits, taken on the LM head's output in place; otherwise
+/// the logits are written to `logits` for the sampler.
+fn next_logits(
     model: &dyn CausalLm,
     input: &Tensor,
     cache: &mut crate::model::Cache,
-) -> candle_core::Result<Vec<f32>> {
+    greedy: bool,
+    logits: &mut Vec<f32>,
+) -> candle_core::Result<Option<u32>> {
     let hidden = model.hidden_states_cached(input, cache)?; // (1, t, C)
     let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?; // (1, C)
-    model
-        .logits_from_hidden(&last)?
-        .to_dtype(DType::F32)?
-        .squeeze(0)?
-        .to_vec1()
+    let out = model.logits_from_hidden(&last)?.squeeze(0)?; // (vocab,)
+    if greedy {
+        if let Some(id) = kernels::reductions::argmax_vec(&out)? {
+            return Ok(Some(id as u32));
+        }
+    }
+    *logits = out.to_dtype(DType::F32)?.to_vec1()?;
+    Ok(None)
 }
 
 /// Byte offset of the earliest stop string that ends after `emitted - longest stop`.

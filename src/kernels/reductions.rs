@@ -57,6 +57,31 @@ pub(crate) fn argmax(x: &[f32]) -> (usize, f32) {
     }
 }
 
+/// The first index of the largest element of a CPU vector (f32, bf16 or f16), read in place;
+/// `None` for other tensors. NaNs are ignored.
+pub fn argmax_vec(t: &Tensor) -> Result<Option<usize>> {
+    const CHUNK: usize = 4096;
+    if !t.device().is_cpu() || t.rank() != 1 {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Some(src) = super::convert::cpu_slice(&storage, layout) else {
+        return Ok(None);
+    };
+    let isa = super::isa::Isa::get();
+    let mut buf = [0f32; CHUNK];
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for start in (0..src.len()).step_by(CHUNK) {
+        let run = &mut buf[..CHUNK.min(src.len() - start)];
+        super::convert::load(isa, src, start, run);
+        let (i, v) = argmax(run);
+        if v > best.1 {
+            best = (start + i, v);
+        }
+    }
+    Ok(Some(best.0))
+}
+
 /// `ln Σ_j e^{x_ij}` over the last dimension of a 2-D tensor, as f32 `(rows,)`. Accumulates
 /// the sum of exponentials in 16 f32 lanes per row and adds the lanes in f64.
 pub fn logsumexp_last_dim(xs: &Tensor) -> Result<Tensor> {
