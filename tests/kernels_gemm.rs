@@ -108,7 +108,7 @@ fn check(isa: Isa, ty: Ty, d: Dims, bias: bool, act: bool, with: Option<Combine>
     }
 }
 
-const SHAPES: [(usize, usize, usize); 11] = [
+const SHAPES: [(usize, usize, usize); 13] = [
     (1, 7, 5),
     (2, 33, 70),
     (3, 64, 129),
@@ -118,6 +118,9 @@ const SHAPES: [(usize, usize, usize); 11] = [
     (37, 513, 260),
     (100, 64, 600),
     (250, 1000, 70),
+    // Rows 4 KiB apart (f32) crowd one L1 set: x is restaged to another stride.
+    (20, 1024, 70),
+    (6, 1024, 1000),
     // Few rows, many columns: the product runs with the operands swapped.
     (6, 96, 3000),
     (7, 64, 9000),

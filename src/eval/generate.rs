@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::data::TextTokenizer;
+use crate::kernels;
 use crate::model::CausalLm;
 
 /// How the next token is chosen.
@@ -259,15 +260,9 @@ impl Sampler {
     }
 }
 
-/// First index of the largest value (like `torch.argmax`).
+/// First index of the largest value (NaNs ignored; callers reject non-finite logits first).
 pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
+    kernels::reductions::argmax(xs).0 as u32
 }
 
 /// When to stop.
@@ -333,19 +328,28 @@ pub fn generate(
     let (mut text, mut emitted) = (String::new(), 0usize);
     let mut ids = Vec::new();
 
+    let greedy = params.temperature == 0.0 && params.repeat_penalty == 1.0;
+    let mut logits = Vec::with_capacity(vocab);
+    history.reserve(rules.max_new_tokens);
+    ids.reserve(rules.max_new_tokens);
+
     let start = Instant::now();
     let input = Tensor::from_slice(prompt, (1, prompt.len()), &device)?;
-    let mut logits = last_logits(model, &input, &mut cache)?;
+    let mut picked = next_logits(model, &input, &mut cache, greedy, &mut logits)?;
     let prompt_seconds = start.elapsed().as_secs_f64();
     let gen_start = Instant::now();
     let stop_reason = loop {
         if ids.len() >= rules.max_new_tokens {
             break StopReason::MaxNewTokens;
         }
-        if logits.iter().any(|l| !l.is_finite()) {
-            return Err(GenError::NonFinite { step: ids.len() });
-        }
-        let id = sampler.sample(&mut logits, &history);
+        let id = match picked {
+            Next::Token(id) => id,
+            Next::NonFinite => return Err(GenError::NonFinite { step: ids.len() }),
+            Next::Sample if logits.iter().any(|l| !l.is_finite()) => {
+                return Err(GenError::NonFinite { step: ids.len() })
+            }
+            Next::Sample => sampler.sample(&mut logits, &history),
+        };
         ids.push(id);
         history.push(id);
         if Some(id) == rules.eos {
@@ -375,7 +379,7 @@ pub fn generate(
             break StopReason::ContextFull;
         }
         let input = Tensor::from_slice(&[id], (1, 1), &device)?;
-        logits = last_logits(model, &input, &mut cache)?;
+        picked = next_logits(model, &input, &mut cache, greedy, &mut logits)?;
     };
     if emitted < text.len() {
         emit(&text[emitted..])?;
@@ -410,19 +414,37 @@ pub fn check_prompt(model: &dyn CausalLm, prompt: &[u32]) -> Result<(), GenError
     Ok(())
 }
 
-/// Runs `input` (1, t) through the model, extending `cache`; the last position's logits.
-fn last_logits(
+/// What the last position's logits decide.
+enum Next {
+    /// Greedy decoding: the argmax, taken on the LM head's output in place.
+    Token(u32),
+    /// Greedy decoding met a NaN or infinite logit.
+    NonFinite,
+    /// The logits were written out for the sampler.
+    Sample,
+}
+
+/// Runs `input` (1, t) through the model, extending `cache`. When `greedy` and the logits
+/// can be read in place, returns their argmax; otherwise writes them to `logits`.
+fn next_logits(
     model: &dyn CausalLm,
     input: &Tensor,
     cache: &mut crate::model::Cache,
-) -> candle_core::Result<Vec<f32>> {
+    greedy: bool,
+    logits: &mut Vec<f32>,
+) -> candle_core::Result<Next> {
     let hidden = model.hidden_states_cached(input, cache)?; // (1, t, C)
     let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?; // (1, C)
-    model
-        .logits_from_hidden(&last)?
-        .to_dtype(DType::F32)?
-        .squeeze(0)?
-        .to_vec1()
+    let out = model.logits_from_hidden(&last)?.squeeze(0)?; // (vocab,)
+    if greedy {
+        match kernels::reductions::argmax_vec(&out)? {
+            Some(Some(id)) => return Ok(Next::Token(id as u32)),
+            Some(None) => return Ok(Next::NonFinite),
+            None => {}
+        }
+    }
+    *logits = out.to_dtype(DType::F32)?.to_vec1()?;
+    Ok(Next::Sample)
 }
 
 /// Byte offset of the earliest stop string that ends after `emitted - longest stop`.

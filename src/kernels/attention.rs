@@ -5,6 +5,7 @@ use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::convert::{self, Out, Src};
+use super::decode;
 use super::isa::Isa;
 use super::math::exp;
 use super::reductions::{max, sum};
@@ -12,6 +13,9 @@ use super::reductions::{max, sum};
 /// Queries per block in the fused attention: block `[i0, i1)` only multiplies against keys
 /// `[0, offset + i1)`, which skips most of the masked upper triangle.
 const QUERY_BLOCK: usize = 128;
+
+/// Queries at or below which each head reads the cache in place, query by query.
+const FEW_QUERIES: usize = 4;
 
 /// Causal multi-head attention `softmax(scale·q·kᵀ + mask)·v`, heads side by side in the last
 /// dimension: `q` (b, tq, H·d), `k` and `v` (b, tk, G·d) with `tk ≥ tq`, where query `i` sees
@@ -218,7 +222,8 @@ fn src(s: &CpuStorage) -> Result<Src<'_>> {
     })
 }
 
-/// A buffer of `len` elements of `like`'s dtype, and a pointer for the tasks to fill it.
+/// A buffer of `len` elements of `like`'s dtype, and a pointer for the tasks to fill it (the
+/// pointer stays valid when the buffer moves into the storage: its heap block does not).
 fn output_like(like: &CpuStorage, len: usize) -> Result<(CpuStorage, Out)> {
     Ok(match like {
         CpuStorage::F32(_) => {
@@ -275,6 +280,9 @@ impl HeadJob<'_> {
     /// Only this task writes columns `hh·d ..` of sequence `bi`'s output rows.
     unsafe fn run(&self, bi: usize, hh: usize, buf: &mut HeadBuf) {
         let (_, tq, tk, c, d) = self.dims;
+        if tq <= FEW_QUERIES {
+            return self.run_few(bi, hh, buf);
+        }
         let kvh = hh / self.group;
         let (qp, qs) = self.rows(self.q, bi, hh * d, tq, &mut buf.q);
         let (kp, ks) = self.rows(self.k, bi, kvh * d, tk, &mut buf.k);
@@ -318,6 +326,34 @@ impl HeadJob<'_> {
         }
     }
 
+    /// The few-query form (decoding): per query, scores against the key rows and the
+    /// weighted sum of the value rows, reading the cache in place.
+    ///
+    /// # Safety
+    /// As [`Self::run`].
+    unsafe fn run_few(&self, bi: usize, hh: usize, buf: &mut HeadBuf) {
+        let (_, tq, tk, c, d) = self.dims;
+        let kvh = hh / self.group;
+        let (keys, values) = (
+            head_rows(self.k, bi, kvh * d, d),
+            head_rows(self.v, bi, kvh * d, d),
+        );
+        let (qsrc, qv) = self.q;
+        buf.q.resize(d, 0.0);
+        buf.out.resize(d, 0.0);
+        buf.scores.resize(tk, 0.0);
+        for i in 0..tq {
+            let visible = tk - tq + i + 1;
+            let first = qv.offset + bi * qv.batch + i * qv.row + hh * d;
+            convert::load(self.isa, qsrc, first, &mut buf.q);
+            let scores = &mut buf.scores[..visible];
+            decode::dots(self.isa, keys, &buf.q, scores);
+            softmax_row_in_place(scores, self.scale);
+            decode::weighted_sum(self.isa, values, scores, &mut buf.out);
+            convert::store(self.isa, &buf.out, self.out, (bi * tq + i) * c + hh * d);
+        }
+    }
+
     /// Rows `0..n` of one head (columns `col ..col + d`) of sequence `bi` as f32: in place
     /// for f32 inputs (pointer, row stride), else converted into `scratch` (stride d).
     fn rows(
@@ -338,6 +374,21 @@ impl HeadJob<'_> {
             convert::load(self.isa, src, first + r * view.row, row);
         }
         (scratch.as_ptr(), d)
+    }
+}
+
+/// The rows of one head (columns `col .. col + d`) of sequence `bi`.
+fn head_rows<'a>(
+    (src, view): (Src<'a>, View),
+    bi: usize,
+    col: usize,
+    d: usize,
+) -> decode::HeadRows<'a> {
+    decode::HeadRows {
+        src,
+        first: view.offset + bi * view.batch + col,
+        stride: view.row,
+        d,
     }
 }
 

@@ -2,6 +2,7 @@
 //! vectorised per [`Isa`]: bf16 by bit shifts (round to nearest even on the way down, as
 //! `half` and PyTorch do), f16 with the F16C instructions where the CPU has them.
 
+use candle_core::{DType, Device, Layout, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::isa::Isa;
@@ -54,23 +55,43 @@ pub enum Out {
     F16(*mut f16),
 }
 
-impl Out {
-    /// The same buffer from element `n` on.
-    ///
-    /// # Safety
-    /// `n` must be within the buffer.
-    pub unsafe fn offset(self, n: usize) -> Out {
-        match self {
-            Out::F32(p) => Out::F32(p.add(n)),
-            Out::Bf16(p) => Out::Bf16(p.add(n)),
-            Out::F16(p) => Out::F16(p.add(n)),
-        }
-    }
-}
-
 // SAFETY: an `Out` is only a pointer; the kernels that share one write disjoint elements.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
+
+/// A contiguous CPU tensor's elements, when they are f32, bf16 or f16.
+pub fn cpu_slice<'a>(storage: &'a Storage, layout: &Layout) -> Option<Src<'a>> {
+    let (a, b) = layout.contiguous_offsets()?;
+    match storage {
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(Src::F32(&v[a..b])),
+        Storage::Cpu(candle_core::CpuStorage::BF16(v)) => Some(Src::Bf16(&v[a..b])),
+        Storage::Cpu(candle_core::CpuStorage::F16(v)) => Some(Src::F16(&v[a..b])),
+        _ => None,
+    }
+}
+
+/// A new CPU tensor of `dtype` (f32, bf16 or f16) and `shape`, filled by `fill`.
+///
+/// # Safety
+/// `fill` must write every element of the buffer it is given.
+pub unsafe fn new_tensor(dtype: DType, shape: Shape, fill: impl FnOnce(Out)) -> Result<Tensor> {
+    unsafe fn make<T: candle_core::WithDType>(
+        shape: Shape,
+        fill: impl FnOnce(*mut T),
+    ) -> Result<Tensor> {
+        let len = shape.elem_count();
+        let mut v = Vec::<T>::with_capacity(len);
+        fill(v.as_mut_ptr());
+        v.set_len(len);
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+    match dtype {
+        DType::F32 => make::<f32>(shape, |p| fill(Out::F32(p))),
+        DType::BF16 => make::<bf16>(shape, |p| fill(Out::Bf16(p))),
+        DType::F16 => make::<f16>(shape, |p| fill(Out::F16(p))),
+        other => candle_core::bail!("unsupported dtype {other:?}"),
+    }
+}
 
 /// bf16 bits of `x`, rounded to nearest even; NaN stays a (quiet) NaN. Branch-free, so that
 /// loops over it vectorise.

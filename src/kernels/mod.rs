@@ -8,16 +8,20 @@
 //!   rows (packed, blocked) and few (streaming, for decoding).
 //! - [`math`]: branch-free scalar `exp`, `tanh`, `erf`, GELUs (imports nothing from the crate).
 //! - [`elementwise`]: parallel, runtime-dispatched (AVX2+FMA or baseline) maps.
-//! - [`attention`]: fused causal attention with grouped-query heads.
+//! - [`attention`]: fused causal attention with grouped-query heads; [`decode`]: its
+//!   few-query form, reading the key/value cache in place.
+//! - [`norm`]: LayerNorm and RMSNorm in f32 whatever the dtype.
 //! - [`rope`]: rotary position embeddings on (part of) each head.
 //! - [`reductions`]: log-sum-exp, KL divergence and top-1 agreement per row.
 
 pub mod attention;
 pub mod convert;
+pub mod decode;
 pub mod elementwise;
 pub mod gemm;
 pub mod isa;
 pub mod math;
+pub mod norm;
 pub mod reductions;
 pub mod rope;
 

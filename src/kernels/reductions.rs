@@ -38,6 +38,54 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     tail.iter().chain(&acc).map(|&v| v as f64).sum::<f64>() as f32
 }
 
+/// The first index of the largest value and that value (NaNs ignored; index 0 and −∞ when
+/// there is no other), as a fold with `v > best` finds them, in two vectorised passes.
+#[inline(always)]
+pub(crate) fn argmax(x: &[f32]) -> (usize, f32) {
+    let m = max(x);
+    let mut found = x.len();
+    for (c, chunk) in x.chunks(LANES).enumerate() {
+        if chunk.iter().fold(false, |any, &v| any | (v == m)) {
+            found = c * LANES + chunk.iter().position(|&v| v == m).unwrap_or(0);
+            break;
+        }
+    }
+    if found == x.len() {
+        (0, f32::NEG_INFINITY)
+    } else {
+        (found, m)
+    }
+}
+
+/// The first index of the largest element of a CPU vector (f32, bf16 or f16), read in place:
+/// `Some(Some(i))`, or `Some(None)` when any element is NaN or infinite; `None` for tensors
+/// it cannot read in place.
+pub fn argmax_vec(t: &Tensor) -> Result<Option<Option<usize>>> {
+    const CHUNK: usize = 4096;
+    if !t.device().is_cpu() || t.rank() != 1 {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Some(src) = super::convert::cpu_slice(&storage, layout) else {
+        return Ok(None);
+    };
+    let isa = super::isa::Isa::get();
+    let mut buf = [0f32; CHUNK];
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for start in (0..src.len()).step_by(CHUNK) {
+        let run = &mut buf[..CHUNK.min(src.len() - start)];
+        super::convert::load(isa, src, start, run);
+        if !run.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            return Ok(Some(None));
+        }
+        let (i, v) = argmax(run);
+        if v > best.1 {
+            best = (start + i, v);
+        }
+    }
+    Ok(Some(Some(best.0)))
+}
+
 /// `ln Σ_j e^{x_ij}` over the last dimension of a 2-D tensor, as f32 `(rows,)`. Accumulates
 /// the sum of exponentials in 16 f32 lanes per row and adds the lanes in f64.
 pub fn logsumexp_last_dim(xs: &Tensor) -> Result<Tensor> {
@@ -183,21 +231,10 @@ unsafe fn kl_row_avx2(p: &[f32], q: &[f32]) -> (f64, bool) {
     kl_row_generic(p, q)
 }
 
-/// One pass for maxima and argmaxes, one for the sums: with `e = exp(p − max p)`,
+/// Vectorised passes for maxima and argmaxes, one for the sums: with `e = exp(p − max p)`,
 /// `KL = Σ e·(p − q) / Σ e − (lse(p) − lse(q))`, everything accumulated in f64.
 #[inline(always)]
 fn kl_row_generic(p: &[f32], q: &[f32]) -> (f64, bool) {
-    let argmax = |x: &[f32]| {
-        x.iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            })
-    };
     let ((ip, mp), (iq, mq)) = (argmax(p), argmax(q));
     const L: usize = 8;
     let (mut sp, mut sq, mut a) = ([0f64; L], [0f64; L], [0f64; L]);

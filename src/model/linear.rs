@@ -7,9 +7,9 @@
 //! added or a gate multiplied — and is rounded once to the compute dtype. Elsewhere (other
 //! devices, autograd) it is composed from candle ops, which are also the tests' reference.
 
-use candle_core::{DType, Device, Layout, Module, Result, Storage, Tensor};
+use candle_core::{DType, Layout, Module, Result, Storage, Tensor};
 
-use crate::kernels::convert::{Out, Src};
+use crate::kernels::convert::{self, Src};
 use crate::kernels::gemm::{self, Dims, Epilogue};
 use crate::kernels::{elementwise, Isa};
 use crate::model::activation::Activation;
@@ -111,7 +111,7 @@ impl Linear {
                 _ => None,
             },
         };
-        run(slice(&xs, xl)?, slice(&ws, wl)?, d, &epi, shape).map(Some)
+        run(slice(&xs, xl)?, slice(&ws, wl)?, d, &epi, dtype, shape).map(Some)
     }
 }
 
@@ -121,45 +121,19 @@ fn supported(dtype: DType) -> bool {
 
 /// A contiguous CPU tensor's elements.
 fn slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<Src<'a>> {
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("linear: expected a contiguous tensor")
-    };
-    Ok(match storage {
-        Storage::Cpu(candle_core::CpuStorage::F32(v)) => Src::F32(&v[a..b]),
-        Storage::Cpu(candle_core::CpuStorage::BF16(v)) => Src::Bf16(&v[a..b]),
-        Storage::Cpu(candle_core::CpuStorage::F16(v)) => Src::F16(&v[a..b]),
-        _ => candle_core::bail!("linear: expected an f32, bf16 or f16 CPU tensor"),
+    convert::cpu_slice(storage, layout).ok_or_else(|| {
+        candle_core::Error::Msg("linear: expected a contiguous f32, bf16 or f16 CPU tensor".into())
     })
 }
 
 /// Runs the kernel into a new CPU tensor of x's dtype and the given shape.
-fn run(x: Src, w: Src, d: Dims, epi: &Epilogue, shape: Vec<usize>) -> Result<Tensor> {
-    let len = d.n * d.m;
+fn run(x: Src, w: Src, d: Dims, epi: &Epilogue, dtype: DType, shape: Vec<usize>) -> Result<Tensor> {
     let isa = Isa::get();
-    let dev = Device::Cpu;
-    // SAFETY: each buffer has room for n·m elements, the kernel writes every one of them
-    // before the length is set, and nothing else sees the buffer meanwhile.
+    // SAFETY: the kernel writes all n·m elements of the new buffer.
     unsafe {
-        match x {
-            Src::F32(_) => {
-                let mut v = Vec::<f32>::with_capacity(len);
-                gemm::linear(isa, x, w, d, epi, Out::F32(v.as_mut_ptr()));
-                v.set_len(len);
-                Tensor::from_vec(v, shape, &dev)
-            }
-            Src::Bf16(_) => {
-                let mut v = Vec::<half::bf16>::with_capacity(len);
-                gemm::linear(isa, x, w, d, epi, Out::Bf16(v.as_mut_ptr()));
-                v.set_len(len);
-                Tensor::from_vec(v, shape, &dev)
-            }
-            Src::F16(_) => {
-                let mut v = Vec::<half::f16>::with_capacity(len);
-                gemm::linear(isa, x, w, d, epi, Out::F16(v.as_mut_ptr()));
-                v.set_len(len);
-                Tensor::from_vec(v, shape, &dev)
-            }
-        }
+        convert::new_tensor(dtype, shape.into(), |out| {
+            gemm::linear(isa, x, w, d, epi, out)
+        })
     }
 }
 

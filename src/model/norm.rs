@@ -4,6 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
+use crate::kernels::norm;
 use crate::model::decoder::Mode;
 use crate::model::params::Params;
 use crate::weights::LoadError;
@@ -49,7 +50,13 @@ impl Norm {
     /// `x`: (n, width) → (n, width).
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match (self, mode) {
-            (Self::Layer(n), Mode::Fast) => n.forward(x),
+            (Self::Layer(n), Mode::Fast) => {
+                let eps = n.eps() as f32;
+                match norm::layer_norm(x, n.weight(), n.bias(), eps)? {
+                    Some(y) => Ok(y),
+                    None => n.forward(x),
+                }
+            }
             (Self::Layer(n), Mode::Differentiable) => {
                 let bias = match n.bias() {
                     Some(b) => b.clone(),
@@ -58,7 +65,10 @@ impl Norm {
                 candle_nn::ops::layer_norm_slow(x, n.weight(), &bias, n.eps() as f32)
             }
             (Self::Rms { weight, eps }, Mode::Fast) => {
-                candle_nn::ops::rms_norm(&x.contiguous()?, weight, *eps as f32)
+                match norm::rms_norm(x, weight, *eps as f32)? {
+                    Some(y) => Ok(y),
+                    None => candle_nn::ops::rms_norm(&x.contiguous()?, weight, *eps as f32),
+                }
             }
             (Self::Rms { weight, eps }, Mode::Differentiable) => {
                 candle_nn::ops::rms_norm_slow(x, weight, *eps as f32)

@@ -1,22 +1,34 @@
-//! Many rows: W packed once per slab of columns; x packed once per super-block of rows (and
-//! slab) — or, where the kernel can, read in place — then tiles of the output computed in
-//! parallel from the shared packs, each into an f32 tile that the epilogue writes out.
+//! Many rows: W packed once per slab of columns; x read in place by the level's direct
+//! kernel (or first staged — converted to the kernel's dtype, or copied to a row stride that
+//! does not crowd the L1 cache — a block of rows at a time), or packed where the level has
+//! no direct kernel; then tiles of the output computed in parallel from the shared packs,
+//! each into an f32 tile that the epilogue writes out.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::epilogue::finish;
-use super::micro::Kernel;
+use super::micro::{Kernel, Run};
 use super::pack::{self, Packed, Rows};
 use super::{Dims, Epilogue, Job, A_BUDGET, B_BUDGET, KC, MC, NC_MAX};
-use crate::kernels::convert::{Out, Src};
+use crate::kernels::convert::{self, Src};
+
+/// Per-thread buffers, kept between calls.
+#[derive(Default)]
+struct Buffers {
+    /// Packed x and W.
+    a: Vec<u32>,
+    b: Vec<u32>,
+    /// Staged rows of x (f32 or bf16, by kernel).
+    f32s: Vec<f32>,
+    bf16s: Vec<bf16>,
+}
 
 thread_local! {
-    /// Packed x and W of the calling thread's products, kept between calls.
-    static PACKS: RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
     /// Each worker's f32 tile, epilogue run and partial-panel pack.
     static TILE: RefCell<(Vec<f32>, Vec<f32>, Vec<u32>)> =
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
@@ -26,20 +38,34 @@ thread_local! {
 #[derive(Clone, Copy)]
 enum ASide<'a> {
     Packed(&'a Packed<'a>),
-    /// Rows of x in place (full panels; a partial last panel is packed by the tile).
-    Direct,
+    /// Rows in place, row r of the block at element `r·ld` (a partial last panel is packed
+    /// by the tile, since reading it in place would run past the end).
+    Direct {
+        x: Src<'a>,
+        ld: usize,
+    },
 }
-
-/// Columns of the output computed per pass when the operands are swapped.
-const SWAP_SLAB: usize = 4096;
 
 /// # Safety
 /// As [`super::linear`].
 pub(super) unsafe fn run(job: &Job) {
     let bf16 = matches!((job.x, job.w), (Src::Bf16(_), Src::Bf16(_)));
     let kern = Kernel::for_isa(job.isa, bf16);
+    // Few rows and many columns (an LM head over a chunk of positions): packing W would cost
+    // as much as the product, so compute Yᵀ = W·xᵀ with W read in place (or staged) instead.
+    if job.d.n * 8 <= job.d.m && kern.direct.is_some() {
+        transposed(job, &kern);
+    } else {
+        plain(job, &kern, Finish::Rows);
+    }
+}
+
+/// `y = x·Wᵀ` as `(W·xᵀ)ᵀ`: the swapped product's tiles go through `job`'s epilogue
+/// column by column.
+unsafe fn transposed(job: &Job, kern: &Kernel) {
     let d = job.d;
-    let swapped = Job {
+    let none = Epilogue::default();
+    let sub = Job {
         x: job.w,
         w: job.x,
         d: Dims {
@@ -47,159 +73,132 @@ pub(super) unsafe fn run(job: &Job) {
             k: d.k,
             m: d.n,
         },
+        epi: &none,
         ..*job
     };
-    // Few rows and many columns (an LM head over a chunk of positions): packing W would cost
-    // as much as the product, so compute Yᵀ = W·xᵀ with W read in place instead — or, when
-    // the kernel cannot read W's dtype, converted to f32 slab by slab (cheaper than packing).
-    let f32_w = Job {
-        x: Src::F32(&[]),
-        ..swapped
-    };
-    if d.n * 8 > d.m {
-        plain(job, &kern);
-    } else if reads_x_in_place(&swapped, &kern) {
-        transposed(job, &kern, false);
-    } else if !kern.pairs && reads_x_in_place(&f32_w, &kern) {
-        transposed(job, &kern, true);
-    } else {
-        plain(job, &kern);
+    plain(&sub, kern, Finish::Transposed(job));
+}
+
+/// Where a tile's sums go.
+#[derive(Clone, Copy)]
+enum Finish<'a> {
+    /// Through the product's own epilogue.
+    Rows,
+    /// The product is the transpose of this one: through its epilogue, column by column.
+    Transposed(&'a Job<'a>),
+}
+
+/// How x reaches the kernel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum XMode {
+    /// Read in place by the direct kernel.
+    InPlace,
+    /// Converted or copied, a block of rows at a time, to rows `ld` apart, then read in place.
+    Staged { ld: usize },
+    /// Packed a block of rows at a time (levels without a direct kernel).
+    Packed,
+}
+
+fn x_mode(job: &Job, kern: &Kernel) -> XMode {
+    if kern.direct.is_none() {
+        return XMode::Packed;
+    }
+    let (k, elem) = (job.d.k, if kern.pairs { 2 } else { 4 });
+    let same_dtype = matches!(
+        (kern.pairs, job.x),
+        (false, Src::F32(_)) | (true, Src::Bf16(_))
+    );
+    if same_dtype && (!kern.pairs || k.is_multiple_of(2)) && spread(k * elem, kern.mr) {
+        return XMode::InPlace;
+    }
+    // A stride of an odd number of cache lines puts every row of a panel in its own set.
+    let per_line = 64 / elem;
+    let lines = k.div_ceil(per_line);
+    XMode::Staged {
+        ld: (lines | 1) * per_line,
     }
 }
 
-/// `y = x·Wᵀ` as `(W·xᵀ)ᵀ`, a slab of W's rows at a time (converted to f32 first when
-/// `convert`): the slab's product into an f32 buffer, then transposed through the epilogue
-/// into `y`'s columns.
-unsafe fn transposed(job: &Job, kern: &Kernel, convert: bool) {
-    let (d, none) = (job.d, Epilogue::default());
-    let (mut yt, mut wf) = (Vec::new(), Vec::new());
-    for j0 in (0..d.m).step_by(SWAP_SLAB) {
-        let len = SWAP_SLAB.min(d.m - j0);
-        yt.resize(len * d.n, 0f32);
-        let slab = job.w.slice(j0 * d.k, len * d.k);
-        let sub = Job {
-            x: if convert {
-                to_f32(job.isa, slab, &mut wf);
-                Src::F32(&wf)
-            } else {
-                slab
-            },
-            w: job.x,
-            d: Dims {
-                n: len,
-                k: d.k,
-                m: d.n,
-            },
-            epi: &none,
-            out: Out::F32(yt.as_mut_ptr()),
-            ..*job
-        };
-        plain(&sub, kern);
-        let yt = &yt[..];
-        (0..len.div_ceil(NC_MAX)).into_par_iter().for_each(|c| {
-            let cols = c * NC_MAX..((c + 1) * NC_MAX).min(len);
-            TILE.with(|buf| {
-                let (vals, tmp, _) = &mut *buf.borrow_mut();
-                vals.resize(cols.len(), 0.0);
-                for i in 0..d.n {
-                    for (v, j) in vals.iter_mut().zip(cols.clone()) {
-                        *v = yt[j * d.n + i];
-                    }
-                    // SAFETY: this task alone writes these columns of every row.
-                    unsafe { finish(job, vals, i, j0 + cols.start, tmp) };
-                }
-            });
-        });
+/// Whether `rows` rows `stride` bytes apart leave a 32 KiB, 8-way L1 cache room: at most 4
+/// in any one of its 64 sets.
+fn spread(stride: usize, rows: usize) -> bool {
+    let mut per_set = [0u8; 64];
+    for r in 0..rows {
+        per_set[(r * stride / 64) % 64] += 1;
     }
+    per_set.iter().all(|&c| c <= 4)
 }
 
-/// `src` converted to f32 into `dst`, in parallel.
-fn to_f32(isa: crate::kernels::Isa, src: Src, dst: &mut Vec<f32>) {
-    const CHUNK: usize = 1 << 16;
-    dst.resize(src.len(), 0.0);
-    dst.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, out)| crate::kernels::convert::load(isa, src, c * CHUNK, out));
-}
-
-/// `y = x·Wᵀ` packing W by slabs, and x by super-blocks unless the kernel reads it in place.
-unsafe fn plain(job: &Job, kern: &Kernel) {
-    let (d, kern) = (job.d, *kern);
-    let mode = x_mode(job, &kern);
+/// `y = x·Wᵀ`: W packed by slabs, x read in place, staged or packed by blocks of rows.
+unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
+    let d = job.d;
+    let mode = x_mode(job, kern);
     let per_row = 4 * pack::steps(d.k.next_multiple_of(KC), kern.pairs);
     let slab = balanced(d.m, B_BUDGET / per_row, kern.nr);
     let block = match mode {
         XMode::InPlace => d.n,
-        XMode::Converted | XMode::Packed => balanced(d.n, A_BUDGET / per_row, MC),
+        _ => balanced(d.n, A_BUDGET / per_row, MC),
     };
-    with_packs(|abuf, bbuf, conv| {
+    with_buffers(|bufs| {
         for j0 in (0..d.m).step_by(slab) {
             let cols = j0..(j0 + slab).min(d.m);
-            let mut b = Packed::new(bbuf, kern.nr, kern.pairs);
-            let w_rows = Rows {
-                src: job.w,
-                k: d.k,
-                row0: j0,
-                rows: cols.len(),
-            };
-            pack::pack_all(job.isa, w_rows, &mut b);
+            let mut b = Packed::new(&mut bufs.b, kern.nr, kern.pairs);
+            pack::pack_all(job.isa, Rows::of(job.w, d.k, cols.clone()), &mut b);
             for i0 in (0..d.n).step_by(block) {
                 let rows = i0..(i0 + block).min(d.n);
-                let b_side = (&b, cols.clone());
-                match mode {
-                    XMode::InPlace => multiply(job, &kern, (ASide::Direct, rows), b_side),
-                    XMode::Converted => {
-                        let n = rows.len();
-                        to_f32(job.isa, job.x.slice(i0 * d.k, n * d.k), conv);
-                        let epi = job.epi.rows(i0 * d.m, n * d.m);
-                        let sub = Job {
-                            x: Src::F32(conv),
-                            d: Dims { n, ..d },
-                            epi: &epi,
-                            out: job.out.offset(i0 * d.m),
-                            ..*job
-                        };
-                        multiply(&sub, &kern, (ASide::Direct, 0..n), b_side);
+                let mut a = Packed::new(&mut bufs.a, kern.mr, kern.pairs);
+                let side = match mode {
+                    XMode::InPlace => ASide::Direct {
+                        x: job.x.slice(i0 * d.k, rows.len() * d.k),
+                        ld: d.k,
+                    },
+                    XMode::Staged { ld } => {
+                        stage(job, kern, rows.clone(), ld, &mut bufs.f32s, &mut bufs.bf16s)
                     }
                     XMode::Packed => {
-                        let mut a = Packed::new(abuf, kern.mr, kern.pairs);
-                        let x_rows = Rows {
-                            src: job.x,
-                            k: d.k,
-                            row0: i0,
-                            rows: rows.len(),
-                        };
-                        pack::pack_all(job.isa, x_rows, &mut a);
-                        multiply(job, &kern, (ASide::Packed(&a), rows), b_side);
+                        pack::pack_all(job.isa, Rows::of(job.x, d.k, rows.clone()), &mut a);
+                        ASide::Packed(&a)
                     }
-                }
+                };
+                multiply(job, kern, fin, (side, rows), (&b, cols.clone()));
             }
         }
     });
 }
 
-/// How x reaches the kernel.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum XMode {
-    /// Read in place by a direct kernel.
-    InPlace,
-    /// Converted to f32 a block of rows at a time, then read in place.
-    Converted,
-    /// Packed a block of rows at a time.
-    Packed,
-}
-
-fn x_mode(job: &Job, kern: &Kernel) -> XMode {
-    let as_f32 = Job {
-        x: Src::F32(&[]),
-        ..*job
-    };
-    if reads_x_in_place(job, kern) {
-        XMode::InPlace
-    } else if !kern.pairs && reads_x_in_place(&as_f32, kern) {
-        XMode::Converted
-    } else {
-        XMode::Packed
+/// Rows `rows` of x in the kernel's dtype, `ld` apart (the padding zeroed), in parallel.
+fn stage<'a>(
+    job: &Job,
+    kern: &Kernel,
+    rows: Range<usize>,
+    ld: usize,
+    f32s: &'a mut Vec<f32>,
+    bf16s: &'a mut Vec<bf16>,
+) -> ASide<'a> {
+    let (isa, k, n) = (job.isa, job.d.k, rows.len());
+    let first = rows.start * k;
+    if kern.pairs {
+        let Src::Bf16(x) = job.x else {
+            unreachable!("pair kernels take bf16")
+        };
+        bf16s.resize(n * ld, bf16::ZERO);
+        bf16s.par_chunks_mut(ld).enumerate().for_each(|(r, row)| {
+            row[..k].copy_from_slice(&x[first + r * k..][..k]);
+            row[k..].fill(bf16::ZERO);
+        });
+        return ASide::Direct {
+            x: Src::Bf16(bf16s),
+            ld,
+        };
+    }
+    f32s.resize(n * ld, 0.0);
+    f32s.par_chunks_mut(ld).enumerate().for_each(|(r, row)| {
+        convert::load(isa, job.x, first + r * k, &mut row[..k]);
+        row[k..].fill(0.0);
+    });
+    ASide::Direct {
+        x: Src::F32(f32s),
+        ld,
     }
 }
 
@@ -209,37 +208,19 @@ fn balanced(len: usize, most: usize, unit: usize) -> usize {
     len.div_ceil(parts).next_multiple_of(unit)
 }
 
-/// Runs `f` with this thread's pack and conversion buffers (fresh ones if they are in use).
-fn with_packs(f: impl FnOnce(&mut Vec<u32>, &mut Vec<u32>, &mut Vec<f32>)) {
-    PACKS.with(|p| match p.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (a, b, c) = &mut *bufs;
-            f(a, b, c)
-        }
-        Err(_) => f(&mut Vec::new(), &mut Vec::new(), &mut Vec::new()),
+/// Runs `f` with this thread's buffers (fresh ones if they are in use).
+fn with_buffers(f: impl FnOnce(&mut Buffers)) {
+    BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut bufs) => f(&mut bufs),
+        Err(_) => f(&mut Buffers::default()),
     })
-}
-
-/// Whether the kernel can read x in place: it has a direct form for x's dtype, and the rows
-/// of a panel do not crowd into a few sets of a 32 KiB, 8-way L1 cache.
-fn reads_x_in_place(job: &Job, kern: &Kernel) -> bool {
-    let dtype_ok = match (kern.pairs, job.x) {
-        (false, Src::F32(_)) => true,
-        (true, Src::Bf16(_)) => job.d.k.is_multiple_of(2),
-        _ => false,
-    };
-    let stride = job.d.k * job.x.elem_size();
-    let mut per_set = [0u8; 64];
-    for r in 0..kern.mr {
-        per_set[(r * stride / 64) % 64] += 1;
-    }
-    kern.direct.is_some() && dtype_ok && per_set.iter().all(|&c| c <= 4)
 }
 
 /// One output block in parallel tiles: `rows` (absolute) × `cols` of the slab `b`.
 fn multiply(
     job: &Job,
     kern: &Kernel,
+    fin: Finish,
     (a, rows): (ASide, Range<usize>),
     (b, cols): (&Packed, Range<usize>),
 ) {
@@ -256,6 +237,7 @@ fn multiply(
         let tile = Tile {
             job,
             kern,
+            fin,
             a,
             a0: rows.start,
             rows: rt * MC..((rt + 1) * MC).min(rows.len()),
@@ -276,6 +258,7 @@ fn multiply(
 struct Tile<'a> {
     job: &'a Job<'a>,
     kern: &'a Kernel,
+    fin: Finish<'a>,
     a: ASide<'a>,
     a0: usize,
     rows: Range<usize>,
@@ -303,25 +286,42 @@ impl Tile<'_> {
                 }
             }
         }
-        for r in 0..self.rows.len() {
-            let vals = &mut sums[r * ncp..r * ncp + self.cols.len()];
-            let (i, j) = (self.a0 + self.rows.start + r, self.b0 + self.cols.start);
-            finish(self.job, vals, i, j, tmp);
+        let (i0, j0) = (self.a0 + self.rows.start, self.b0 + self.cols.start);
+        match self.fin {
+            Finish::Rows => {
+                for r in 0..self.rows.len() {
+                    let vals = &mut sums[r * ncp..r * ncp + self.cols.len()];
+                    finish(self.job, vals, i0 + r, j0, tmp);
+                }
+            }
+            Finish::Transposed(orig) => {
+                let mut vals = vec![0f32; self.rows.len()];
+                for c in 0..self.cols.len() {
+                    for (r, v) in vals.iter_mut().enumerate() {
+                        *v = sums[r * ncp + c];
+                    }
+                    finish(orig, &mut vals, j0 + c, i0, tmp);
+                }
+            }
         }
     }
 
-    /// With x read in place, packs the tile's last panel into `local` when it is partial
-    /// (reading it in place would run past x); returns whether it did.
+    /// With x read in place, packs the tile's last panel into `local` when it is partial;
+    /// returns whether it did.
     fn pack_partial(&self, k0: usize, kc: usize, local: &mut Vec<u32>) -> bool {
         let mr = self.kern.mr;
         let last = self.rows.len() % mr;
-        if !matches!(self.a, ASide::Direct) || last == 0 {
+        let ASide::Direct { x, ld } = self.a else {
+            return false;
+        };
+        if last == 0 {
             return false;
         }
         let src = Rows {
-            src: self.job.x,
+            src: x,
+            ld,
             k: self.job.d.k,
-            row0: self.a0 + self.rows.end - last,
+            row0: self.rows.end - last,
             rows: last,
         };
         local.resize(pack::steps(kc, self.kern.pairs) * mr, 0);
@@ -337,25 +337,22 @@ impl Tile<'_> {
         ir: usize,
         partial: bool,
         local: &[u32],
-    ) -> (super::micro::Run, *const u32, usize) {
+    ) -> (Run, *const u32, usize) {
         let kern = self.kern;
+        let row = self.rows.start + ir;
         match self.a {
-            ASide::Packed(a) => (
-                kern.run,
-                a.panel(pc, kc, (self.rows.start + ir) / kern.mr),
-                0,
-            ),
-            ASide::Direct if partial && ir + kern.mr > self.rows.len() => {
+            ASide::Packed(a) => (kern.run, a.panel(pc, kc, row / kern.mr), 0),
+            ASide::Direct { .. } if partial && ir + kern.mr > self.rows.len() => {
                 (kern.run, local.as_ptr(), 0)
             }
-            ASide::Direct => {
-                let (row, k) = (self.a0 + self.rows.start + ir, self.job.d.k);
-                let ptr = match self.job.x {
-                    Src::F32(x) => x.as_ptr().add(row * k + k0) as *const u32,
-                    Src::Bf16(x) => x.as_ptr().add(row * k + k0) as *const u32,
-                    Src::F16(x) => x.as_ptr().add(row * k + k0) as *const u32,
+            ASide::Direct { x, ld } => {
+                let at = row * ld + k0;
+                let ptr = match x {
+                    Src::F32(x) => x[at..].as_ptr() as *const u32,
+                    Src::Bf16(x) => x[at..].as_ptr() as *const u32,
+                    Src::F16(x) => x[at..].as_ptr() as *const u32,
                 };
-                (kern.direct.unwrap_or(kern.run), ptr, k)
+                (kern.direct.unwrap_or(kern.run), ptr, ld)
             }
         }
     }

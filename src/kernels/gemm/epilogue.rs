@@ -3,7 +3,7 @@
 //! a scratch run first.
 
 use super::{Combine, Job};
-use crate::kernels::convert::{self, Src};
+use crate::kernels::convert::{self, Out, Src};
 use crate::kernels::isa::Isa;
 
 /// Applies the epilogue to `vals`, the sums of row `i`, columns `j0 ..`, and stores them.
@@ -12,21 +12,93 @@ use crate::kernels::isa::Isa;
 /// As [`super::linear`]; the elements written are `out[i·m + j0 ..][..vals.len()]`.
 pub(crate) unsafe fn finish(job: &Job, vals: &mut [f32], i: usize, j0: usize, tmp: &mut Vec<f32>) {
     let (isa, epi, m) = (job.isa, job.epi, job.d.m);
+    let (at, len) = (i * m + j0, vals.len());
+    if let (Out::F32(p), None) = (job.out, epi.act) {
+        // f32 out, no activation: bias, operand and store in one pass.
+        let bias = f32_part(epi.bias, j0, len);
+        let with = f32_part(epi.with.map(|(_, r)| r), at, len);
+        if let (Some(bias), Some(with)) = (bias, with) {
+            let out = std::slice::from_raw_parts_mut(p.add(at), len);
+            let op = epi.with.map_or(Combine::Add, |(op, _)| op);
+            return store_f32(isa, out, vals, bias, with.map(|r| (op, r)));
+        }
+    }
     if let Some(b) = epi.bias {
-        as_f32(isa, b, j0, vals.len(), tmp, |b| {
-            zip(isa, vals, b, |v, b| v + b)
-        });
+        as_f32(isa, b, j0, len, tmp, |b| zip(isa, vals, b, |v, b| v + b));
     }
     if let Some(act) = epi.act {
         act(vals);
     }
     if let Some((op, r)) = epi.with {
-        as_f32(isa, r, i * m + j0, vals.len(), tmp, |r| match op {
+        as_f32(isa, r, at, len, tmp, |r| match op {
             Combine::Add => zip(isa, vals, r, |v, r| v + r),
             Combine::Mul => zip(isa, vals, r, |v, r| v * r),
         });
     }
-    convert::store(isa, vals, job.out, i * m + j0);
+    convert::store(isa, vals, job.out, at);
+}
+
+/// `Some(run)` for an f32 source's elements `start .. start + len` (or `Some(None)` for no
+/// source); `None` for other dtypes.
+#[allow(clippy::option_option)]
+fn f32_part<'a>(s: Option<Src<'a>>, start: usize, len: usize) -> Option<Option<&'a [f32]>> {
+    match s {
+        Some(Src::F32(v)) => Some(Some(&v[start..start + len])),
+        None => Some(None),
+        _ => None,
+    }
+}
+
+/// `out = (vals + bias) (+|·) r`, one pass.
+fn store_f32(
+    isa: Isa,
+    out: &mut [f32],
+    vals: &[f32],
+    bias: Option<&[f32]>,
+    with: Option<(Combine, &[f32])>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: the level implies the CPU has AVX2 and FMA.
+        return unsafe { store_f32_avx2(out, vals, bias, with) };
+    }
+    let _ = isa;
+    store_f32_generic(out, vals, bias, with)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_f32_avx2(
+    out: &mut [f32],
+    vals: &[f32],
+    bias: Option<&[f32]>,
+    with: Option<(Combine, &[f32])>,
+) {
+    store_f32_generic(out, vals, bias, with)
+}
+
+#[inline(always)]
+fn store_f32_generic(
+    out: &mut [f32],
+    vals: &[f32],
+    bias: Option<&[f32]>,
+    with: Option<(Combine, &[f32])>,
+) {
+    let it = out.iter_mut().zip(vals);
+    match (bias, with) {
+        (None, None) => out.copy_from_slice(vals),
+        (Some(b), None) => it.zip(b).for_each(|((o, v), b)| *o = v + b),
+        (None, Some((Combine::Add, r))) => it.zip(r).for_each(|((o, v), r)| *o = v + r),
+        (None, Some((Combine::Mul, r))) => it.zip(r).for_each(|((o, v), r)| *o = v * r),
+        (Some(b), Some((Combine::Add, r))) => it
+            .zip(b)
+            .zip(r)
+            .for_each(|(((o, v), b), r)| *o = (v + b) + r),
+        (Some(b), Some((Combine::Mul, r))) => it
+            .zip(b)
+            .zip(r)
+            .for_each(|(((o, v), b), r)| *o = (v + b) * r),
+    }
 }
 
 /// Calls `f` with elements `start .. start + len` of `src` as f32 (in place when they are).

@@ -50,16 +50,6 @@ pub struct Epilogue<'a> {
     pub with: Option<(Combine, Src<'a>)>,
 }
 
-impl Epilogue<'_> {
-    /// The epilogue of rows whose `with` elements start at `start` (`len` of them).
-    pub(crate) fn rows(&self, start: usize, len: usize) -> Self {
-        Self {
-            with: self.with.map(|(op, r)| (op, r.slice(start, len))),
-            ..*self
-        }
-    }
-}
-
 /// The shapes of one product: x (n, k), W (m, k), y (n, m).
 #[derive(Debug, Clone, Copy)]
 pub struct Dims {

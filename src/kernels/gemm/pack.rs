@@ -55,13 +55,27 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// The source of a pack: `rows` rows of `src` from `row0`, each `k` long.
+/// The source of a pack: `rows` rows of `src` from `row0`, each `k` long and `ld` apart.
 #[derive(Clone, Copy)]
 pub(crate) struct Rows<'a> {
     pub src: Src<'a>,
+    pub ld: usize,
     pub k: usize,
     pub row0: usize,
     pub rows: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// Rows `rows` of a matrix of `k` columns.
+    pub fn of(src: Src<'a>, k: usize, rows: std::ops::Range<usize>) -> Self {
+        Self {
+            src,
+            ld: k,
+            k,
+            row0: rows.start,
+            rows: rows.len(),
+        }
+    }
 }
 
 /// A raw pointer into a packed buffer shared by tasks that fill disjoint panels.
@@ -121,7 +135,7 @@ pub(crate) fn pack_panel(
             (0..s).for_each(|p| out[p * width + lane] = 0);
             continue;
         }
-        let start = (src.row0 + r) * src.k + k0;
+        let start = (src.row0 + r) * src.ld + k0;
         match (pairs, src.src) {
             (true, Src::Bf16(v)) => pack_pairs(&v[start..start + kc], out, width, lane),
             (false, Src::F32(v)) => scatter(&v[start..start + kc], out, width, lane),
