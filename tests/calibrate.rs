@@ -247,3 +247,52 @@ fn perplexity_calibrate_reports_the_fits_and_rejects_misuse() {
         assert!(err.lines().next().unwrap().contains(want), "{err}");
     }
 }
+
+#[test]
+fn a_grid_variant_with_calibrate_scores_as_perplexity_calibrate() {
+    let bin = || assert_cmd::Command::cargo_bin("gpt-ablate").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "models = [\"{}\"]\ndatasets = [\"{}\"]\ncontext = 64\nstride = 32\n\
+             [[variants]]\nname = \"tanh, calibrated\"\nactivation = \"tanh\"\ncalibrate = true\n",
+            fixture("tiny-gpt2").display(),
+            fixture("sample.txt").display()
+        ),
+    )
+    .unwrap();
+    let (rows, _) = run_json(
+        bin()
+            .arg("run")
+            .arg(&grid)
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .arg("--json"),
+    );
+    let row = &rows.as_array().unwrap()[1];
+    assert_eq!(row["activation"], "tanh");
+    assert_eq!(row["calibration"]["layers"].as_array().unwrap().len(), 4);
+    let (v, _) = run_json(bin().args([
+        "perplexity",
+        "--model",
+        fixture("tiny-gpt2").to_str().unwrap(),
+        "--data",
+        fixture("sample.txt").to_str().unwrap(),
+        "--activation",
+        "tanh",
+        "--calibrate",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--json",
+    ]));
+    assert_eq!(row["calibration"], v["calibration"]);
+    let (a, b) = (
+        row["perplexity"].as_f64().unwrap(),
+        v["perplexity"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() / b < 1e-9, "grid {a} vs perplexity {b}");
+}

@@ -337,6 +337,7 @@ fn row(grid: &ScratchGrid, held: &Held, variant: &Trained, cell: &ScratchCell, t
         perplexity_ci95: None,
         lm_eval: None,
         nll_file: None,
+        calibration: None,
         training: Some(variant.training.clone()),
     }
 }

@@ -67,7 +67,7 @@ impl Ffn {
         let act = self.activation();
         let f = match mode {
             Mode::Fast => act.forward(&h)?,
-            Mode::Differentiable => act.forward_composed(&h)?,
+            Mode::Differentiable => crate::model::activation_grad::forward_differentiable(act, &h)?,
         };
         match self {
             Self::Plain { proj, .. } => proj.forward(&f),
