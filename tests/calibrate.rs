@@ -123,8 +123,8 @@ fn calibrate_matches_pytorch_and_restores_each_layers_moments() {
         for (got, want) in fits.layers.iter().zip(case["layers"].as_array().unwrap()) {
             let l = got.layer;
             for (what, g, w) in [
-                ("a", got.a as f64, want["a"].as_f64().unwrap()),
-                ("b", got.b as f64, want["b"].as_f64().unwrap()),
+                ("a", got.a, want["a"].as_f64().unwrap()),
+                ("b", got.b, want["b"].as_f64().unwrap()),
                 (
                     "target_mean",
                     got.target_mean,

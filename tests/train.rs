@@ -395,7 +395,7 @@ fn a_run_killed_with_sigkill_resumes_and_ends_bit_identical() {
     );
     let (v, _) = common::run_json(bin().args(scratch_args(tmp.path(), &killed, "60")));
     let resumed = v["resumed_from"].as_u64().unwrap();
-    assert!(resumed >= 15 && resumed < 60, "resumed from {resumed}");
+    assert!((15..60).contains(&resumed), "resumed from {resumed}");
     for f in ["model.safetensors", "optimizer.safetensors", "config.json"] {
         assert!(
             file_bytes(whole.join("final").join(f)) == file_bytes(killed.join("final").join(f)),

@@ -163,7 +163,7 @@ mod tests {
             grad_norm_c_fc: 0.91,
         };
         Diagnosis {
-            activation: activation.name().into(),
+            activation: activation.name(),
             layers_swapped: swapped,
             windows: 4,
             layers: vec![layer(0), layer(1)],

@@ -20,7 +20,7 @@ use crate::grid::charts::write_charts;
 use crate::grid::results::{self, Row};
 use crate::grid::runner::{RunSettings, RunSummary};
 use crate::grid::scratch::ScratchGrid;
-use crate::grid::training::{cell_dir, run_training, summarise, RowTraining};
+use crate::grid::training::{cell_dir, run_training, summarise, RowTraining, RunLabel};
 use crate::kernels;
 use crate::model::load::{load, LoadOptions};
 use crate::model::CausalLm;
@@ -78,8 +78,8 @@ pub fn run_scratch(grid: &ScratchGrid, settings: &RunSettings) -> anyhow::Result
     let mut trained: BTreeMap<usize, Trained> = BTreeMap::new();
     for cell in &pending {
         for m in [0, cell.model] {
-            if !trained.contains_key(&m) {
-                trained.insert(m, train_model(grid, settings, &device, m)?);
+            if let std::collections::btree_map::Entry::Vacant(e) = trained.entry(m) {
+                e.insert(train_model(grid, settings, &device, m)?);
             }
         }
         let started = Instant::now();
@@ -216,22 +216,15 @@ fn train_model(
     };
     let (summary, log) =
         run_training(&spec).with_context(|| format!("training '{}'", model.name))?;
-    let data = grid.train_data.display().to_string();
-    let lr = log
-        .iter()
-        .find_map(|r| r.lr.filter(|&l| l > 0.0))
-        .unwrap_or(0.0);
-    let lr = grid.train.lr.unwrap_or(lr);
-    let training = summarise(
-        "scratch",
-        &settings.out,
-        &dir,
-        &data,
-        lr,
-        grid.train.target_loss,
-        &summary,
-        &log,
-    );
+    let label = RunLabel {
+        kind: "scratch",
+        out: &settings.out,
+        dir: &dir,
+        train_data: grid.train_data.display().to_string(),
+        lr: log.iter().filter_map(|r| r.lr).fold(0.0, f64::max),
+        target_loss: grid.train.target_loss,
+    };
+    let training = summarise(label, &summary, &log);
     let opts = LoadOptions {
         device: device.clone(),
         ..LoadOptions::default()
@@ -359,18 +352,7 @@ fn curve_charts(
             })
             .collect()
     };
-    let by_layer = trained
-        .iter()
-        .map(|(m, t)| Series {
-            name: name(m),
-            points: t
-                .training
-                .grad_norms
-                .iter()
-                .map(|g| (g.layer as f64, g.block_input_mean))
-                .collect(),
-        })
-        .collect();
+    let by_layer = mean_grad_by_layer(grid, trained);
     let charts = [
         LineChart::new(
             "train_loss",
@@ -410,6 +392,22 @@ fn curve_charts(
         files.extend(c.write(out)?);
     }
     Ok(files)
+}
+
+/// Per model, the mean gradient norm into each block over training, against the layer.
+fn mean_grad_by_layer(grid: &ScratchGrid, trained: &BTreeMap<usize, Trained>) -> Vec<Series> {
+    trained
+        .iter()
+        .map(|(m, t)| Series {
+            name: grid.models[*m].name.clone(),
+            points: t
+                .training
+                .grad_norms
+                .iter()
+                .map(|g| (g.layer as f64, g.block_input_mean))
+                .collect(),
+        })
+        .collect()
 }
 
 /// `manifest.json` of a from-scratch grid (`merge` reads `config.sha256` and `cells.total`).

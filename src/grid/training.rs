@@ -209,24 +209,31 @@ pub fn run_training(spec: &TrainSpec) -> anyhow::Result<(TrainSummary, Vec<LogRe
     Ok((summary, log))
 }
 
-/// The row's account of a training run in `dir` (under the grid's `out`).
-pub fn summarise(
-    kind: &str,
-    out: &Path,
-    dir: &Path,
-    train_data: &str,
-    lr: f64,
-    target_loss: Option<f64>,
-    s: &TrainSummary,
-    log: &[LogRecord],
-) -> RowTraining {
+/// What a row says about a training run besides its log: `finetune` or `scratch`, its
+/// directory under the grid's `out`, the text, the peak learning rate and the target loss.
+pub struct RunLabel<'a> {
+    pub kind: &'a str,
+    pub out: &'a Path,
+    pub dir: &'a Path,
+    pub train_data: String,
+    pub lr: f64,
+    pub target_loss: Option<f64>,
+}
+
+/// The row's account of a training run.
+pub fn summarise(label: RunLabel, s: &TrainSummary, log: &[LogRecord]) -> RowTraining {
     let steps: Vec<&LogRecord> = log.iter().filter(|r| r.loss.is_some()).collect();
+    let (dir, target_loss) = (label.dir, label.target_loss);
     RowTraining {
-        kind: kind.to_string(),
-        dir: dir.strip_prefix(out).unwrap_or(dir).display().to_string(),
-        train_data: train_data.to_string(),
+        kind: label.kind.to_string(),
+        dir: dir
+            .strip_prefix(label.out)
+            .unwrap_or(dir)
+            .display()
+            .to_string(),
+        train_data: label.train_data,
         steps: s.steps,
-        lr,
+        lr: label.lr,
         tokens_seen: s.tokens_seen,
         tokens_per_second: s.tokens_per_second,
         final_loss: s.final_loss,

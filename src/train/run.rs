@@ -299,15 +299,7 @@ impl Run<'_> {
         let s = self.settings.clone();
         let progress = Progress::new(self.spec.terminal, self.trainer.step, s.steps);
         if self.trainer.step == 0 && self.log.is_empty() {
-            let (ppl, nll) = self.evaluate()?;
-            progress.eval(0, ppl);
-            self.record(LogRecord {
-                step: 0,
-                eval_perplexity: Some(ppl),
-                eval_mean_nll: Some(nll),
-                tokens_seen: Some(0),
-                ..LogRecord::default()
-            })?;
+            self.evaluate_before(&progress)?;
         }
         let mut batches = Batches::new(
             self.texts.train.clone(),
@@ -342,7 +334,7 @@ impl Run<'_> {
                 ..LogRecord::default()
             };
             progress.step(done, r.loss, rec.tokens_per_second.unwrap_or(0.0));
-            if done == s.steps || (s.eval_every > 0 && done % s.eval_every == 0) {
+            if done == s.steps || (s.eval_every > 0 && done.is_multiple_of(s.eval_every)) {
                 let (ppl, nll) = self.evaluate()?;
                 progress.eval(done, ppl);
                 (rec.eval_perplexity, rec.eval_mean_nll) = (Some(ppl), Some(nll));
@@ -350,12 +342,25 @@ impl Run<'_> {
             self.record(rec)?;
             if done == s.steps {
                 self.save(FINAL, tokens_seen)?;
-            } else if s.save_every > 0 && done % s.save_every == 0 {
+            } else if s.save_every > 0 && done.is_multiple_of(s.save_every) {
                 self.save(&checkpoint::checkpoint_name(done), tokens_seen)?;
             }
         }
         progress.clear();
         Ok(())
+    }
+
+    /// The step-0 line: the held-out perplexity before training.
+    fn evaluate_before(&mut self, progress: &Progress) -> anyhow::Result<()> {
+        let (ppl, nll) = self.evaluate()?;
+        progress.eval(0, ppl);
+        self.record(LogRecord {
+            step: 0,
+            eval_perplexity: Some(ppl),
+            eval_mean_nll: Some(nll),
+            tokens_seen: Some(0),
+            ..LogRecord::default()
+        })
     }
 
     fn tokens_seen(&self) -> u64 {
