@@ -290,6 +290,13 @@ fn a_grid_variant_with_calibrate_scores_as_perplexity_calibrate() {
         "--json",
     ]));
     assert_eq!(row["calibration"], v["calibration"]);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("out/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let fits = manifest["calibrations"].as_object().unwrap();
+    assert_eq!(fits.len(), 1);
+    assert_eq!(fits.values().next().unwrap(), &v["calibration"]);
     let (a, b) = (
         row["perplexity"].as_f64().unwrap(),
         v["perplexity"].as_f64().unwrap(),

@@ -159,6 +159,10 @@ impl OutputDir {
     /// manifest.
     fn record(&mut self, row: Row) -> anyhow::Result<()> {
         results::append_jsonl(&self.dir.join("results.jsonl"), &row)?;
+        if let Some(c) = &row.calibration {
+            let name = format!("{} × {} × {}", row.model, row.dataset, row.variant);
+            self.manifest.calibrations.insert(name, c.clone());
+        }
         self.rows.push(row);
         self.rows.sort_by_key(|r| r.index);
         self.write_csv()?;

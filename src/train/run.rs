@@ -418,13 +418,12 @@ impl Run<'_> {
         self.manifest.steps_done = self.trainer.step;
         self.manifest.write(&self.spec.out)?;
         let steps: Vec<&LogRecord> = self.log.iter().filter(|r| r.loss.is_some()).collect();
-        let (tokens, seconds) = steps.windows(1).fold((0f64, 0f64), |(t, s), r| {
-            let r = r[0];
-            (
-                t + r.tokens_per_second.unwrap_or(0.0) * r.seconds.unwrap_or(0.0),
-                s + r.seconds.unwrap_or(0.0),
-            )
-        });
+        // Tokens per step is constant: tokens/s of the run = Σ tokens / Σ seconds.
+        let seconds: f64 = steps.iter().filter_map(|r| r.seconds).sum();
+        let tokens = (self.settings.batch_size
+            * self.settings.seq_len
+            * self.settings.accumulate
+            * steps.len()) as f64;
         let evals: Vec<f64> = self.log.iter().filter_map(|r| r.eval_perplexity).collect();
         Ok(TrainSummary {
             out: self.spec.out.display().to_string(),
