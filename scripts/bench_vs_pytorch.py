@@ -4,67 +4,81 @@
 This is a benchmark, not a test: it prints figures, it does not assert on them (apart from
 failing loudly when something cannot run).
 
+One run covers every (architecture, dtype) pair asked for (``--arch gpt2,neox,opt,llama`` or
+``all``; ``--dtype f32,bf16,f16`` or ``all``) and ends with one table: perplexity and
+generation speed of both tools, their ratios, time to first token and per-token latency, peak
+RSS against the weight file, agreement of the results, and the CPU features each tool ran with.
+
 What it does:
 
-1. Work dir (default /tmp/gpt-ablate-bench, reused if present; outside the repo):
-   ``model/`` is a GPT-2-small-shaped checkpoint: ``GPT2Config()`` defaults (12 layers, 768
-   wide, 12 heads, 1024 positions, 50257 vocab, gelu_new, tied embeddings) with random init
-   (torch.manual_seed(0)), written by ``save_pretrained`` (model.safetensors, ~498 MB), plus the
-   repo's real GPT-2 tokenizer ``data/gpt2-tokenizer/tokenizer.json``.  Random weights are fine
-   for a speed/memory comparison; both tools must still agree on the perplexity.
+1. Work dir (default /tmp/gpt-ablate-bench, reused if present; outside the repo): one
+   checkpoint per architecture and dtype, ``models/<arch>-<dtype>/``, with random weights
+   (torch.manual_seed(0), the family's own config defaults apart from the shape below) written
+   by ``save_pretrained`` in that dtype, plus the repo's real GPT-2 tokenizer
+   ``data/gpt2-tokenizer/tokenizer.json``. Every architecture gets that tokenizer and
+   ``vocab_size = 50257`` (the tokenizer's), so the LM heads are alike and every token id is
+   in range. Shapes:
+
+   * ``gpt2``: ``GPT2Config()`` — GPT-2 small (12 × 768, 12 heads, 1024 positions, gelu_new,
+     tied head), ~498 MB in f32.
+   * ``neox``: Pythia-160m (12 × 768, 12 heads, MLP 3072, rotary on 25 % of each head,
+     parallel residual, untied head, 2048 positions).
+   * ``opt``: OPT-125m (12 × 768, 12 heads, MLP 3072, ReLU, pre-LN, tied head, learned
+     positions with OPT's offset).
+   * ``llama``: SmolLM-135M (30 × 576, 9 query / 3 key-value heads, gated SiLU MLP 1536,
+     RMSNorm, RoPE θ = 10000, tied head).
+
+   Random weights are fine for a speed/memory comparison; both tools must still agree on the
+   perplexity (and, up to numerical near-ties, on the greedy tokens).
 2. Text: the first N tokens (``--tokens``, default 16384; ``--quick`` = 4096) of
    ``data/wikitext-2-raw-test.txt``: the whole file is tokenized, ``ids[:N]`` decoded back to
    text and written to ``<workdir>/bench-<N>.txt``, then re-tokenized to check it is exactly N
    tokens (if not, characters are trimmed from the end until it is; what happened is printed).
-3. Rust: ``gpt-ablate perplexity --model DIR --data TEXT --context 1024 --stride 512 --json``
-   with ``RAYON_NUM_THREADS=2``, started with subprocess.Popen and reaped with os.wait4 to get
-   its peak RSS (ru_maxrss).  Its JSON on stdout gives tokens_scored, perplexity, seconds,
-   tokens_per_second; the wall time is measured here too.
-4. PyTorch (after the Rust run, in a child process of this script so that its peak RSS is its
-   own and comparable): transformers, torch.set_num_threads(2), float32, model.eval(),
-   torch.inference_mode(), the same sliding windows with exact per-token scoring (float32
-   log_softmax of all logits, NLLs summed in float64) as the gpt-ablate contract; only the
-   scoring loop is timed (not the load).  The child also reports getrusage(RUSAGE_SELF)
-   ru_maxrss, which includes the Python + torch runtime (~0.3-0.5 GB) besides the model.
-5. Prints a table (tool, tokens scored, seconds, scored tokens/s, perplexity, peak RSS MiB),
-   ``ratio (gpt-ablate / transformers tokens/s)`` and ``peak RSS / weight file`` (weight file =
-   size of model.safetensors); ``--json-out FILE`` saves every figure.
-6. Generation (on by default; ``--skip-generation`` leaves it out, ``--only-generation`` runs
-   only this part): greedy decoding of 128 new tokens (``--gen-tokens``) after a 32-token prompt
-   (``--gen-prompt-tokens``) on the same checkpoint, 2 threads, float32.  The prompt is the first
-   32 WikiText tokens, decoded and written to ``<workdir>/gen-prompt-32.txt`` (checked to
-   re-tokenize to exactly those 32 ids).
+3. Perplexity, gpt-ablate: ``gpt-ablate perplexity --model DIR --data TEXT --context 1024
+   --stride 512 --dtype D --threads 2 --json`` with ``RAYON_NUM_THREADS=2``, started with
+   subprocess.Popen and reaped with os.wait4 to get its peak RSS (ru_maxrss). Its JSON on
+   stdout gives tokens_scored, perplexity and the scoring seconds.
+4. Perplexity, transformers (in a child process of this script so that its peak RSS is its own
+   and comparable): ``AutoModelForCausalLM.from_pretrained(DIR, dtype=D)``,
+   torch.set_num_threads(2), model.eval(), torch.inference_mode(), the same sliding windows
+   with exact per-token scoring (float32 log_softmax of all logits, NLLs summed in float64) as
+   the gpt-ablate contract; only the scoring loop is timed (not the load). Its peak RSS
+   includes the Python + torch runtime (~0.3-0.5 GB) besides the model.
+5. Generation (``--skip-generation`` leaves it out, ``--only-generation`` runs only this):
+   greedy decoding of 128 new tokens (``--gen-tokens``; ``--quick`` = 64) after a 32-token
+   prompt (``--gen-prompt-tokens``, the first WikiText tokens), 2 threads, dtype D.
 
    * gpt-ablate: ``gpt-ablate generate --model DIR --prompt-file FILE --temperature 0
-     --max-new-tokens 128 --ignore-eos --threads 2 --json`` (RAYON_NUM_THREADS=2 as well).  Its
-     JSON gives prompt_seconds (prompt forward pass, i.e. time to the first new token),
-     generation_seconds (the rest), its own tokens/s figures and token_ids.  End-to-end new
-     tokens/s = generated_tokens / (prompt_seconds + generation_seconds).
-   * transformers, in a child process: torch.set_num_threads(2), float32, model.eval(),
-     torch.inference_mode(), one warm-up ``generate`` of 8 new tokens, then
-     ``model.generate(ids, attention_mask=ones, do_sample=False, max_new_tokens=128,
-     min_new_tokens=128, use_cache=True, pad_token_id=eos)`` timed end to end (perf_counter
-     around the call); new tokens/s = 128 / seconds.
-   * Prints a table, ``generation ratio (gpt-ablate / transformers new tokens/s)`` and the
-     number of leading new tokens on which the two greedy sequences agree (random weights make
-     near-ties possible, so a late divergence is numerics, an early one a bug).  Note
-     min_new_tokens masks the end-of-text logit in transformers while ``--ignore-eos`` only
-     keeps gpt-ablate going, so the sequences would also part if the argmax were ever
-     end-of-text (reported).
+     --max-new-tokens 128 --ignore-eos --dtype D --threads 2 --json``. prompt_seconds is the
+     time to the first new token; per-token latency = generation_seconds / (new − 1).
+   * transformers: one warm-up ``generate`` of 8 new tokens, then one of 1 new token (its time
+     is the time to first token), then ``model.generate(ids, attention_mask=ones,
+     do_sample=False, max_new_tokens=128, min_new_tokens=128, use_cache=True)`` timed end to
+     end; per-token latency = (that − time to first token) / (new − 1).
+   * New tokens/s = new tokens / end-to-end seconds for both; the number of leading new tokens
+     on which the two greedy sequences agree is reported (random weights make near-ties
+     possible, so a late divergence is numerics, an early one a bug).
+6. The CPU: the /proc/cpuinfo flags that matter (avx2, fma, f16c, avx512f, avx512_bf16,
+   avx512_fp16, amx), torch's ``get_cpu_capability()``, and the kernel path gpt-ablate chose
+   (``GPT_ABLATE_LOG_KERNELS=1`` makes it name the path on stderr). ``GPT_ABLATE_KERNELS=avx2``
+   (or ``portable``) in the environment caps gpt-ablate's kernels, to measure the paths a
+   machine without AVX-512 would take.
+
+``--json-out FILE`` saves every figure.
 
 Examples::
 
     cargo build --release
-    python scripts/bench_vs_pytorch.py                 # 16384 tokens
-    python scripts/bench_vs_pytorch.py --quick         # 4096 tokens, smoke run
-    python scripts/bench_vs_pytorch.py --quick --skip-rust   # only the PyTorch half
-    python scripts/bench_vs_pytorch.py --only-generation     # just the generation benchmark
-    python scripts/bench_vs_pytorch.py --skip-generation     # just the perplexity benchmark
+    python scripts/bench_vs_pytorch.py                          # gpt2, f32, 16384 tokens
+    python scripts/bench_vs_pytorch.py --arch all --dtype all   # the whole table (long)
+    python scripts/bench_vs_pytorch.py --quick --arch llama --dtype bf16
+    python scripts/bench_vs_pytorch.py --only-generation --dtype f32,bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -81,6 +95,16 @@ TOKENIZER = REPO / "data" / "gpt2-tokenizer" / "tokenizer.json"
 WIKITEXT = REPO / "data" / "wikitext-2-raw-test.txt"
 DEFAULT_BIN = REPO / "target" / "release" / "gpt-ablate"
 THREADS = 2
+VOCAB = 50257
+ARCHES = ["gpt2", "neox", "opt", "llama"]
+DTYPES = ["f32", "bf16", "f16"]
+SHAPES = {
+    "gpt2": "GPT-2 small",
+    "neox": "Pythia-160m",
+    "opt": "OPT-125m",
+    "llama": "SmolLM-135M",
+}
+CPU_FLAGS = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16"]
 
 
 def log(msg: str) -> None:
@@ -95,29 +119,73 @@ def die(msg: str) -> "None":
 # --------------------------------------------------------------------------- setup
 
 
-def build_model(model_dir: Path) -> None:
-    weights = model_dir / "model.safetensors"
-    if weights.exists() and (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists():
-        log(f"reusing checkpoint {model_dir}")
+def make_config(arch: str):
+    """The family's config class with its own defaults, shaped like the model it stands for."""
+    import transformers as tf
+
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB)
+    if arch == "neox":
+        return tf.GPTNeoXConfig(
+            vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+            intermediate_size=3072, max_position_embeddings=2048, rotary_pct=0.25,
+            rotary_emb_base=10000, use_parallel_residual=True, tie_word_embeddings=False,
+            bos_token_id=0, eos_token_id=0,
+        )
+    if arch == "opt":
+        return tf.OPTConfig(
+            vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+            ffn_dim=3072, max_position_embeddings=2048, word_embed_proj_dim=768,
+            do_layer_norm_before=True, bos_token_id=2, eos_token_id=2, pad_token_id=1,
+        )
+    if arch == "llama":
+        return tf.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+            bos_token_id=1, eos_token_id=2,
+        )
+    die(f"unknown arch {arch!r}")
+
+
+def model_dir_for(workdir: Path, arch: str, dtype: str) -> Path:
+    return workdir / "models" / f"{arch}-{dtype}"
+
+
+def build_models(workdir: Path, arch: str, dtypes: list) -> None:
+    """One seeded random model per arch, saved once per dtype (cast from f32)."""
+    missing = [d for d in dtypes if not (model_dir_for(workdir, arch, d) / "model.safetensors").exists()]
+    for d in dtypes:
+        if d not in missing:
+            log(f"reusing checkpoint {model_dir_for(workdir, arch, d)}")
+    if not missing:
         return
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    log(f"building GPT-2-small-shaped random checkpoint in {model_dir} (seed 0) ...")
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    model_dir.mkdir(parents=True)
+    log(f"building {SHAPES[arch]}-shaped random {arch} checkpoint(s) {missing} (seed 0) ...")
     torch.manual_seed(0)
-    config = GPT2Config()
-    model = GPT2LMHeadModel(config)
+    model = AutoModelForCausalLM.from_config(make_config(arch), dtype=torch.float32)
     model.eval()
-    tmp = model_dir.with_name(model_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    shutil.copy(TOKENIZER, tmp / "tokenizer.json")
-    shutil.rmtree(model_dir)
-    tmp.rename(model_dir)  # only a complete checkpoint ends up under the final name
+    for d in missing:
+        target = model_dir_for(workdir, arch, d)
+        tmp = target.with_name(target.name + ".tmp")
+        for p in (tmp, target):
+            if p.exists():
+                shutil.rmtree(p)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        model.to(torch_dtype(d)).save_pretrained(str(tmp))
+        model.to(torch.float32)
+        shutil.copy(TOKENIZER, tmp / "tokenizer.json")
+        tmp.rename(target)  # only a complete checkpoint ends up under the final name
+    del model
+    gc.collect()
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[name]
 
 
 def make_text(workdir: Path, n_tokens: int) -> tuple[Path, dict]:
@@ -153,19 +221,46 @@ def make_text(workdir: Path, n_tokens: int) -> tuple[Path, dict]:
         "extra_ids_decoded": extra,
         "chars_trimmed": trimmed,
         "ids_equal_corpus_prefix": ids == all_ids[: len(ids)],
-        "corpus_tokens": len(all_ids),
     }
-    if extra or trimmed:
-        log(f"text adjusted: decoded {extra} extra ids, trimmed {trimmed} trailing chars -> {len(ids)} tokens")
-    else:
-        log(f"decode(ids[:{n_tokens}]) re-tokenizes to exactly {len(ids)} tokens")
     if len(ids) != n_tokens:
         die(f"could not make a text of exactly {n_tokens} tokens (got {len(ids)})")
     path = workdir / f"bench-{n_tokens}.txt"
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write(text)
-    log(f"wrote {path} ({info['bytes']} bytes, {n_tokens} tokens, same ids as corpus prefix: {info['ids_equal_corpus_prefix']})")
+    log(f"wrote {path} ({info['bytes']} bytes, {n_tokens} tokens, same ids as corpus prefix: "
+        f"{info['ids_equal_corpus_prefix']}; {extra} extra ids decoded, {trimmed} chars trimmed)")
     return path, info
+
+
+def make_prompt(workdir: Path, n_tokens: int) -> tuple[Path, list]:
+    """The first n_tokens WikiText tokens, decoded; checked to re-tokenize to the same ids."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    with open(WIKITEXT, encoding="utf-8", newline="") as f:
+        full = f.read()
+    # a generous prefix of the text tokenizes the same as the whole file up to n_tokens ids
+    want = tok.encode(full[: 64 * n_tokens + 1024], add_special_tokens=False).ids[:n_tokens]
+    text = tok.decode(want, skip_special_tokens=False)
+    got = tok.encode(text, add_special_tokens=False).ids
+    if got != want:
+        die(f"the decoded {n_tokens}-token prompt re-tokenizes to {len(got)} different ids")
+    path = workdir / f"gen-prompt-{n_tokens}.txt"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return path, want
+
+
+def cpu_flags() -> list:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in CPU_FLAGS if fl in have]
+    except OSError:
+        pass
+    return []
 
 
 # --------------------------------------------------------------------------- child processes
@@ -183,13 +278,7 @@ def run_measured(cmd: list, env: dict) -> dict:
         err.seek(0)
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
-    return {
-        "rc": p.returncode,
-        "wall_s": wall,
-        "peak_rss_kib": ru.ru_maxrss,  # Linux: KiB
-        "stdout": stdout,
-        "stderr": stderr,
-    }
+    return {"rc": p.returncode, "wall_s": wall, "peak_rss_kib": ru.ru_maxrss, "stdout": stdout, "stderr": stderr}
 
 
 def parse_json_stdout(stdout: str) -> dict:
@@ -207,396 +296,268 @@ def parse_json_stdout(stdout: str) -> dict:
     raise ValueError("no JSON object found on stdout")
 
 
-def run_rust(binary: Path, model_dir: Path, text: Path, context: int, stride: int) -> dict:
-    if not binary.exists():
-        die(
-            f"gpt-ablate binary not found at {binary}\n"
-            f"  build it first:  cargo build --release   (or pass --bin PATH, or --skip-rust)"
-        )
-    if not os.access(binary, os.X_OK):
-        die(f"{binary} is not executable")
-    cmd = [
-        str(binary), "perplexity",
-        "--model", str(model_dir),
-        "--data", str(text),
-        "--context", str(context),
-        "--stride", str(stride),
-        "--json",
-    ]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(THREADS))
-    log("running: RAYON_NUM_THREADS=2 " + " ".join(cmd))
+def kernel_path(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if line.startswith("gpt-ablate kernels:"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def run_rust_cmd(what: str, cmd: list) -> tuple[dict, dict]:
+    env = dict(os.environ, RAYON_NUM_THREADS=str(THREADS), GPT_ABLATE_LOG_KERNELS="1")
+    log("  running: " + " ".join(cmd))
     r = run_measured(cmd, env)
     if r["rc"] != 0:
         sys.stderr.write(r["stderr"][-4000:])
-        die(f"gpt-ablate exited with status {r['rc']}")
+        die(f"gpt-ablate {what} exited with status {r['rc']}")
     try:
-        j = parse_json_stdout(r["stdout"])
+        return r, parse_json_stdout(r["stdout"])
     except ValueError as e:
         sys.stderr.write(r["stdout"][-4000:])
-        die(f"could not parse gpt-ablate output: {e}")
-    for k in ("tokens_scored", "perplexity", "seconds"):
-        if k not in j:
-            die(f"gpt-ablate JSON lacks {k!r}: {j}")
-    tps = j.get("tokens_per_second") or j["tokens_scored"] / j["seconds"]
+        die(f"could not parse gpt-ablate {what} output: {e}")
+
+
+def run_rust_ppl(binary: Path, model_dir: Path, text: Path, a, dtype: str) -> dict:
+    cmd = [str(binary), "perplexity", "--model", str(model_dir), "--data", str(text),
+           "--context", str(a.context), "--stride", str(a.stride), "--dtype", dtype,
+           "--threads", str(THREADS), "--json"]
+    r, j = run_rust_cmd("perplexity", cmd)
     return {
-        "tool": "gpt-ablate",
         "tokens_scored": int(j["tokens_scored"]),
         "seconds": float(j["seconds"]),
-        "tokens_per_second": float(tps),
+        "tokens_per_second": int(j["tokens_scored"]) / float(j["seconds"]),
         "perplexity": float(j["perplexity"]),
+        "load_seconds": j.get("load_seconds"),
         "wall_s": r["wall_s"],
         "peak_rss_kib": r["peak_rss_kib"],
-        "raw": j,
+        "kernels": kernel_path(r["stderr"]),
     }
 
 
-def run_torch(model_dir: Path, text: Path, context: int, stride: int, attn: str) -> dict:
-    cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--_torch-worker",
-        "--_model", str(model_dir), "--_text", str(text),
-        "--context", str(context), "--stride", str(stride), "--attn-implementation", attn,
-    ]
-    log(f"running transformers (child process, {THREADS} threads, {attn} attention) ...")
+def run_rust_gen(binary: Path, model_dir: Path, prompt: Path, new_tokens: int, dtype: str) -> dict:
+    cmd = [str(binary), "generate", "--model", str(model_dir), "--prompt-file", str(prompt),
+           "--temperature", "0", "--max-new-tokens", str(new_tokens), "--ignore-eos",
+           "--dtype", dtype, "--threads", str(THREADS), "--json"]
+    r, j = run_rust_cmd("generate", cmd)
+    n = int(j["generated_tokens"])
+    ttft, rest = float(j["prompt_seconds"]), float(j["generation_seconds"])
+    return {
+        "new_tokens": n,
+        "seconds": ttft + rest,
+        "new_tokens_per_second": n / (ttft + rest),
+        "ttft_s": ttft,
+        "per_token_ms": 1e3 * rest / max(n - 1, 1),
+        "token_ids": [int(t) for t in j["token_ids"]],
+        "stop_reason": j.get("stop_reason"),
+        "wall_s": r["wall_s"],
+        "peak_rss_kib": r["peak_rss_kib"],
+        "kernels": kernel_path(r["stderr"]),
+    }
+
+
+def run_torch_child(flag: str, model_dir: Path, data: Path, a, dtype: str, extra: list) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), flag, "--_model", str(model_dir),
+           "--_text", str(data), "--dtype", dtype, "--attn-implementation", a.attn_implementation,
+           *extra]
+    log(f"  running transformers ({flag.strip('-_')}, child process, {THREADS} threads, {dtype}) ...")
     r = run_measured(cmd, dict(os.environ))
     if r["rc"] != 0:
         sys.stderr.write(r["stderr"][-4000:])
         die(f"transformers worker exited with status {r['rc']}")
     j = parse_json_stdout(r["stdout"])
-    return {
-        "tool": "transformers",
-        "tokens_scored": j["tokens_scored"],
-        "seconds": j["seconds"],
-        "tokens_per_second": j["tokens_scored"] / j["seconds"],
-        "perplexity": j["perplexity"],
-        "nll_sum": j["nll_sum"],
-        "load_seconds": j["load_seconds"],
-        "wall_s": r["wall_s"],
-        "peak_rss_kib": r["peak_rss_kib"],
-        "self_maxrss_kib": j["self_maxrss_kib"],
-        "attn_implementation": attn,
-    }
+    j.update({"wall_s": r["wall_s"], "peak_rss_kib": r["peak_rss_kib"]})
+    return j
 
 
-def torch_worker(model_dir: str, text_path: str, context: int, stride: int, attn: str) -> int:
-    """The PyTorch half, run as a child process; prints one JSON object on stdout."""
+def load_torch_model(model_dir: str, dtype: str, attn: str):
     import torch
-    from tokenizers import Tokenizer
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(THREADS)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(dtype), attn_implementation=attn)
+    model.eval()
+    return model, time.perf_counter() - t0
+
+
+def read_ids(model_dir: str, text_path: str) -> list:
+    from tokenizers import Tokenizer
+
     tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     with open(text_path, encoding="utf-8", newline="") as f:
-        ids = tok.encode(f.read(), add_special_tokens=False).ids
-    n = len(ids)
+        return tok.encode(f.read(), add_special_tokens=False).ids
 
-    t0 = time.perf_counter()
-    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
-    model.eval()
-    load_s = time.perf_counter() - t0
 
+def torch_ppl_worker(a) -> int:
+    """Sliding-window perplexity with transformers; prints one JSON object on stdout."""
+    import torch
+
+    ids = read_ids(a._model, a._text)
+    model, load_s = load_torch_model(a._model, a.dtype, a.attn_implementation)
+    n, context, stride = len(ids), a.context, a.stride
     all_ids = torch.tensor(ids, dtype=torch.long)
-    nll_sum = 0.0
-    scored = 0
-    prev_end = 0
-    k = 0
-    windows = 0
+    nll_sum, scored, prev_end, k = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     with torch.inference_mode():
         while True:
             begin = k * stride
             end = min(begin + context, n)
-            input_ids = all_ids[begin:end].unsqueeze(0)
-            logits = model(input_ids=input_ids).logits[0]
+            logits = model(input_ids=all_ids[begin:end].unsqueeze(0)).logits[0]
             logp = torch.log_softmax(logits.float(), dim=-1)
             first = max(prev_end, begin + 1)
             if first < end:
                 pos = torch.arange(first - 1 - begin, end - 1 - begin)
-                nll = -logp[pos, all_ids[first:end]]
-                nll_sum += float(nll.double().sum().item())
+                nll_sum += float((-logp[pos, all_ids[first:end]]).double().sum().item())
                 scored += end - first
-            windows += 1
             prev_end = end
             if end >= n:
                 break
             k += 1
     secs = time.perf_counter() - t0
-    mean = nll_sum / scored
-    out = {
-        "tokens": n,
-        "windows": windows,
-        "tokens_scored": scored,
-        "nll_sum": nll_sum,
-        "mean_nll": mean,
-        "perplexity": math.exp(mean),
-        "seconds": secs,
-        "load_seconds": load_s,
-        "self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    print(json.dumps(out), flush=True)
-    return 0
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def make_prompt(workdir: Path, n_tokens: int) -> tuple[Path, list]:
-    """The first n_tokens WikiText tokens, decoded; checked to re-tokenize to the same ids."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(TOKENIZER))
-    with open(WIKITEXT, encoding="utf-8", newline="") as f:
-        full = f.read()
-    # a generous prefix of the text tokenizes the same as the whole file up to n_tokens ids
-    want = tok.encode(full[: 64 * n_tokens + 1024], add_special_tokens=False).ids[:n_tokens]
-    text = tok.decode(want, skip_special_tokens=False)
-    got = tok.encode(text, add_special_tokens=False).ids
-    if got != want:
-        die(f"the decoded {n_tokens}-token prompt re-tokenizes to {len(got)} different ids: {got} vs {want}")
-    path = workdir / f"gen-prompt-{n_tokens}.txt"
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    log(f"wrote {path} ({len(text.encode('utf-8'))} bytes; re-tokenizes to exactly the first {n_tokens} "
-        f"WikiText ids): {text!r}")
-    return path, want
-
-
-def run_rust_generate(binary: Path, model_dir: Path, prompt: Path, new_tokens: int) -> dict:
-    cmd = [
-        str(binary), "generate",
-        "--model", str(model_dir),
-        "--prompt-file", str(prompt),
-        "--temperature", "0",
-        "--max-new-tokens", str(new_tokens),
-        "--ignore-eos",
-        "--threads", str(THREADS),
-        "--json",
-    ]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(THREADS))
-    log("running: RAYON_NUM_THREADS=2 " + " ".join(cmd))
-    r = run_measured(cmd, env)
-    if r["rc"] != 0:
-        sys.stderr.write(r["stderr"][-4000:])
-        die(f"gpt-ablate generate exited with status {r['rc']}")
-    try:
-        j = parse_json_stdout(r["stdout"])
-    except ValueError as e:
-        sys.stderr.write(r["stdout"][-4000:])
-        die(f"could not parse gpt-ablate generate output: {e}")
-    for k in ("prompt_tokens", "generated_tokens", "prompt_seconds", "generation_seconds", "token_ids"):
-        if k not in j:
-            die(f"gpt-ablate generate JSON lacks {k!r}: {sorted(j)}")
-    secs = float(j["prompt_seconds"]) + float(j["generation_seconds"])
-    n = int(j["generated_tokens"])
-    return {
-        "tool": "gpt-ablate",
-        "prompt_tokens": int(j["prompt_tokens"]),
-        "new_tokens": n,
-        "seconds": secs,
-        "new_tokens_per_second": n / secs,
-        "prompt_seconds": float(j["prompt_seconds"]),
-        "generation_seconds": float(j["generation_seconds"]),
-        "prompt_tokens_per_second": j.get("prompt_tokens_per_second"),
-        "generation_tokens_per_second": j.get("generation_tokens_per_second"),
-        "stop_reason": j.get("stop_reason"),
-        "token_ids": [int(t) for t in j["token_ids"]],
-        "wall_s": r["wall_s"],
-        "peak_rss_kib": r["peak_rss_kib"],
-    }
-
-
-def run_torch_generate(model_dir: Path, prompt: Path, new_tokens: int, attn: str) -> dict:
-    cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--_torch-gen-worker",
-        "--_model", str(model_dir), "--_text", str(prompt),
-        "--gen-tokens", str(new_tokens), "--attn-implementation", attn,
-    ]
-    log(f"running transformers generate (child process, {THREADS} threads, {attn} attention) ...")
-    r = run_measured(cmd, dict(os.environ))
-    if r["rc"] != 0:
-        sys.stderr.write(r["stderr"][-4000:])
-        die(f"transformers generate worker exited with status {r['rc']}")
-    j = parse_json_stdout(r["stdout"])
-    return {
-        "tool": "transformers",
-        "prompt_tokens": j["prompt_tokens"],
-        "new_tokens": j["new_tokens"],
-        "seconds": j["seconds"],
-        "new_tokens_per_second": j["new_tokens"] / j["seconds"],
-        "warmup_seconds": j["warmup_seconds"],
-        "load_seconds": j["load_seconds"],
-        "token_ids": j["token_ids"],
-        "wall_s": r["wall_s"],
-        "peak_rss_kib": r["peak_rss_kib"],
-        "self_maxrss_kib": j["self_maxrss_kib"],
-        "attn_implementation": attn,
-    }
-
-
-def torch_gen_worker(model_dir: str, prompt_path: str, new_tokens: int, attn: str) -> int:
-    """Greedy generation with transformers, run as a child process; prints one JSON object."""
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(THREADS)
-    tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-    with open(prompt_path, encoding="utf-8", newline="") as f:
-        ids = tok.encode(f.read(), add_special_tokens=False).ids
-
-    t0 = time.perf_counter()
-    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
-    model.eval()
-    load_s = time.perf_counter() - t0
-    eos = model.config.eos_token_id
-    pad = eos if eos is not None else 0
-    x = torch.tensor([ids], dtype=torch.long)
-    mask = torch.ones_like(x)
-
-    def gen(n: int):
-        return model.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                              use_cache=True, pad_token_id=pad)
-
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        gen(8)  # warm-up
-        warm_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = gen(new_tokens)
-        secs = time.perf_counter() - t0
-    new = out[0, len(ids):].tolist()
-    assert out[0, : len(ids)].tolist() == ids
     print(json.dumps({
-        "prompt_tokens": len(ids),
-        "new_tokens": len(new),
+        "tokens_scored": scored,
         "seconds": secs,
-        "warmup_seconds": warm_s,
+        "tokens_per_second": scored / secs,
+        "perplexity": math.exp(nll_sum / scored),
         "load_seconds": load_s,
-        "token_ids": new,
-        "self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
     }), flush=True)
     return 0
 
 
-def bench_generation(a, binary: Path, model_dir: Path, eos_id) -> dict:
-    prompt, prompt_ids = make_prompt(a.workdir, a.gen_prompt_tokens)
-    results = []
-    if not a.skip_rust:
-        r = run_rust_generate(binary, model_dir, prompt, a.gen_tokens)
-        results.append(r)
-        log(f"  gpt-ablate: {r['new_tokens']} new tokens in {r['seconds']:.2f} s (prompt {r['prompt_seconds']:.3f} s "
-            f"+ generation {r['generation_seconds']:.2f} s; wall {r['wall_s']:.2f} s)")
-        if r["prompt_tokens"] != len(prompt_ids):
-            die(f"gpt-ablate saw {r['prompt_tokens']} prompt tokens, expected {len(prompt_ids)}")
-        if r["new_tokens"] != a.gen_tokens:
-            die(f"gpt-ablate generated {r['new_tokens']} tokens (stop: {r['stop_reason']}), expected {a.gen_tokens}")
-    t = run_torch_generate(model_dir, prompt, a.gen_tokens, a.attn_implementation)
-    results.append(t)
-    log(f"  transformers: {t['new_tokens']} new tokens in {t['seconds']:.2f} s (+{t['load_seconds']:.2f} s load, "
-        f"{t['warmup_seconds']:.2f} s warm-up; wall {t['wall_s']:.2f} s)")
+def torch_gen_worker(a) -> int:
+    """Greedy generation with transformers; prints one JSON object on stdout."""
+    import torch
 
-    print()
-    print(f"generation: greedy, {a.gen_prompt_tokens}-token prompt, {a.gen_tokens} new tokens, f32, {THREADS} threads")
-    hdr = f"{'tool':<13} {'new':>5} {'seconds':>8} {'new tok/s':>10} {'prompt s':>9} {'decode tok/s':>13} {'peak RSS MiB':>13}"
-    print(hdr)
-    print("-" * len(hdr))
-    for r in results:
-        ps = f"{r['prompt_seconds']:.3f}" if "prompt_seconds" in r else "-"
-        dt = f"{r['generation_tokens_per_second']:.1f}" if r.get("generation_tokens_per_second") else "-"
-        print(f"{r['tool']:<13} {r['new_tokens']:>5} {r['seconds']:>8.2f} {r['new_tokens_per_second']:>10.2f} "
-              f"{ps:>9} {dt:>13} {r['peak_rss_kib'] / 1024:>13.1f}")
-    out = {
-        "prompt_file": str(prompt),
-        "prompt_tokens": len(prompt_ids),
-        "prompt_ids": prompt_ids,
-        "new_tokens": a.gen_tokens,
-        "threads": THREADS,
-        "results": results,
-    }
-    if not a.skip_rust:
-        g = results[0]
-        ratio = g["new_tokens_per_second"] / t["new_tokens_per_second"]
+    ids = read_ids(a._model, a._text)
+    model, load_s = load_torch_model(a._model, a.dtype, a.attn_implementation)
+    eos = model.config.eos_token_id
+    pad = eos if isinstance(eos, int) else 0
+    x = torch.tensor([ids], dtype=torch.long)
+    mask = torch.ones_like(x)
+
+    def gen(n: int):
+        t0 = time.perf_counter()
+        out = model.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                             use_cache=True, pad_token_id=pad)
+        return out, time.perf_counter() - t0
+
+    with torch.inference_mode():
+        gen(8)  # warm-up
+        _, ttft = gen(1)
+        out, secs = gen(a.gen_tokens)
+    new = out[0, len(ids):].tolist()
+    assert out[0, : len(ids)].tolist() == ids
+    print(json.dumps({
+        "new_tokens": len(new),
+        "seconds": secs,
+        "new_tokens_per_second": len(new) / secs,
+        "ttft_s": ttft,
+        "per_token_ms": 1e3 * max(secs - ttft, 0.0) / max(len(new) - 1, 1),
+        "load_seconds": load_s,
+        "token_ids": new,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- one configuration
+
+
+def bench_one(a, binary: Path, arch: str, dtype: str, text: Path, prompt: Path) -> dict:
+    model_dir = model_dir_for(a.workdir, arch, dtype)
+    weight_bytes = (model_dir / "model.safetensors").stat().st_size
+    log(f"\n== {arch} ({SHAPES[arch]} shape), {dtype}: weights {weight_bytes / 2**20:.1f} MiB")
+    res = {"arch": arch, "dtype": dtype, "weight_file_bytes": weight_bytes}
+    if not a.only_generation:
+        g = run_rust_ppl(binary, model_dir, text, a, dtype)
+        t = run_torch_child("--_torch-worker", model_dir, text, a, dtype,
+                            ["--context", str(a.context), "--stride", str(a.stride)])
+        if g["tokens_scored"] != t["tokens_scored"]:
+            log(f"  WARNING: tokens scored differ ({g['tokens_scored']} vs {t['tokens_scored']})")
+        res["ppl"] = {
+            "gpt_ablate": g, "transformers": t,
+            "ratio": g["tokens_per_second"] / t["tokens_per_second"],
+            "ppl_rel_diff": abs(g["perplexity"] - t["perplexity"]) / t["perplexity"],
+        }
+        log(f"  perplexity: gpt-ablate {g['tokens_per_second']:.1f} tok/s (ppl {g['perplexity']:.6g}), "
+            f"transformers {t['tokens_per_second']:.1f} tok/s (ppl {t['perplexity']:.6g}): "
+            f"ratio {res['ppl']['ratio']:.2f}")
+    if not a.skip_generation:
+        g = run_rust_gen(binary, model_dir, prompt, a.gen_tokens, dtype)
+        t = run_torch_child("--_torch-gen-worker", model_dir, prompt, a, dtype, ["--gen-tokens", str(a.gen_tokens)])
         match = 0
         for x, y in zip(g["token_ids"], t["token_ids"]):
             if x != y:
                 break
             match += 1
-        n = min(len(g["token_ids"]), len(t["token_ids"]))
-        eos_in_rust = eos_id is not None and eos_id in g["token_ids"]
-        print(f"generation ratio (gpt-ablate / transformers new tokens/s) = {ratio:.2f}")
-        if match == n:
-            print(f"greedy token ids: identical for all {n} new tokens")
-        else:
-            print(f"greedy token ids: the first {match} of {n} new tokens agree; first difference at new token "
-                  f"{match}: gpt-ablate {g['token_ids'][match]} vs transformers {t['token_ids'][match]}")
-        if eos_in_rust:
-            print(f"note: gpt-ablate emitted end-of-text ({eos_id}), which min_new_tokens masks in transformers")
-        out.update({"generation_ratio": ratio, "matching_leading_tokens": match, "compared_tokens": n,
-                    "identical": match == n, "eos_in_gpt_ablate_output": eos_in_rust})
-    return out
+        res["gen"] = {
+            "gpt_ablate": g, "transformers": t,
+            "ratio": g["new_tokens_per_second"] / t["new_tokens_per_second"],
+            "matching_leading_tokens": match,
+            "compared_tokens": min(len(g["token_ids"]), len(t["token_ids"])),
+        }
+        log(f"  generation: gpt-ablate {g['new_tokens_per_second']:.1f} new tok/s, transformers "
+            f"{t['new_tokens_per_second']:.1f}: ratio {res['gen']['ratio']:.2f}; "
+            f"greedy ids agree on {match}/{res['gen']['compared_tokens']}")
+    return res
 
 
-def bench_perplexity(a, binary: Path, model_dir: Path, weight_bytes: int, n_tokens: int) -> dict:
-    """Steps 2-5 of the docstring; returns the figures for --json-out."""
-    text, text_info = make_text(a.workdir, n_tokens)
-
-    results = []
-    if not a.skip_rust:
-        results.append(run_rust(binary, model_dir, text, a.context, a.stride))
-        r = results[-1]
-        log(f"  gpt-ablate: {r['tokens_scored']} tokens in {r['seconds']:.2f} s (wall {r['wall_s']:.2f} s), "
-            f"ppl {r['perplexity']:.4f}")
-    results.append(run_torch(model_dir, text, a.context, a.stride, a.attn_implementation))
-    r = results[-1]
-    log(f"  transformers: {r['tokens_scored']} tokens in {r['seconds']:.2f} s (+{r['load_seconds']:.2f} s load, "
-        f"wall {r['wall_s']:.2f} s), ppl {r['perplexity']:.4f}")
-
-    mib = 1024.0
+def print_table(a, results: list, n_tokens: int) -> None:
     print()
-    print(f"model: GPT-2-small shape, random init; weights {weight_bytes / 2**20:.1f} MiB; "
-          f"{n_tokens} tokens; context {a.context}, stride {a.stride}; {THREADS} threads")
-    hdr = f"{'tool':<13} {'scored':>7} {'seconds':>8} {'tok/s':>9} {'perplexity':>14} {'peak RSS MiB':>13} {'wall s':>7}"
-    print(hdr)
-    print("-" * len(hdr))
+    print(f"perplexity: {n_tokens} WikiText tokens, context {a.context}, stride {a.stride}; generation: greedy, "
+          f"{a.gen_prompt_tokens}-token prompt, {a.gen_tokens} new tokens; {THREADS} threads; random weights")
+    rows = []
     for r in results:
-        print(f"{r['tool']:<13} {r['tokens_scored']:>7} {r['seconds']:>8.2f} {r['tokens_per_second']:>9.1f} "
-              f"{r['perplexity']:>14.6f} {r['peak_rss_kib'] / mib:>13.1f} {r['wall_s']:>7.2f}")
-    summary = {}
-    t = results[-1]
-    print(f"(transformers child getrusage(RUSAGE_SELF).ru_maxrss = {t['self_maxrss_kib'] / mib:.1f} MiB, "
-          f"includes the Python/torch runtime; its seconds exclude the {t['load_seconds']:.2f} s load)")
-    if not a.skip_rust:
-        g = results[0]
-        ratio = g["tokens_per_second"] / t["tokens_per_second"]
-        rss_ratio = g["peak_rss_kib"] * 1024 / weight_bytes
-        rel = abs(g["perplexity"] - t["perplexity"]) / t["perplexity"]
-        summary = {"speed_ratio": ratio, "rss_over_weights": rss_ratio, "ppl_rel_diff": rel}
-        if g["tokens_scored"] != t["tokens_scored"]:
-            print(f"WARNING: tokens scored differ ({g['tokens_scored']} vs {t['tokens_scored']})")
-        print(f"ratio (gpt-ablate / transformers tokens/s) = {ratio:.2f}")
-        print(f"peak RSS / weight file = {rss_ratio:.2f}   (gpt-ablate; transformers: "
-              f"{t['peak_rss_kib'] * 1024 / weight_bytes:.2f})")
-        print(f"perplexity relative difference = {rel:.2e}")
-    else:
-        print(f"peak RSS / weight file (transformers) = {t['peak_rss_kib'] * 1024 / weight_bytes:.2f}")
+        ga_rss, tf_rss, wb = None, None, r["weight_file_bytes"]
+        row = {"config": f"{r['arch']} {r['dtype']}"}
+        p = r.get("ppl")
+        if p:
+            row.update({
+                "ppl tok/s": f"{p['gpt_ablate']['tokens_per_second']:.0f} / {p['transformers']['tokens_per_second']:.0f}",
+                "ppl ×": f"{p['ratio']:.2f}",
+                "ppl Δrel": f"{p['ppl_rel_diff']:.1e}",
+            })
+            ga_rss, tf_rss = p["gpt_ablate"]["peak_rss_kib"], p["transformers"]["peak_rss_kib"]
+        gn = r.get("gen")
+        if gn:
+            g, t = gn["gpt_ablate"], gn["transformers"]
+            row.update({
+                "gen tok/s": f"{g['new_tokens_per_second']:.1f} / {t['new_tokens_per_second']:.1f}",
+                "gen ×": f"{gn['ratio']:.2f}",
+                "TTFT ms": f"{1e3 * g['ttft_s']:.0f} / {1e3 * t['ttft_s']:.0f}",
+                "ms/token": f"{g['per_token_ms']:.1f} / {t['per_token_ms']:.1f}",
+                "greedy =": f"{gn['matching_leading_tokens']}/{gn['compared_tokens']}",
+            })
+            ga_rss = max(ga_rss or 0, g["peak_rss_kib"])
+            tf_rss = max(tf_rss or 0, t["peak_rss_kib"])
+        row.update({
+            "weights MiB": f"{wb / 2**20:.0f}",
+            "peak RSS MiB": f"{ga_rss / 1024:.0f} / {tf_rss / 1024:.0f}",
+            "RSS/weights": f"{ga_rss * 1024 / wb:.2f} / {tf_rss * 1024 / wb:.2f}",
+        })
+        rows.append(row)
+    cols = []
+    for row in rows:
+        cols += [c for c in row if c not in cols]
+    width = {c: max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in cols}
+    print("| " + " | ".join(c.ljust(width[c]) for c in cols) + " |")
+    print("|" + "|".join("-" * (width[c] + 2) for c in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(r.get(c, "-").rjust(width[c]) for c in cols) + " |")
+    print("(pairs are gpt-ablate / transformers; × = gpt-ablate / transformers speed; peak RSS is the larger of "
+          "the perplexity and generation runs; transformers' includes the Python/torch runtime)")
 
-    return {
-        "tokens": n_tokens,
-        "context": a.context,
-        "stride": a.stride,
-        "text": str(text),
-        "text_info": text_info,
-        "results": results,
-        **summary,
-    }
 
+def parse_list(value: str, allowed: list, what: str) -> list:
+    items = allowed if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    for v in items:
+        if v not in allowed:
+            die(f"--{what} {v!r}: choose from {', '.join(allowed)} or all")
+    return items
 
 
 # --------------------------------------------------------------------------- main
@@ -606,30 +567,35 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", type=Path, default=DEFAULT_BIN, help=f"gpt-ablate binary (default {DEFAULT_BIN})")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpt-ablate-bench"))
+    ap.add_argument("--arch", default="gpt2", help="gpt2, neox, opt, llama: comma-separated, or all (default gpt2)")
+    ap.add_argument("--dtype", default="f32", help="f32, bf16, f16: comma-separated, or all (default f32)")
     ap.add_argument("--tokens", type=int, default=16384, help="number of WikiText tokens (default 16384)")
-    ap.add_argument("--quick", action="store_true", help="use 4096 tokens (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="4096 tokens and 64 new tokens (smoke run)")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--stride", type=int, default=512)
     ap.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"],
                     help="transformers attention kernel (default sdpa, transformers' own default)")
-    ap.add_argument("--skip-rust", action="store_true", help="only run the transformers half")
     ap.add_argument("--json-out", type=Path, help="save all figures to this JSON file")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--skip-generation", action="store_true", help="leave out the generation benchmark")
     g.add_argument("--only-generation", action="store_true", help="run only the generation benchmark")
-    ap.add_argument("--gen-tokens", type=int, default=128, help="new tokens to generate (default 128)")
+    ap.add_argument("--gen-tokens", type=int, default=None, help="new tokens to generate (default 128; --quick 64)")
     ap.add_argument("--gen-prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
     ap.add_argument("--_torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_torch-gen-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_model", help=argparse.SUPPRESS)
     ap.add_argument("--_text", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.gen_tokens is None:
+        a.gen_tokens = 64 if a.quick else 128
 
     if a._torch_worker:
-        return torch_worker(a._model, a._text, a.context, a.stride, a.attn_implementation)
+        return torch_ppl_worker(a)
     if a._torch_gen_worker:
-        return torch_gen_worker(a._model, a._text, a.gen_tokens, a.attn_implementation)
+        return torch_gen_worker(a)
 
+    arches = parse_list(a.arch, ARCHES, "arch")
+    dtypes = parse_list(a.dtype, DTYPES, "dtype")
     n_tokens = 4096 if a.quick else a.tokens
     if not 0 < a.stride <= a.context:
         die("need 0 < stride <= context")
@@ -637,34 +603,32 @@ def main() -> int:
         if not p.exists():
             die(f"{p} is missing (it is part of the repository)")
     binary = a.bin if a.bin.is_absolute() else (Path.cwd() / a.bin)
-    if not a.skip_rust and not binary.exists():  # fail before the slow setup
-        die(
-            f"gpt-ablate binary not found at {binary}\n"
-            f"  build it first:  cargo build --release   (or pass --bin PATH, or --skip-rust)"
-        )
+    if not binary.exists():  # fail before the slow setup
+        die(f"gpt-ablate binary not found at {binary}\n  build it first:  cargo build --release   (or pass --bin PATH)")
 
     load1 = os.getloadavg()[0]
     if load1 > 0.5:
         log(f"WARNING: 1-minute load average is {load1:.2f}; other work on this machine will skew the timings")
+    flags = cpu_flags()
+    log(f"CPU features: {' '.join(flags) or '?'}")
     a.workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = a.workdir / "model"
-    build_model(model_dir)
-    weight_bytes = (model_dir / "model.safetensors").stat().st_size
-    out = {
-        "threads": THREADS,
-        "weight_file_bytes": weight_bytes,
-        "model_dir": str(model_dir),
-        "loadavg_at_start": load1,
-    }
-    if not a.only_generation:
-        out.update(bench_perplexity(a, binary, model_dir, weight_bytes, n_tokens))
-    if not a.skip_generation:
-        if not a.only_generation:
-            print()
-        eos_id = json.loads((model_dir / "config.json").read_text()).get("eos_token_id")
-        out["generation"] = bench_generation(a, binary, model_dir, eos_id)
+    for arch in arches:
+        build_models(a.workdir, arch, dtypes)
+    text, text_info = make_text(a.workdir, n_tokens)
+    prompt, prompt_ids = make_prompt(a.workdir, a.gen_prompt_tokens)
+
+    results = [bench_one(a, binary, arch, dtype, text, prompt) for arch in arches for dtype in dtypes]
+    print_table(a, results, n_tokens)
+    kernels = sorted({r[k]["gpt_ablate"]["kernels"] for r in results for k in ("ppl", "gen") if k in r})
+    torch_caps = sorted({r[k]["transformers"]["cpu_capability"] for r in results for k in ("ppl", "gen") if k in r})
+    print(f"CPU features: {' '.join(flags) or '?'}; gpt-ablate kernels: {', '.join(kernels)}; "
+          f"torch CPU capability: {', '.join(torch_caps)}")
+    load2 = os.getloadavg()[0]
+    print(f"load average (1 min) at start {load1:.2f}, at end {load2:.2f}")
 
     if a.json_out:
+        out = {"threads": THREADS, "cpu_flags": flags, "tokens": n_tokens, "text_info": text_info,
+               "prompt_ids": prompt_ids, "loadavg": [load1, load2], "results": results}
         a.json_out.write_text(json.dumps(out, indent=2) + "\n")
         log(f"wrote {a.json_out}")
     return 0

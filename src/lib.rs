@@ -11,14 +11,18 @@
 //! - [`grid`]: ablation configs, the runner, results, charts.
 //! - [`train`]: calibrated swaps, training from scratch and recovery fine-tuning.
 //! - [`cli`]: the command line; [`runtime`]: device, dtype, threads; [`provenance`]: hashes.
+//! - [`fsio`]: output-directory locks, atomic writes, bounded reads; [`progress`]: progress
+//!   bars on a terminal and progress lines in logs.
 
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod fsio;
 pub mod grid;
 pub mod hub;
 pub mod kernels;
 pub mod model;
+pub mod progress;
 pub mod provenance;
 pub mod runtime;
 pub mod train;

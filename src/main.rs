@@ -8,9 +8,7 @@ fn main() -> std::process::ExitCode {
     match gpt_ablate::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: candle appends a backtrace to some errors when RUST_BACKTRACE is set.
-            let message = format!("{e:#}");
-            eprintln!("Error: {}", message.lines().next().unwrap_or_default());
+            eprintln!("Error: {}", gpt_ablate::cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

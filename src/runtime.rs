@@ -114,33 +114,73 @@ impl fmt::Display for Precision {
     }
 }
 
-/// Sets the number of CPU threads candle and rayon use. Must run before any parallel work.
+/// Sets the number of CPU threads candle and rayon use (`--threads`). Must run before any
+/// parallel work.
 ///
 /// candle's elementwise ops (bias and residual adds) run on a spinning barrier pool beside the
 /// rayon pool its matmuls and our kernels use; on a few cores the two pools fight, and
 /// measured runs are 7–15 % faster (and far steadier under load) with that pool reduced to
 /// the calling thread, so it is, unless `CANDLE_NUM_THREADS` says otherwise.
 pub fn set_threads(n: Option<usize>) -> anyhow::Result<()> {
-    set_threads_with(n, false)
+    set_threads_from(n, "--threads", false)
 }
 
 /// [`set_threads`] for work dominated by candle's own elementwise ops (autograd through
 /// composed layers), which keeps candle's elementwise pool.
 pub fn set_threads_with(n: Option<usize>, elementwise_pool: bool) -> anyhow::Result<()> {
+    set_threads_from(n, "--threads", elementwise_pool)
+}
+
+/// How many threads are worth having: [`THREADS_PER_CORE`] per available core. Asking for
+/// more gains nothing, and a huge count would spend minutes spawning threads.
+pub fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores * THREADS_PER_CORE
+}
+
+/// Threads allowed per available core (see [`max_threads`]).
+pub const THREADS_PER_CORE: usize = 4;
+
+/// [`set_threads_with`], with errors and warnings naming `origin`, where the count came from
+/// (`--threads`, an environment variable, a config key). Without a count, `RAYON_NUM_THREADS`
+/// is honoured within the same cap.
+pub fn set_threads_from(
+    n: Option<usize>,
+    origin: &str,
+    elementwise_pool: bool,
+) -> anyhow::Result<()> {
     if !elementwise_pool && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    if let Some(n) = n {
-        if n == 0 {
-            anyhow::bail!("--threads must be at least 1");
-        }
-        // candle reads RAYON_NUM_THREADS for its own pool; rayon's global pool is set too.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .ok();
+    let from_env = || {
+        let v = std::env::var("RAYON_NUM_THREADS").ok()?;
+        v.trim().parse::<usize>().ok().filter(|&n| n > 0)
+    };
+    let (n, origin) = match n {
+        Some(n) => (n, origin),
+        None => match from_env() {
+            Some(n) => (n, "RAYON_NUM_THREADS"),
+            None => return Ok(()),
+        },
+    };
+    if n == 0 {
+        anyhow::bail!("{origin} must be at least 1");
     }
+    let cap = max_threads();
+    let n = if n > cap {
+        eprintln!(
+            "warning: {origin} {n} is more than {THREADS_PER_CORE} per available core; using {cap}"
+        );
+        cap
+    } else {
+        n
+    };
+    // candle reads RAYON_NUM_THREADS for its own pool; rayon's global pool is set too.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .ok();
     Ok(())
 }
 
@@ -157,6 +197,38 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
+}
+
+/// The most memory this process has had resident so far (`getrusage`'s `ru_maxrss`), in
+/// bytes; `None` where the platform does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            return Some(usage.ru_maxrss as u64 * 1024); // Linux reports KiB
+        }
+    }
+    None
+}
+
+/// Physical memory of the machine in bytes, if the platform says.
+pub fn physical_memory_bytes() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads system constants.
+        let (pages, size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && size > 0 {
+            return Some(pages as u64 * size as u64);
+        }
+    }
+    None
 }
 
 /// Threads in use, for reports.

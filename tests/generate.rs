@@ -276,8 +276,7 @@ fn context_overflow_stops_with_a_message() {
 
 #[test]
 fn bad_generation_input_is_rejected() {
-    let cases: [(&[&str], &str); 7] = [
-        (&["--prompt", ""], "the prompt is empty"),
+    let cases: [(&[&str], &str); 6] = [
         (&["--prompt", &"word ".repeat(200)], "the prompt has"),
         (&["--prompt", "a", "--stop", "\\q"], "unknown escape '\\q'"),
         (
@@ -300,5 +299,7 @@ fn bad_generation_input_is_rejected() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(want), "{args:?}: want '{want}' in {stderr}");
         assert!(!stderr.contains("panicked"));
+        // Refused before anything is printed: no prompt echoed on stdout.
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
     }
 }

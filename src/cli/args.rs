@@ -3,9 +3,8 @@
 
 use clap::Args;
 
-use crate::model::activation::Activation;
 use crate::model::load::{load_files, LoadOptions, Loaded};
-use crate::model::plan::LayerSpec;
+use crate::model::plan::{ActivationMap, LayerSpec};
 use crate::runtime::{DeviceSpec, Precision};
 use crate::weights::CheckpointFiles;
 
@@ -101,15 +100,22 @@ impl ModelRefArgs {
     }
 }
 
+/// `--activation`'s help: every activation name, from the list the parser accepts.
+fn activation_help() -> String {
+    format!(
+        "Activation to put in the MLPs at load time: one of {}; or a per-layer map such as \
+         0-1:relu,2-3:sigmoid (each layer once). Default: the checkpoint's own.",
+        crate::model::activation::valid_names()
+    )
+}
+
 /// Options shared by every command that loads a model.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     #[command(flatten)]
     pub source: ModelRefArgs,
-    /// Activation to put in the MLPs at load time (gelu_new, gelu, relu, silu, sigmoid, tanh,
-    /// identity, ...); default: the checkpoint's own.
-    #[arg(long, value_name = "NAME")]
-    pub activation: Option<Activation>,
+    #[arg(long, value_name = "NAME|MAP", help = activation_help())]
+    pub activation: Option<ActivationMap>,
     /// Layers to swap: `all`, or indices and inclusive ranges such as `0,3,5-7`.
     #[arg(long, value_name = "SPEC", default_value = "all")]
     pub layers: LayerSpec,
@@ -132,12 +138,23 @@ impl ModelArgs {
 
     /// The swap, precision and (opened) device to load with.
     pub(super) fn load_options(&self) -> anyhow::Result<LoadOptions> {
-        if self.activation.is_none() && self.layers != LayerSpec::All {
-            anyhow::bail!("--layers needs --activation (which activation to put in those layers)");
-        }
+        let (activation, per_layer) = match &self.activation {
+            None if self.layers != LayerSpec::All => anyhow::bail!(
+                "--layers needs --activation (which activation to put in those layers)"
+            ),
+            None => (None, None),
+            Some(map) => match map.single() {
+                Some(act) => (Some(act), None),
+                None if self.layers != LayerSpec::All => anyhow::bail!(
+                    "--layers cannot be combined with a per-layer --activation map (the map names its layers)"
+                ),
+                None => (None, Some(map.clone())),
+            },
+        };
         Ok(LoadOptions {
-            activation: self.activation,
+            activation,
             layers: self.layers.clone(),
+            per_layer,
             dtype: self.dtype.dtype(),
             device: self.device.open()?,
         })

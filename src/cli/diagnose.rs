@@ -15,6 +15,8 @@ use crate::eval::prepare::prepare;
 use crate::eval::protocol::{Protocol, ProtocolName};
 use crate::grid::charts::draw_diagnosis;
 use crate::grid::results::write_atomic;
+use crate::model::CausalLm;
+use crate::progress::{Progress, Unit};
 use crate::runtime;
 
 #[derive(Debug, Args)]
@@ -59,12 +61,12 @@ pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         .with_context(|| format!("preparing {}", args.data.display()))?;
     let original = if loaded.model.is_swapped() {
         let model = loaded.model.original();
-        let d = diagnose_plan(&model, &prepared.plan).context("diagnosing the original model")?;
-        Some(d)
+        let d = with_progress("diagnose (original)", &model, &prepared.plan);
+        Some(d.context("diagnosing the original model")?)
     } else {
         None
     };
-    let main = diagnose_plan(&loaded.model, &prepared.plan)?;
+    let main = with_progress("diagnose", &loaded.model, &prepared.plan)?;
     let out = DiagnoseJson {
         model: &args.model.source.model,
         model_source: loaded.files.source.to_json(),
@@ -86,6 +88,24 @@ pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}/diagnose.json and charts", dir.display());
     }
     Ok(())
+}
+
+/// Diagnoses `model`, showing progress in windows.
+fn with_progress(
+    label: &str,
+    model: &dyn CausalLm,
+    plan: &crate::eval::plan::ScoringPlan,
+) -> anyhow::Result<Diagnosis> {
+    let mut shown: Option<Progress> = None;
+    let d = diagnose_plan(model, plan, &mut |done, total| {
+        shown
+            .get_or_insert_with(|| Progress::new(label, total as u64, Unit::Items("windows")))
+            .set(done as u64)
+    });
+    if let Some(p) = shown {
+        p.finish();
+    }
+    d
 }
 
 /// `--out`: diagnose.json (the `--json` object, pretty-printed) and the charts.

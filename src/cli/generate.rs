@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::args::ModelArgs;
 use super::output::print_json;
 use crate::eval::generate::{
-    generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules,
+    check_prompt, generate, unescape_stop, Generation, SamplingParams, StopReason, StopRules,
 };
 use crate::model::load::Loaded;
 use crate::model::CausalLm;
@@ -21,7 +21,8 @@ use crate::runtime;
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The prompt text.
+    /// The prompt text (empty: start from the model's BOS token, else its EOS token, as
+    /// transformers does).
     #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
     /// Read the prompt from a file (`-` for standard input).
@@ -57,12 +58,14 @@ pub struct GenerateArgs {
         allow_negative_numbers = true
     )]
     pub repeat_penalty: f32,
+    /// How many recent tokens (the prompt included) --repeat-penalty looks at.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub repeat_last_n: usize,
-    /// Random seed (default: from the clock, printed at the end).
+    /// Random seed for sampling (default: from the clock, printed at the end; greedy
+    /// decoding, --temperature 0, uses none).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Stop before this string (escapes \\n \\t \\r \\\\ \\" \\u{HEX}); repeatable.
+    /// Stop before this string (escapes: \n \t \r \\ \" \' \0 \u{HEX}); repeatable.
     #[arg(long, value_name = "STRING")]
     pub stop: Vec<String>,
     /// Do not stop at the end-of-text token.
@@ -112,10 +115,12 @@ pub(super) fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let job = Job {
         loaded: &loaded,
         prompt: &prompt,
-        ids: loaded.tokenizer.encode(&prompt)?,
+        ids: prompt_ids(&loaded, &prompt)?,
         params,
         rules: stop_rules(&args, stop, &loaded),
     };
+    // Everything that can be refused before a word is printed.
+    check_prompt(&loaded.model, &job.ids)?;
     if args.compare {
         return compare(&args, &job);
     }
@@ -129,18 +134,29 @@ pub(super) fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `--prompt`, or the contents of `--prompt-file` (`-`: standard input).
+/// `--prompt`, or the contents of `--prompt-file` (`-`: standard input), at most 64 MiB.
 fn read_prompt(args: &GenerateArgs) -> anyhow::Result<String> {
     Ok(match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) if f.as_os_str() == "-" => {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .context("reading the prompt from stdin")?;
+            let limit = crate::fsio::SMALL_FILE_LIMIT;
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), limit + 1),
+                &mut s,
+            )
+            .context("reading the prompt from stdin")?;
+            if s.len() as u64 > limit {
+                anyhow::bail!("the prompt on stdin is larger than {limit} bytes");
+            }
             s
         }
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading --prompt-file {}", f.display()))?,
+        (None, Some(f)) => {
+            let bytes = crate::fsio::read_limited(f, crate::fsio::SMALL_FILE_LIMIT)
+                .context("--prompt-file")?;
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("--prompt-file {}: not UTF-8 text", f.display()))?
+        }
         (None, None) => {
             anyhow::bail!("give a prompt with --prompt TEXT or --prompt-file FILE (- for stdin)")
         }
@@ -175,6 +191,26 @@ fn sampling_params(args: &GenerateArgs) -> anyhow::Result<SamplingParams> {
     Ok(params)
 }
 
+/// The prompt's token ids; an empty prompt starts from the model's BOS token, else its EOS
+/// token (as transformers' `generate` does without input ids).
+fn prompt_ids(loaded: &Loaded, prompt: &str) -> anyhow::Result<Vec<u32>> {
+    let ids = loaded.tokenizer.encode(prompt)?;
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    let info = loaded.model.info();
+    let start = info
+        .bos_id
+        .or(info.eos_id)
+        .or_else(|| loaded.tokenizer.token_to_id("<|endoftext|>"));
+    match start {
+        Some(id) => Ok(vec![id]),
+        None => anyhow::bail!(
+            "the prompt is empty and the model names no BOS or EOS token to start from"
+        ),
+    }
+}
+
 /// `--max-new-tokens`, the stop strings, and the end-of-text token unless `--ignore-eos`.
 fn stop_rules(args: &GenerateArgs, stop: Vec<String>, loaded: &Loaded) -> StopRules {
     let eos = loaded
@@ -189,16 +225,22 @@ fn stop_rules(args: &GenerateArgs, stop: Vec<String>, loaded: &Loaded) -> StopRu
     }
 }
 
-/// Prints the prompt, then each piece of the completion as soon as it is final.
+/// Prints the prompt, then each piece of the completion as soon as it is final. The prompt
+/// is printed with the first piece (or at the end), so a generation that fails at its first
+/// step prints nothing.
 fn stream(job: &Job) -> anyhow::Result<Generation> {
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", job.prompt)?;
-    out.flush()?;
+    let mut prompt_shown = false;
     let mut emit = |piece: &str| {
+        if !prompt_shown {
+            out.write_all(job.prompt.as_bytes())?;
+            prompt_shown = true;
+        }
         out.write_all(piece.as_bytes())?;
         out.flush()
     };
     let g = job.generate(&job.loaded.model, &mut emit)?;
+    emit("")?;
     writeln!(out)?;
     Ok(g)
 }
@@ -229,22 +271,35 @@ fn compare(args: &GenerateArgs, job: &Job) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The speed and stop line on stderr, and why a full context stopped it.
+/// The speed and stop line on stderr: why it stopped, in words, and the seed when sampled.
 fn print_stats(label: &str, g: &Generation, job: &Job) {
+    let seed = if job.params.temperature > 0.0 {
+        format!(", seed {}", job.params.seed)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{label}{} prompt tokens ({:.1} tokens/s), {} generated ({:.1} tokens/s), stop: {:?}, seed {}",
+        "{label}{} prompt tokens ({:.1} tokens/s), {} generated ({:.1} tokens/s); stopped: {}{seed}",
         g.prompt_tokens,
         g.prompt_tokens_per_second(),
         g.token_ids.len(),
         g.generation_tokens_per_second(),
-        g.stop_reason,
-        job.params.seed
+        stop_words(&g.stop_reason, job),
     );
-    if g.stop_reason == StopReason::ContextFull {
-        eprintln!(
-            "stopped: the model's context of {} positions is full",
+}
+
+/// Why generation stopped, in words.
+fn stop_words(reason: &StopReason, job: &Job) -> String {
+    match reason {
+        StopReason::MaxNewTokens => {
+            format!("reached --max-new-tokens ({})", job.rules.max_new_tokens)
+        }
+        StopReason::EndOfText => "the model produced its end-of-text token".to_string(),
+        StopReason::StopString => "a --stop string was produced (not printed)".to_string(),
+        StopReason::ContextFull => format!(
+            "the model's context of {} positions is full",
             job.loaded.model.info().n_positions
-        );
+        ),
     }
 }
 

@@ -1,7 +1,6 @@
 //! `gpt-ablate perplexity`: next-token perplexity of one (swapped) checkpoint on one text,
 //! under a protocol, with its uncertainty and optionally every token's NLL.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -20,8 +19,9 @@ use crate::eval::perplexity::{score_plan, PplError, PplReport, ScoredChunk};
 use crate::eval::prepare::{prepare, Prepared};
 use crate::eval::protocol::{Protocol, ProtocolName};
 use crate::eval::uncertainty::{nll_spread, NllSpread};
-use crate::model::load::{LoadOptions, Loaded};
+use crate::model::load::Loaded;
 use crate::model::plan::format_indices;
+use crate::progress::{Progress, Unit};
 use crate::runtime;
 use crate::train::calibrate::Calibration;
 
@@ -46,6 +46,10 @@ pub struct PerplexityArgs {
     /// JSONL, or Parquet when FILE ends in .parquet.
     #[arg(long, value_name = "FILE")]
     pub save_nll: Option<PathBuf>,
+    /// Score only the first N tokens of the text (bits/byte then counts the bytes they
+    /// cover).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
     #[command(flatten)]
     pub calibrate: CalibrateArgs,
     /// Print one JSON object on stdout instead of the human-readable report.
@@ -74,11 +78,14 @@ struct Scored {
 
 pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.model.threads)?;
+    if args.max_tokens == Some(0) {
+        anyhow::bail!("--max-tokens must be at least 1");
+    }
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
     // Opens the device (and fails on a bad one) before the data is read.
-    let opts = args.model.load_options()?;
+    args.model.load_options()?;
     // Before a possibly long model download.
     let docs = read_documents(&args.data, args.protocol.text_field.as_deref())?;
     let t0 = Instant::now();
@@ -86,7 +93,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let load_seconds = t0.elapsed().as_secs_f64();
     let protocol = (args.protocol).resolve(&loaded, args.context, args.stride, ProtocolName::Hf)?;
     let t1 = Instant::now();
-    let prepared = prepare(&protocol, &docs, &loaded.tokenizer, None)
+    let prepared = prepare(&protocol, &docs, &loaded.tokenizer, args.max_tokens)
         .map_err(|e| anyhow::anyhow!(super::protocol::render(&e)))
         .with_context(|| format!("preparing {}", args.data.display()))?;
     let tokenize_seconds = t1.elapsed().as_secs_f64();
@@ -97,7 +104,7 @@ pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let lm_eval = matches!(protocol, Protocol::LmEval { .. })
         .then(|| lm_eval_metrics(&docs.docs, &report.document_nll));
     let scored = Scored {
-        layers: layers_label(&loaded, &opts)?,
+        layers: layers_label(&loaded),
         bits_per_byte: report.nll_sum / std::f64::consts::LN_2 / prepared.bytes as f64,
         loaded,
         report,
@@ -126,14 +133,12 @@ fn score(
     prepared: &Prepared,
     args: &PerplexityArgs,
 ) -> anyhow::Result<(PplReport, Option<u64>)> {
-    let interactive = std::io::stderr().is_terminal() && !args.json;
+    let mut shown: Option<Progress> = None;
     let mut progress = |done: usize, total: usize| {
-        if interactive {
-            eprint!("\r  scoring: batch {done}/{total}");
-            if done == total {
-                eprint!("\r\x1b[2K");
-            }
-        }
+        let p = shown.get_or_insert_with(|| {
+            Progress::new("perplexity", total as u64, Unit::Items("batches"))
+        });
+        p.set(done as u64);
     };
     let mut writer = match &args.save_nll {
         Some(p) => Some(NllWriter::create(p, false)?),
@@ -157,21 +162,25 @@ fn score(
         &mut per_token,
     )
     .with_context(|| format!("scoring {}", args.data.display()))?;
+    if let Some(p) = shown {
+        p.finish();
+    }
     let records = writer.map(NllWriter::finish).transpose()?;
     Ok((report, records))
 }
 
-/// `none` without `--activation`, `all` when every layer was swapped, else the indices
-/// `--layers` names.
-fn layers_label(loaded: &Loaded, opts: &LoadOptions) -> anyhow::Result<String> {
-    let n_layer = loaded.model.info().n_layer;
-    Ok(if opts.activation.is_none() {
+/// The swapped layers as `--layers` writes them: `none`, `all`, or indices (`0,2-3`) —
+/// the same layers as `layers_swapped` (a swap to the checkpoint's own activation swaps
+/// none).
+fn layers_label(loaded: &Loaded) -> String {
+    let swapped = loaded.model.plan().swapped_layers();
+    if swapped.is_empty() {
         "none".to_string()
-    } else if loaded.model.plan().swapped_layers().len() == n_layer {
+    } else if swapped.len() == loaded.model.info().n_layer {
         "all".to_string()
     } else {
-        format_indices(opts.layers.resolve(n_layer)?)
-    })
+        format_indices(swapped)
+    }
 }
 
 /// The `--json` object (printed with its keys sorted, see
@@ -190,6 +199,9 @@ struct PerplexityJson<'a> {
     context: usize,
     stride: usize,
     batch_size: usize,
+    /// `--max-tokens`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<usize>,
     tokens: usize,
     tokens_scored: usize,
     windows: usize,
@@ -252,6 +264,7 @@ impl<'a> PerplexityJson<'a> {
             context: s.protocol.context(),
             stride: s.protocol.stride(),
             batch_size: args.batch_size,
+            max_tokens: args.max_tokens,
             tokens: s.tokens,
             tokens_scored: r.tokens_scored,
             windows: r.windows,
@@ -439,6 +452,7 @@ mod tests {
             context: 64,
             stride: 64,
             batch_size: 1,
+            max_tokens: None,
             tokens: 3392,
             tokens_scored: 3391,
             windows: 105,

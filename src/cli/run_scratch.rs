@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::output::print_rows;
 use super::run::RunArgs;
 use crate::grid::results;
-use crate::grid::runner::{self, RunSettings};
+use crate::grid::runner::RunSettings;
 use crate::grid::scratch::ScratchGrid;
 use crate::grid::scratch_run::run_scratch;
 use crate::provenance;
@@ -30,7 +30,7 @@ pub(super) fn run(args: RunArgs, text: &str) -> anyhow::Result<()> {
         device: args.device.or(grid.device).unwrap_or_default(),
         dtype: grid.dtype(),
         threads: runtime::threads(),
-        progress: runner::stderr_is_terminal(),
+        progress: true,
     };
     let summary = run_scratch(&grid, &settings)?;
     print_rows(&summary.rows, grid.sort, args.json)?;

@@ -68,10 +68,13 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step (gradient accumulation).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub accumulate: usize,
+    /// AdamW β1 (first-moment decay).
     #[arg(long, value_name = "B1", default_value_t = 0.9)]
     pub beta1: f64,
+    /// AdamW β2 (second-moment decay).
     #[arg(long, value_name = "B2", default_value_t = 0.95)]
     pub beta2: f64,
+    /// AdamW ε (added to the second-moment root).
     #[arg(long, value_name = "EPS", default_value_t = 1e-8)]
     pub eps: f64,
     /// Held-out perplexity every N steps (default: steps/10); always before and after.

@@ -21,10 +21,7 @@ pub fn read_parquet_column(path: &Path, field: &str) -> Result<Vec<String>, Text
         path: path.to_path_buf(),
         msg,
     };
-    let file = std::fs::File::open(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = crate::fsio::open_regular(path)?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| bad(format!("not a readable Parquet file ({})", one_line(&e))))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();

@@ -50,10 +50,7 @@ fn named_in_config(tok: &TextTokenizer, path: &Path) -> Result<Option<u32>, Text
         path: path.to_path_buf(),
         msg,
     };
-    let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::fsio::read_limited_to_string(path, crate::fsio::SMALL_FILE_LIMIT)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     for key in ["bos_token", "eos_token"] {

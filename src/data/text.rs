@@ -15,13 +15,10 @@ pub const DEFAULT_TEXT_FIELD: &str = "text";
 pub enum TextError {
     #[error("data file {0} does not exist")]
     Missing(PathBuf),
-    #[error("data file {0} does not exist and is not a named dataset (`gpt-ablate datasets` lists them: wikitext-2, shakespeare-val, shakespeare-train)")]
+    #[error("data file {0} does not exist and is not a named dataset (`gpt-ablate datasets` lists them: {names})", names = named_list())]
     MissingData(PathBuf),
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::fsio::ReadError),
     #[error("data file {0} is empty")]
     Empty(PathBuf),
     #[error("{path}: invalid UTF-8 at byte offset {offset}")]
@@ -115,11 +112,19 @@ fn jsonl_docs(path: &Path, content: &str, field: &str) -> Result<Vec<String>, Te
     Ok(docs)
 }
 
+/// The named datasets, comma-separated.
+fn named_list() -> String {
+    super::named::NAMED_DATASETS
+        .iter()
+        .map(|d| d.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A regular file of at most the data limit (`GPT_ABLATE_MAX_DATA_BYTES`, default 1 GiB),
+/// in strict UTF-8.
 fn read_utf8(path: &Path) -> Result<String, TextError> {
-    let bytes = std::fs::read(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::fsio::read_limited(path, crate::fsio::read::data_limit()?)?;
     if bytes.is_empty() {
         return Err(TextError::Empty(path.to_path_buf()));
     }

@@ -119,6 +119,16 @@ impl crate::eval::FieldError for ContextOutOfRange {
 /// Runs the diagnostics of `model` over `tokens` with windows of `context` tokens (the
 /// `disjoint` protocol's windows).
 pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow::Result<Diagnosis> {
+    diagnose_with_progress(model, tokens, context, &mut |_, _| {})
+}
+
+/// [`diagnose`], calling `progress(windows done, windows)` after each window.
+pub fn diagnose_with_progress(
+    model: &dyn CausalLm,
+    tokens: &[u32],
+    context: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Diagnosis> {
     let cfg = model.info();
     if context < 2 || context > cfg.n_positions {
         return Err(ContextOutOfRange {
@@ -127,17 +137,24 @@ pub fn diagnose(model: &dyn CausalLm, tokens: &[u32], context: usize) -> anyhow:
         }
         .into());
     }
-    diagnose_plan(model, &ScoringPlan::disjoint(tokens.to_vec(), context))
+    let plan = ScoringPlan::disjoint(tokens.to_vec(), context);
+    diagnose_plan(model, &plan, progress)
 }
 
 /// Runs the diagnostics of `model` over the windows of `plan`: layer statistics over every
-/// position each window feeds, the loss and head statistics over the targets it scores.
-pub fn diagnose_plan(model: &dyn CausalLm, plan: &ScoringPlan) -> anyhow::Result<Diagnosis> {
+/// position each window feeds, the loss and head statistics over the targets it scores;
+/// `progress(windows done, windows)` is called after each window.
+pub fn diagnose_plan(
+    model: &dyn CausalLm,
+    plan: &ScoringPlan,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Diagnosis> {
     let windows = scoring_windows(model, plan)?;
     let mut acc = vec![Acc::default(); model.info().n_layer];
     let mut head = HeadAcc::default();
     for (wi, w) in windows.iter().enumerate() {
         window_pass(model, plan, wi, w, &mut acc, &mut head)?;
+        progress(wi + 1, windows.len());
     }
     let acts = model.plan();
     let nw = windows.len() as f64;
@@ -295,55 +312,59 @@ fn layer_sums(act: Activation, h: &[f32]) -> Acc {
 /// claim comparing the original activation with the swapped one.
 pub fn report(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
     let mut s = String::new();
-    let mut table = |d: &Diagnosis, title: &str| {
-        s.push_str(&format!(
-            "{title} ({} windows, {} target tokens)\n",
-            d.windows, d.head.tokens
-        ));
-        s.push_str("| layer | activation   | pre mean | pre std | post mean | post std | mean |f′| | saturated |  ‖∂L/∂x‖ | ‖∂L/∂W_fc‖ |\n");
-        s.push_str("|------:|--------------|---------:|--------:|----------:|---------:|----------:|----------:|---------:|-----------:|\n");
-        for l in &d.layers {
-            s.push_str(&format!(
-                "| {:>5} | {:<12} | {:>8.4} | {:>7.4} | {:>9.4} | {:>8.4} | {:>9.4} | {:>8.2}% | {:>8.4} | {:>10.4} |\n",
-                l.layer, l.activation.name(), l.pre_mean, l.pre_std, l.post_mean, l.post_std,
-                l.deriv_mean, 100.0 * l.saturated_frac, l.grad_norm, l.grad_norm_c_fc
-            ));
-        }
-        s.push('\n');
-    };
     if let Some(o) = original {
-        table(o, &format!("original: {}", o.activation));
+        s.push_str(&layer_table(o, &format!("original: {}", o.activation)));
     }
-    table(
-        main,
-        &format!(
-            "{}: {}",
-            if original.is_some() {
-                "swapped"
-            } else {
-                "model"
-            },
-            main.activation
-        ),
-    );
-    let avg = |d: &Diagnosis, f: fn(&LayerStats) -> f64, only: &[usize]| {
-        let ls: Vec<&LayerStats> = d
-            .layers
-            .iter()
-            .filter(|l| only.is_empty() || only.contains(&l.layer))
-            .collect();
-        ls.iter().map(|l| f(l)).sum::<f64>() / ls.len().max(1) as f64
+    let title = match original {
+        Some(_) => format!("swapped: {}", main.activation),
+        None => format!("model: {}", main.activation),
     };
+    s.push_str(&layer_table(main, &title));
+    s.push_str(&claims(main, original));
+    s
+}
+
+/// One model's per-layer table.
+fn layer_table(d: &Diagnosis, title: &str) -> String {
+    let mut s = format!(
+        "{title} ({} windows, {} target tokens)\n",
+        d.windows, d.head.tokens
+    );
+    s.push_str("| layer | activation   | pre mean | pre std | post mean | post std | mean |f′| | saturated |  ‖∂L/∂x‖ | ‖∂L/∂W_fc‖ |\n");
+    s.push_str("|------:|--------------|---------:|--------:|----------:|---------:|----------:|----------:|---------:|-----------:|\n");
+    for l in &d.layers {
+        s.push_str(&format!(
+            "| {:>5} | {:<12} | {:>8.4} | {:>7.4} | {:>9.4} | {:>8.4} | {:>9.4} | {:>8.2}% | {:>8.4} | {:>10.4} |\n",
+            l.layer, l.activation.name(), l.pre_mean, l.pre_std, l.post_mean, l.post_std,
+            l.deriv_mean, 100.0 * l.saturated_frac, l.grad_norm, l.grad_norm_c_fc
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+/// Mean of `f` over the layers in `only` (every layer when empty).
+fn layer_mean(d: &Diagnosis, f: fn(&LayerStats) -> f64, only: &[usize]) -> f64 {
+    let ls: Vec<&LayerStats> = d
+        .layers
+        .iter()
+        .filter(|l| only.is_empty() || only.contains(&l.layer))
+        .collect();
+    ls.iter().map(|l| f(l)).sum::<f64>() / ls.len().max(1) as f64
+}
+
+/// What the numbers say about each of the four claims, in words.
+fn claims(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
     let only = &main.layers_swapped;
     let pair = |f: fn(&LayerStats) -> f64, fmt: &dyn Fn(f64) -> String| match original {
         Some(o) => format!(
             "{} {} → {} {}",
             o.activation,
-            fmt(avg(o, f, only)),
+            fmt(layer_mean(o, f, only)),
             main.activation,
-            fmt(avg(main, f, only))
+            fmt(layer_mean(main, f, only))
         ),
-        None => format!("{} {}", main.activation, fmt(avg(main, f, only))),
+        None => format!("{} {}", main.activation, fmt(layer_mean(main, f, only))),
     };
     let num = |v: f64| format!("{v:.4}");
     let pct = |v: f64| format!("{:.2}%", 100.0 * v);
@@ -351,40 +372,88 @@ pub fn report(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
         "all layers".to_string()
     } else {
         format!(
-            "layers {}",
+            "the swapped layers {}",
             crate::model::plan::format_indices(only.iter().copied())
         )
     };
-    s.push_str("Claims (averages over ");
-    s.push_str(&scope);
-    s.push_str("):\n");
+    let mut s = format!("What the numbers say (layer averages over {scope}):\n");
     s.push_str(&format!(
-        "  1. vanishing gradients — mean |f′(h)|: {}; |f′| < 0.01: {}\n",
+        "  Vanishing gradients, saturation: mean |f′(h)| {}; units with |f′(h)| < 0.01: {}\n",
         pair(|l| l.deriv_mean, &num),
         pair(|l| l.saturated_frac, &pct)
     ));
-    let first_last = |d: &Diagnosis| {
+    s.push_str(&format!(
+        "  Vanishing gradients, through depth: ‖∂loss/∂x‖ entering the first vs the last layer: {}\n",
+        gradient_ends(main, original)
+    ));
+    s.push_str(&format!(
+        "  Non-zero-centred output: mean activation f(h) (0 is centred): {}\n",
+        pair(|l| l.post_mean, &num)
+    ));
+    s.push_str(&perplexity_change(main, original));
+    if let Some(o) = original {
+        s.push_str(&sigmoid_head(o));
+    }
+    s.push_str(&sigmoid_head(main));
+    s
+}
+
+/// `gelu_new 1.59 vs 0.91; sigmoid 0.20 vs 0.91`: first and last layers' gradient norms.
+fn gradient_ends(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
+    let ends = |d: &Diagnosis| {
         let (a, b) = (
             d.layers.first().map_or(0.0, |l| l.grad_norm),
             d.layers.last().map_or(0.0, |l| l.grad_norm),
         );
-        format!("{} ‖∂L/∂x‖ layer 0 {a:.4}, last {b:.4}", d.activation)
+        format!("{} {a:.4} vs {b:.4}", d.activation)
     };
-    let grads = match original {
-        Some(o) => format!("{}; {}", first_last(o), first_last(main)),
-        None => first_last(main),
+    match original {
+        Some(o) => format!("{}; {}", ends(o), ends(main)),
+        None => ends(main),
+    }
+}
+
+/// Empirical underperformance: the softmax perplexity, and its change against the original.
+fn perplexity_change(main: &Diagnosis, original: Option<&Diagnosis>) -> String {
+    let p = main.head.softmax_ppl;
+    match original {
+        Some(o) => {
+            let b = o.head.softmax_ppl;
+            format!(
+                "  Empirical underperformance: perplexity (softmax, lower is better) {} {b:.3} → {} {p:.3} ({:+.3}, ×{:.3})\n",
+                o.activation,
+                main.activation,
+                p - b,
+                p / b
+            )
+        }
+        None => format!(
+            "  Empirical underperformance: perplexity (softmax, lower is better) {p:.3}; give --activation to compare with a swap\n"
+        ),
+    }
+}
+
+/// Sigmoid instead of softmax at the output, for one model: why its scores are no
+/// distribution, and its "perplexities", labelled so that they cannot be read as better
+/// scores.
+fn sigmoid_head(d: &Diagnosis) -> String {
+    let h = &d.head;
+    let compared = if h.sigmoid_ppl_normalized >= h.softmax_ppl {
+        "worse than"
+    } else {
+        "better than"
     };
-    s.push_str(&format!("     gradient norms through depth: {grads}\n"));
-    s.push_str(&format!(
-        "  2. centring — mean activation f(h): {}\n",
-        pair(|l| l.post_mean, &num)
-    ));
-    let h = &main.head;
-    s.push_str(&format!(
-        "  4. output layer — softmax perplexity {:.3}; Σ_v σ(z_v) averages {:.2} (not 1: no distribution); sigmoid scores as probabilities: perplexity {:.4} raw, {:.3} normalised\n",
-        h.softmax_ppl, h.sigmoid_mass_mean, h.sigmoid_ppl_raw, h.sigmoid_ppl_normalized
-    ));
-    s
+    format!(
+        "  Sigmoid instead of softmax at the output ({} model): σ(z) summed over the vocabulary averages {:.2} per position, not 1: sigmoid scores are no distribution.\n     \
+         Read as probabilities they score {:.4}: not a perplexity (the mass is counted about {:.0} times over) and not comparable with the softmax perplexity {:.3}; \
+         normalised to sum to 1 they give a true perplexity of {:.3} ({compared} softmax).\n",
+        d.activation,
+        h.sigmoid_mass_mean,
+        h.sigmoid_ppl_raw,
+        h.sigmoid_mass_mean,
+        h.softmax_ppl,
+        h.sigmoid_ppl_normalized,
+    )
 }
 
 fn l2(t: &Tensor) -> candle_core::Result<f64> {

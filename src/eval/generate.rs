@@ -61,10 +61,12 @@ pub enum GenError {
     Escape { text: String, escape: char },
     #[error("token id {id} is outside the model's vocabulary ({vocab})")]
     TokenOutOfVocab { id: u32, vocab: usize },
+    #[error("non-finite logits at step {step} (step 0 is the prompt pass): the model's outputs overflowed or its weights are not finite")]
+    NonFinite { step: usize },
     #[error("decoding failed: {0}")]
     Decode(String),
     #[error("writing output: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -78,6 +80,14 @@ impl crate::eval::FieldError for GenError {
             Self::EmptyStop(_) | Self::Escape { .. } => Some("stop"),
             _ => None,
         }
+    }
+}
+
+// Not `#[from]`: that would make the I/O error the source as well, and the message would
+// repeat it.
+impl From<std::io::Error> for GenError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
     }
 }
 
@@ -313,20 +323,8 @@ pub fn generate(
     emit: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<Generation, GenError> {
     params.validate()?;
+    check_prompt(model, prompt)?;
     let n_positions = model.info().n_positions;
-    let vocab = model.info().vocab_size;
-    if prompt.is_empty() {
-        return Err(GenError::EmptyPrompt);
-    }
-    if prompt.len() > n_positions {
-        return Err(GenError::PromptTooLong {
-            tokens: prompt.len(),
-            n_positions,
-        });
-    }
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(GenError::TokenOutOfVocab { id, vocab });
-    }
     let device = model.device().clone();
     let mut sampler = Sampler::new(params);
     let mut cache = model.new_cache();
@@ -343,6 +341,9 @@ pub fn generate(
     let stop_reason = loop {
         if ids.len() >= rules.max_new_tokens {
             break StopReason::MaxNewTokens;
+        }
+        if logits.iter().any(|l| !l.is_finite()) {
+            return Err(GenError::NonFinite { step: ids.len() });
         }
         let id = sampler.sample(&mut logits, &history);
         ids.push(id);
@@ -387,6 +388,26 @@ pub fn generate(
         prompt_seconds,
         generation_seconds: gen_start.elapsed().as_secs_f64(),
     })
+}
+
+/// Checks prompt token ids against a model: not empty, within its context and vocabulary.
+/// [`generate`] checks this first; callers can check before printing anything.
+pub fn check_prompt(model: &dyn CausalLm, prompt: &[u32]) -> Result<(), GenError> {
+    let n_positions = model.info().n_positions;
+    let vocab = model.info().vocab_size;
+    if prompt.is_empty() {
+        return Err(GenError::EmptyPrompt);
+    }
+    if prompt.len() > n_positions {
+        return Err(GenError::PromptTooLong {
+            tokens: prompt.len(),
+            n_positions,
+        });
+    }
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(GenError::TokenOutOfVocab { id, vocab });
+    }
+    Ok(())
 }
 
 /// Runs `input` (1, t) through the model, extending `cache`; the last position's logits.

@@ -49,10 +49,10 @@ pub enum PplError {
         begin: usize,
         end: usize,
     },
-    #[error("forward pass failed in window {window}: {source}")]
+    #[error("forward pass failed in window {window}: {cause}")]
     Candle {
         window: usize,
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
     #[error(
         "window {window} feeds {len} tokens, more than the model's n_positions ({n_positions})"
@@ -155,7 +155,7 @@ impl ScoredChunk<'_> {
     pub fn fail(&self, source: candle_core::Error) -> PplError {
         PplError::Candle {
             window: self.window,
-            source,
+            cause: source,
         }
     }
 
@@ -241,7 +241,10 @@ pub fn score_windows(
     let batches = batches(plan, batch_size);
     for (done, batch) in batches.iter().enumerate() {
         let window = batch[0].0;
-        let candle = |source| PplError::Candle { window, source };
+        let candle = |source| PplError::Candle {
+            window,
+            cause: source,
+        };
         let ids: Vec<u32> = batch
             .iter()
             .flat_map(|(_, w)| plan.input(w).iter().copied())
@@ -271,7 +274,10 @@ fn visit_window(
     w: Window,
     visit: &mut dyn FnMut(ScoredChunk<'_>) -> Result<(), PplError>,
 ) -> Result<(), PplError> {
-    let candle = |source| PplError::Candle { window, source };
+    let candle = |source| PplError::Candle {
+        window,
+        cause: source,
+    };
     let seq = &plan.sequences[w.seq];
     let mut t0 = w.score_from;
     while t0 < w.score_end {

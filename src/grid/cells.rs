@@ -101,10 +101,17 @@ impl Grid {
     }
 }
 
-/// A sweep variant's cells: its activation in one layer at a time.
+/// A sweep variant's cells: its activation in one layer at a time, over the layers its map
+/// names (every layer, or those of `layers = "…"`).
 fn sweep_cells(v: &Variant, base_plan: &ActivationPlan) -> Vec<CellSpec> {
-    let act = v.map.0[0].1;
-    (0..base_plan.per_layer.len())
+    let (layers, act) = &v.map.0[0];
+    let act = *act;
+    // Validated against every model in `parse`.
+    let layers = layers
+        .resolve(base_plan.per_layer.len())
+        .unwrap_or_default();
+    layers
+        .into_iter()
         .map(|layer| {
             let spec = LayerSpec::Some([layer].into());
             let plan = base_plan
@@ -171,22 +178,29 @@ mod tests {
         let g = parse(&format!(
             "{HEAD}context = 64\n[[variants]]\nname = \"relu\"\nactivation = \"relu\"\n\
              [[variants]]\nname = \"mixed\"\nactivation = \"0-1:relu,2-3:sigmoid\"\n\
-             [[variants]]\nname = \"sig\"\nactivation = \"sigmoid\"\nsweep_layers = true\n"
+             [[variants]]\nname = \"sig\"\nactivation = \"sigmoid\"\nsweep_layers = true\n\
+             [[variants]]\nname = \"late\"\nactivation = \"tanh\"\nlayers = \"2-3\"\n\
+             [[variants]]\nname = \"few\"\nactivation = \"relu\"\nlayers = \"0,3\"\nsweep_layers = true\n"
         ))
         .unwrap();
         let cells = g.cells();
         let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["baseline", "relu", "mixed", "sig@L0", "sig@L1", "sig@L2", "sig@L3"]
+            [
+                "baseline", "relu", "mixed", "sig@L0", "sig@L1", "sig@L2", "sig@L3", "late",
+                "few@L0", "few@L3"
+            ]
         );
+        assert_eq!(cells[7].plan.describe(), "tanh@2-3");
+        assert_eq!(cells[9].plan.swapped_layers(), vec![3]);
         assert!(cells[0].is_baseline && cells[0].plan.swapped_layers().is_empty());
         assert_eq!(cells[2].plan.describe(), "relu@0-1,sigmoid@2-3");
         assert_eq!(cells[5].plan.swapped_layers(), vec![2]);
         assert_eq!(cells[5].sweep, Some(("sig".to_string(), 2)));
         assert_eq!(
             cells.iter().map(|c| c.index).collect::<Vec<_>>(),
-            (0..7).collect::<Vec<_>>()
+            (0..10).collect::<Vec<_>>()
         );
     }
 

@@ -104,6 +104,9 @@ struct RawBaseline {
 struct RawVariant {
     name: Spanned<String>,
     activation: Spanned<String>,
+    /// Layers to put the activation in (as `--layers`); default all.
+    #[serde(default)]
+    layers: Option<Spanned<String>>,
     #[serde(default)]
     sweep_layers: bool,
     #[serde(default)]
@@ -199,11 +202,12 @@ impl Grid {
     /// dataset must exist, activations and layer maps must fit every model.
     pub fn from_file(path: &Path) -> Result<Self, GridError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| GridError {
-            file: file.clone(),
-            line: None,
-            msg: format!("cannot read config: {e}"),
-        })?;
+        let text = crate::fsio::read_limited_to_string(path, crate::fsio::SMALL_FILE_LIMIT)
+            .map_err(|e| GridError {
+                file: file.clone(),
+                line: None,
+                msg: e.reason(),
+            })?;
         Self::parse(path, &text)
     }
 
@@ -318,12 +322,13 @@ impl<'a> Parser<'a> {
         self.err(Some(value.span()), msg)
     }
 
+    /// A path relative to the config's directory, without `dir/..` pairs.
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.base.join(p)
+            crate::fsio::clean(&self.base.join(p))
         }
     }
 
@@ -335,11 +340,20 @@ impl<'a> Parser<'a> {
         if raw.get_ref().is_empty() {
             return Err(self.err_at(raw, "models: the list is empty".into()));
         }
-        let mut models = Vec::new();
+        let mut models: Vec<ModelSpec> = Vec::new();
         let mut model_configs = Vec::new();
         for m in raw.get_ref() {
             let spec = ModelSpec::parse(m.get_ref(), None, Some(self.base))
                 .map_err(|e| self.err_at(m, format!("models: {e:#}")))?;
+            if let Some(first) = models.iter().find(|s| same_model(s, &spec)) {
+                return Err(self.err_at(
+                    m,
+                    format!(
+                        "models: '{}' is listed twice (as {first} before); each model once",
+                        m.get_ref()
+                    ),
+                ));
+            }
             let cfg = spec
                 .config_path()
                 .and_then(|p| Ok(ModelConfig::from_file(&p)?))
@@ -355,19 +369,35 @@ impl<'a> Parser<'a> {
         if raw.get_ref().is_empty() {
             return Err(self.err_at(raw, "datasets: the list is empty".into()));
         }
-        let mut datasets = Vec::new();
+        let mut datasets: Vec<PathBuf> = Vec::new();
         for d in raw.get_ref() {
             let p = self.resolve(d.get_ref());
-            if p.is_file() {
-                datasets.push(p);
+            let path = if p.is_file() {
+                p
+            } else if p.exists() {
+                return Err(self.err_at(
+                    d,
+                    format!("datasets: {} is not a regular file (a directory, FIFO or device cannot be read as data)", p.display()),
+                ));
             } else if crate::data::is_data_name(d.get_ref()) {
-                datasets.push(PathBuf::from(d.get_ref()));
+                PathBuf::from(d.get_ref())
             } else {
                 return Err(self.err_at(
                     d,
                     format!("datasets: file {} does not exist, and {} is not a named dataset or an hf:ORG/NAME/path", p.display(), d.get_ref()),
                 ));
+            };
+            if let Some(first) = datasets.iter().find(|q| same_file(q, &path)) {
+                return Err(self.err_at(
+                    d,
+                    format!(
+                        "datasets: '{}' is listed twice (as {} before); each dataset once",
+                        d.get_ref(),
+                        first.display()
+                    ),
+                ));
             }
+            datasets.push(path);
         }
         Ok(datasets)
     }
@@ -404,6 +434,21 @@ impl<'a> Parser<'a> {
                     s,
                     format!("stride {} exceeds context {}", s.get_ref(), c.get_ref()),
                 ));
+            }
+        }
+        if let (None, Some(st)) = (&raw.context, &raw.stride) {
+            for (m, cfg) in models.iter().zip(model_configs) {
+                if *st.get_ref() > cfg.info.n_positions {
+                    return Err(self.err_at(
+                        st,
+                        format!(
+                            "stride {} exceeds the context, n_positions {} of {} (no context is set)",
+                            st.get_ref(),
+                            cfg.info.n_positions,
+                            m.display()
+                        ),
+                    ));
+                }
             }
         }
         if let Some(c) = &raw.context {
@@ -581,8 +626,37 @@ impl<'a> Parser<'a> {
         Ok(variants)
     }
 
+    /// A variant's activation map: `activation` (a name or a per-layer map), with `layers`
+    /// when given (then `activation` must be a single name). A sweep needs a single name.
+    fn variant_map(&self, v: &RawVariant, name: &str) -> Result<ActivationMap, GridError> {
+        let map: ActivationMap = v.activation.get_ref().parse().map_err(|e| {
+            self.err_at(&v.activation, format!("variant '{name}': activation: {e}"))
+        })?;
+        let single = map.single();
+        if v.sweep_layers && single.is_none() {
+            return Err(self.err_at(
+                &v.activation,
+                format!("variant '{name}': sweep_layers needs a single activation name, not a per-layer map"),
+            ));
+        }
+        let Some(layers) = &v.layers else {
+            return Ok(map);
+        };
+        let Some(act) = single else {
+            return Err(self.err_at(
+                layers,
+                format!("variant '{name}': layers needs a single activation name; the per-layer map names its layers already"),
+            ));
+        };
+        let spec: LayerSpec = layers
+            .get_ref()
+            .parse()
+            .map_err(|e| self.err_at(layers, format!("variant '{name}': layers: {e}")))?;
+        Ok(ActivationMap(vec![(spec, act)]))
+    }
+
     /// One variant: a new name, an activation map that fits every model, and for a sweep a
-    /// single activation.
+    /// single activation (swept over `layers`, default all).
     fn variant(
         &self,
         v: RawVariant,
@@ -597,23 +671,12 @@ impl<'a> Parser<'a> {
         if taken.contains(&name) {
             return Err(self.err_at(&v.name, format!("variants: duplicate name '{name}'")));
         }
-        let map: ActivationMap = v.activation.get_ref().parse().map_err(|e| {
-            self.err_at(&v.activation, format!("variant '{name}': activation: {e}"))
-        })?;
-        if v.sweep_layers && (map.0.len() != 1 || map.0[0].0 != LayerSpec::All) {
-            return Err(self.err_at(
-                &v.activation,
-                format!("variant '{name}': sweep_layers needs a single activation name, not a per-layer map"),
-            ));
-        }
+        let map = self.variant_map(&v, &name)?;
+        let at = v.layers.as_ref().unwrap_or(&v.activation);
         for (m, cfg) in models.iter().zip(model_configs) {
             let plan = ActivationPlan::original(Activation::Identity, cfg.info.n_layer);
-            map.apply(plan).map_err(|e| {
-                self.err_at(
-                    &v.activation,
-                    format!("variant '{name}': {e} ({})", m.display()),
-                )
-            })?;
+            map.apply(plan)
+                .map_err(|e| self.err_at(at, format!("variant '{name}': {e} ({})", m.display())))?;
         }
         let finetune = match &v.finetune_steps {
             Some(steps) => Some(
@@ -637,6 +700,23 @@ impl<'a> Parser<'a> {
             finetune,
             calibrate: v.calibrate,
         })
+    }
+}
+
+/// Whether two model specs name the same checkpoint: the same directory (however written)
+/// or the same Hub repo and revision.
+fn same_model(a: &ModelSpec, b: &ModelSpec) -> bool {
+    match (a, b) {
+        (ModelSpec::Local(x), ModelSpec::Local(y)) => same_file(x, y),
+        _ => a == b,
+    }
+}
+
+/// Whether two paths name the same file or directory (or the same named dataset).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
     }
 }
 
@@ -680,6 +760,12 @@ pub(crate) mod tests {
             (format!("{HEAD}protocol = \"lm-eval\"\nmax_length = 65\n{v}"), "line 4: max_length 65 exceeds a model's maximum length (64)"),
             (format!("{HEAD}save_nll = \"csv\"\n{v}"), "line 3: save_nll: 'csv' is not one of"),
             (format!("{HEAD}bootstrap_samples = 0\n{v}"), "line 3: bootstrap_samples must be at least 1"),
+            (format!("{HEAD}[[variants]]\nname = \"a\"\nactivation = \"0-2:relu,1-3:sigmoid\"\n"), "line 5: variant 'a': activation: '0-2:relu,1-3:sigmoid': layers 1-2 given two activations"),
+            (format!("{HEAD}[[variants]]\nname = \"a\"\nactivation = \"0:relu\"\nlayers = \"1\"\n"), "line 6: variant 'a': layers needs a single activation name"),
+            (format!("{HEAD}[[variants]]\nname = \"a\"\nactivation = \"relu\"\nlayers = \"1-x\"\n"), "line 6: variant 'a': layers: layer spec '1-x'"),
+            (format!("models = [\"tiny-gpt2\", \"./tiny-gpt2/\"]\ndatasets = [\"sample.txt\"]\n{v}"), "line 1: models: './tiny-gpt2/' is listed twice"),
+            (format!("models = [\"tiny-gpt2\"]\ndatasets = [\"sample.txt\",\n  \"../fixtures/sample.txt\"]\n{v}"), "line 3: datasets: '../fixtures/sample.txt' is listed twice"),
+            (format!("{HEAD}stride = 65\n{v}"), "line 3: stride 65 exceeds the context, n_positions 64 of"),
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err();

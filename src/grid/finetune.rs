@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 
 use crate::grid::cells::Cell;
 use crate::grid::score::{self, CellContext};
-use crate::grid::training::{cell_dir, run_training, summarise, Finetune, RowTraining, RunLabel};
+use crate::grid::training::{cell_dir, run_training, summarise, Finetune, RowTraining, RunInfo};
 use crate::model::load::{load, LoadOptions};
 use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::train::origin::Start;
@@ -89,15 +89,16 @@ pub(crate) fn finetune_cell(job: &FinetuneJob, ctx: CellContext) -> anyhow::Resu
     let (after, _) = score::score_cell(&ctx, cell, job.key, None, &mut |_, _| {})
         .with_context(|| format!("scoring the fine-tuned '{}'", cell.name))?;
     let lr = log.iter().filter_map(|r| r.lr).fold(0.0, f64::max);
-    let label = RunLabel {
+    let data = ft.train_data.display().to_string();
+    let run = RunInfo {
         kind: "finetune",
         out: job.out,
         dir: &dir,
-        train_data: ft.train_data.display().to_string(),
+        train_data: &data,
         lr,
         target_loss: None,
     };
-    let mut t = summarise(label, &summary, &log);
+    let mut t = summarise(run, &summary, &log);
     t.perplexity_after = Some(after.perplexity);
     t.ratio_after = Some(after.ratio_perplexity);
     t.kl_after = Some(after.kl_mean);

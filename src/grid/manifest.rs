@@ -30,6 +30,8 @@ pub(crate) struct Manifest {
     pub finished_at: Option<String>,
     pub git_commit: Option<&'static str>,
     pub models: Vec<ModelInfo>,
+    /// The most memory the run has had resident so far (bytes), updated at every write.
+    pub peak_rss_bytes: Option<u64>,
     pub settings: Settings,
     pub shard: Option<String>,
     pub started_at: String,
@@ -118,6 +120,7 @@ impl Manifest {
             finished_at: None,
             git_commit: provenance::git_commit(),
             models: models(grid, inputs),
+            peak_rss_bytes: crate::runtime::peak_rss_bytes(),
             settings: Settings {
                 batch_size: grid.batch_size,
                 bootstrap: grid.bootstrap,
@@ -138,8 +141,9 @@ impl Manifest {
         }
     }
 
-    /// Writes `DIR/manifest.json` (pretty-printed, atomically).
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+    /// Writes `DIR/manifest.json` (pretty-printed, atomically), with the peak memory so far.
+    pub fn write(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.peak_rss_bytes = crate::runtime::peak_rss_bytes();
         write_atomic(
             &dir.join("manifest.json"),
             serde_json::to_string_pretty(self)?.as_bytes(),
@@ -221,6 +225,7 @@ mod tests {
                 path: "m".into(),
                 source: serde_json::json!({"kind": "local", "path": "m"}),
             }],
+            peak_rss_bytes: Some(1 << 20),
             settings: Settings {
                 batch_size: 1,
                 bootstrap: BootstrapSettings::default(),

@@ -2,8 +2,8 @@
 //! one flushed line per finished cell, repaired after a crash) and `results.csv` (replaced
 //! atomically). The table printed on stdout is in [`crate::grid::table`].
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,8 @@ pub struct Row {
     /// 95 % interval of `delta_nll`: paired block bootstrap over windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_nll_ci95: Option<[f64; 2]>,
-    /// 95 % interval of `perplexity`: block bootstrap over windows.
+    /// 95 % interval of `perplexity`: block bootstrap over windows; charts draw it as an
+    /// error bar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity_ci95: Option<[f64; 2]>,
     /// lm-eval protocol: the harness's wikitext metrics.
@@ -112,9 +113,10 @@ pub fn read_jsonl_repairing(path: &Path) -> anyhow::Result<Vec<Row>> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
     if complete < text.len() {
-        f.set_len(complete as u64)?;
-        f.seek(SeekFrom::Start(complete as u64))?;
-        f.sync_all()?;
+        f.set_len(complete as u64)
+            .and_then(|()| f.seek(SeekFrom::Start(complete as u64)))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| anyhow::anyhow!("cannot repair {}: {e}", path.display()))?;
     }
     parse_rows(&text[..complete], path)
 }
@@ -139,33 +141,17 @@ fn parse_rows(text: &str, path: &Path) -> anyhow::Result<Vec<Row>> {
         .collect()
 }
 
-/// Appends one row as a line and flushes it to disk.
+/// Appends one row as a line and flushes it to disk; a failed write leaves no partial line.
 pub fn append_jsonl(path: &Path, row: &Row) -> anyhow::Result<()> {
     let mut line = serde_json::to_string(row)?;
     line.push('\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    f.write_all(line.as_bytes())?;
-    f.sync_data()?;
-    Ok(())
+    Ok(crate::fsio::append_line(path, &line)?)
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so readers never see a
-/// half-written file.
+/// half-written file (see [`crate::fsio::write_atomic`]).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(())
+    Ok(crate::fsio::write_atomic(path, contents)?)
 }
 
 const CSV_DIAGNOSTIC_COLUMNS: [&str; 7] = [
@@ -384,6 +370,7 @@ pub(crate) fn sample_row(index: usize, variant: &str, ppl: f64) -> Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn partial_last_line_is_cut_off_and_complete_rows_kept() {

@@ -8,7 +8,6 @@
 //! The model is built in one place, `Run::load_model`; scoring is in `grid::score`.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 
 use crate::eval::nll_output::NllWriter;
+use crate::fsio::DirLock;
 use crate::grid::cells::{Cell, Shard};
 use crate::grid::charts::write_charts;
 use crate::grid::config::Grid;
@@ -40,7 +40,8 @@ pub struct RunSettings {
     pub device: DeviceSpec,
     pub dtype: Precision,
     pub threads: usize,
-    /// Draw a progress line on stderr.
+    /// Show progress: a bar on a terminal, a line every few seconds in a log (nothing under
+    /// `--quiet`, see [`crate::progress`]).
     pub progress: bool,
 }
 
@@ -51,11 +52,6 @@ pub struct RunSummary {
     pub ran: usize,
     pub skipped: usize,
     pub files: Vec<PathBuf>,
-}
-
-/// Whether stderr is a terminal (progress is drawn only then).
-pub fn stderr_is_terminal() -> bool {
-    std::io::stderr().is_terminal()
 }
 
 /// A cell of this run and its content key.
@@ -77,7 +73,9 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
             (c, k)
         })
         .collect();
-    // 3. The output directory: resume what is there, refuse what belongs to other inputs.
+    // 3. The output directory, locked: resume what is there, refuse what belongs to other
+    // inputs.
+    let lock = lock_output(&settings.out)?;
     let (rows, pending) = resume(&settings.out, &cells)?;
     let skipped = cells.len() - pending.len();
     let counts = CellCounts {
@@ -87,7 +85,7 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
         total: grid.cells().len(),
     };
     let manifest = Manifest::new(grid, &inputs, settings, counts, started_at);
-    let mut out = OutputDir::new(&settings.out, rows, manifest)?;
+    let mut out = OutputDir::new(lock, rows, manifest)?;
     // 4. Compute. One unmodified model per checkpoint; variants share its weights.
     let run = Run {
         grid,
@@ -109,15 +107,36 @@ pub fn run(grid: &Grid, settings: &RunSettings) -> anyhow::Result<RunSummary> {
     })
 }
 
-/// Creates the output directory and reads the rows already there (repairing a partial last
-/// line). Fails when a row belongs to none of `cells`; else returns the rows and the cells
-/// still to run.
+/// The indices of the cells whose rows `out` holds already (for `--dry-run`); none when it
+/// has no results. Reads and hashes the inputs, as a run would, to know the cells' keys.
+pub fn done_cells(grid: &Grid, out: &Path, dtype: Precision) -> anyhow::Result<BTreeSet<usize>> {
+    let jsonl = out.join("results.jsonl");
+    if !jsonl.exists() {
+        return Ok(BTreeSet::new());
+    }
+    let rows = results::read_jsonl(&jsonl)?;
+    let keys: BTreeSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let inputs = Inputs::load(grid)?;
+    Ok(grid
+        .cells()
+        .iter()
+        .filter(|c| keys.contains(inputs.cell_key(grid, dtype, c).as_str()))
+        .map(|c| c.index)
+        .collect())
+}
+
+/// Creates the output directory and locks it for this process (a second run on it fails
+/// with the holder's pid; the lock goes when the process does, even after `kill -9`).
+pub fn lock_output(out: &Path) -> anyhow::Result<DirLock> {
+    Ok(DirLock::create_and_acquire(out)?)
+}
+
+/// Reads the rows already in `out` (repairing a partial last line). Fails when a row belongs
+/// to none of `cells`; else returns the rows and the cells still to run.
 fn resume<'c>(
     out: &Path,
     cells: &'c [KeyedCell],
 ) -> anyhow::Result<(Vec<Row>, Vec<&'c KeyedCell>)> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("creating output directory {}", out.display()))?;
     let jsonl = out.join("results.jsonl");
     let rows = results::read_jsonl_repairing(&jsonl)?;
     let wanted: BTreeSet<&str> = cells.iter().map(|(_, k)| k.as_str()).collect();
@@ -137,21 +156,25 @@ fn resume<'c>(
     Ok((rows, pending))
 }
 
-/// The output directory of a run: its rows, kept in cell order, and its manifest.
+/// The output directory of a run, locked while it lives: its rows, kept in cell order, and
+/// its manifest.
 struct OutputDir {
     dir: PathBuf,
     rows: Vec<Row>,
     manifest: Manifest,
+    _lock: DirLock,
 }
 
 impl OutputDir {
     /// Starts with the rows already there, and writes the manifest.
-    fn new(dir: &Path, rows: Vec<Row>, manifest: Manifest) -> anyhow::Result<Self> {
-        manifest.write(dir)?;
+    fn new(lock: DirLock, rows: Vec<Row>, mut manifest: Manifest) -> anyhow::Result<Self> {
+        let dir = lock.dir().to_path_buf();
+        manifest.write(&dir)?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir,
             rows,
             manifest,
+            _lock: lock,
         })
     }
 
@@ -189,8 +212,8 @@ impl OutputDir {
     }
 }
 
-/// Largest baseline hidden-state cache kept for one model × dataset.
-const CACHE_BUDGET_BYTES: usize = 1 << 30;
+/// The smallest budget for the baseline hidden-state cache of one model × dataset.
+const CACHE_FLOOR_BYTES: u64 = 64 << 20;
 
 /// The unmodified model's final hidden states at the scored positions of one model × dataset,
 /// chunk by chunk in `score_windows` order. With it a variant cell runs one forward pass
@@ -417,12 +440,25 @@ impl Run<'_> {
         let n_embd = self.grid.model_configs[cell.model].info.hidden_size;
         let rows = self.inputs.plan(cell).tokens_scored();
         let cache_bytes = rows * n_embd * self.dtype.size_in_bytes();
-        cache_bytes <= CACHE_BUDGET_BYTES
+        cache_bytes as u64 <= self.cache_budget(cell.model)
             && if cell.is_baseline {
                 variants_left >= 1
             } else {
                 variants_left >= 2
             }
+    }
+
+    /// What a baseline cache may hold for model `mi`: as much as the model's own files (the
+    /// cache saves a pass of that model per variant; a cache larger than the model is worth
+    /// less than the memory), at least 64 MiB, at most a quarter of the machine's memory.
+    fn cache_budget(&self, mi: usize) -> u64 {
+        let model_bytes: u64 = self.inputs.models[mi]
+            .file_info
+            .iter()
+            .map(|f| f.bytes)
+            .sum();
+        let ceiling = crate::runtime::physical_memory_bytes().map_or(u64::MAX, |m| m / 4);
+        model_bytes.max(CACHE_FLOOR_BYTES).min(ceiling)
     }
 
     /// Forward passes a cell takes: one model, or a variant and the baseline in lockstep.

@@ -87,7 +87,12 @@ pub(crate) fn score_cell(
         let base_logits = baseline_logits(ctx, &chunk, index).map_err(|e| chunk.fail(e))?;
         index += 1;
         if ctx.fill {
-            filled.push(chunk.hidden[0].copy().map_err(|e| chunk.fail(e))?);
+            // A compact copy: `copy` would keep the whole batch's storage alive.
+            filled.push(
+                chunk.hidden[0]
+                    .force_contiguous()
+                    .map_err(|e| chunk.fail(e))?,
+            );
         }
         let variant_of = variant.is_some().then_some(models.len() - 1);
         let (var_nll, base_nll) = totals.add(&chunk, &base_logits, variant_of)?;
@@ -237,10 +242,10 @@ pub(crate) fn baseline_hidden(
 ) -> Result<Vec<Tensor>, PplError> {
     let mut chunks = Vec::new();
     score_windows(&[base], plan, batch_size, &mut |_, _| {}, &mut |chunk| {
-        let copy = chunk.hidden[0].copy();
-        chunks.push(copy.map_err(|source| PplError::Candle {
+        let copy = chunk.hidden[0].force_contiguous(); // compact, not the batch's storage
+        chunks.push(copy.map_err(|cause| PplError::Candle {
             window: chunk.window,
-            source,
+            cause,
         })?);
         Ok(())
     })?;

@@ -20,7 +20,7 @@ use crate::grid::charts::write_charts;
 use crate::grid::results::{self, Row};
 use crate::grid::runner::{RunSettings, RunSummary};
 use crate::grid::scratch::ScratchGrid;
-use crate::grid::training::{cell_dir, run_training, summarise, RowTraining, RunLabel};
+use crate::grid::training::{cell_dir, run_training, summarise, RowTraining, RunInfo};
 use crate::kernels;
 use crate::model::load::{load, LoadOptions};
 use crate::model::CausalLm;
@@ -216,15 +216,18 @@ fn train_model(
     };
     let (summary, log) =
         run_training(&spec).with_context(|| format!("training '{}'", model.name))?;
-    let label = RunLabel {
+    let data = grid.train_data.display().to_string();
+    // The peak learning rate (the schedule's first steps are warm-up).
+    let lr = log.iter().filter_map(|r| r.lr).fold(0.0, f64::max);
+    let run = RunInfo {
         kind: "scratch",
         out: &settings.out,
         dir: &dir,
-        train_data: grid.train_data.display().to_string(),
-        lr: log.iter().filter_map(|r| r.lr).fold(0.0, f64::max),
+        train_data: &data,
+        lr,
         target_loss: grid.train.target_loss,
     };
-    let training = summarise(label, &summary, &log);
+    let training = summarise(run, &summary, &log);
     let opts = LoadOptions {
         device: device.clone(),
         ..LoadOptions::default()
@@ -352,7 +355,18 @@ fn curve_charts(
             })
             .collect()
     };
-    let by_layer = mean_grad_by_layer(grid, trained);
+    let by_layer = trained
+        .iter()
+        .map(|(m, t)| Series {
+            name: name(m),
+            points: t
+                .training
+                .grad_norms
+                .iter()
+                .map(|g| (g.layer as f64, g.block_input_mean))
+                .collect(),
+        })
+        .collect();
     let charts = [
         LineChart::new(
             "train_loss",
@@ -394,22 +408,6 @@ fn curve_charts(
     Ok(files)
 }
 
-/// Per model, the mean gradient norm into each block over training, against the layer.
-fn mean_grad_by_layer(grid: &ScratchGrid, trained: &BTreeMap<usize, Trained>) -> Vec<Series> {
-    trained
-        .iter()
-        .map(|(m, t)| Series {
-            name: grid.models[*m].name.clone(),
-            points: t
-                .training
-                .grad_norms
-                .iter()
-                .map(|g| (g.layer as f64, g.block_input_mean))
-                .collect(),
-        })
-        .collect()
-}
-
 /// `manifest.json` of a from-scratch grid (`merge` reads `config.sha256` and `cells.total`).
 #[derive(Serialize)]
 struct ScratchManifest {
@@ -419,6 +417,11 @@ struct ScratchManifest {
     kind: &'static str,
     config: ScratchConfigInfo,
     cells: ScratchCounts,
+    /// None here: every model is trained by the run (`merge` compares the lists).
+    models: Vec<()>,
+    /// The training text, then the held-out datasets, with their hashes (`merge` refuses
+    /// shards whose data differ).
+    datasets: Vec<DataHash>,
     device: String,
     threads: usize,
     shard: Option<String>,
@@ -433,6 +436,23 @@ struct ScratchConfigInfo {
     text: String,
     from_scratch: String,
     architecture: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct DataHash {
+    path: String,
+    sha256: String,
+}
+
+/// The hash of each data file (empty when a named dataset or `hf:` path is no file).
+fn data_hashes(grid: &ScratchGrid) -> Vec<DataHash> {
+    std::iter::once(&grid.train_data)
+        .chain(&grid.datasets)
+        .map(|p| DataHash {
+            path: p.display().to_string(),
+            sha256: provenance::sha256_file(p).unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -467,6 +487,8 @@ impl ScratchManifest {
                 in_shard,
                 total: grid.models.len() * grid.datasets.len(),
             },
+            models: Vec::new(),
+            datasets: data_hashes(grid),
             device: s.device.to_string(),
             threads: s.threads,
             shard: s.shard.map(|s| s.to_string()),

@@ -209,31 +209,34 @@ pub fn run_training(spec: &TrainSpec) -> anyhow::Result<(TrainSummary, Vec<LogRe
     Ok((summary, log))
 }
 
-/// What a row says about a training run besides its log: `finetune` or `scratch`, its
-/// directory under the grid's `out`, the text, the peak learning rate and the target loss.
-pub struct RunLabel<'a> {
+/// Which training run a row describes: its kind (`scratch`, `finetune`), its directory
+/// `dir` under the grid's `out`, its data, peak learning rate and target loss.
+pub struct RunInfo<'a> {
     pub kind: &'a str,
     pub out: &'a Path,
     pub dir: &'a Path,
-    pub train_data: String,
+    pub train_data: &'a str,
     pub lr: f64,
     pub target_loss: Option<f64>,
 }
 
 /// The row's account of a training run.
-pub fn summarise(label: RunLabel, s: &TrainSummary, log: &[LogRecord]) -> RowTraining {
+pub fn summarise(run: RunInfo<'_>, s: &TrainSummary, log: &[LogRecord]) -> RowTraining {
+    let RunInfo {
+        kind,
+        out,
+        dir,
+        train_data,
+        lr,
+        target_loss,
+    } = run;
     let steps: Vec<&LogRecord> = log.iter().filter(|r| r.loss.is_some()).collect();
-    let (dir, target_loss) = (label.dir, label.target_loss);
     RowTraining {
-        kind: label.kind.to_string(),
-        dir: dir
-            .strip_prefix(label.out)
-            .unwrap_or(dir)
-            .display()
-            .to_string(),
-        train_data: label.train_data,
+        kind: kind.to_string(),
+        dir: dir.strip_prefix(out).unwrap_or(dir).display().to_string(),
+        train_data: train_data.to_string(),
         steps: s.steps,
-        lr: label.lr,
+        lr,
         tokens_seen: s.tokens_seen,
         tokens_per_second: s.tokens_per_second,
         final_loss: s.final_loss,

@@ -103,9 +103,9 @@ pub(super) fn link_snapshot(
     blob: &Path,
 ) -> Result<PathBuf, HubError> {
     let pointer = repo_dir.join("snapshots").join(commit).join(file);
-    let io = |source| HubError::Cache {
+    let io = |cause| HubError::Cache {
         path: pointer.clone(),
-        source,
+        cause,
     };
     if pointer.is_file() {
         return Ok(pointer);
@@ -137,9 +137,9 @@ pub(super) fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result
     if std::fs::read_to_string(&path).is_ok_and(|c| c.trim() == commit) {
         return Ok(());
     }
-    let io = |source| HubError::Cache {
+    let io = |cause| HubError::Cache {
         path: path.clone(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(path.parent().expect("ref has a parent")).map_err(io)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));

@@ -17,6 +17,7 @@ use super::env::HubEnv;
 use super::error::HubError;
 use super::metadata::{parse_metadata, relative_redirect, Metadata};
 use super::repo::{is_commit, RepoKind, RepoRef};
+use crate::progress::DownloadProgress;
 
 /// Fetches files from the Hub into the shared cache.
 pub struct Hub {
@@ -38,10 +39,8 @@ impl Hub {
         let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(env.cache.clone()))
             .with_endpoint(env.endpoint.clone())
             .with_token(env.token.clone())
-            .with_progress(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("HF_HUB_DISABLE_PROGRESS_BARS").is_none(),
-            )
+            // Progress is shown through `download_with_progress` (crate::progress).
+            .with_progress(false)
             .with_retries(3)
             .with_user_agent("gpt-ablate", env!("CARGO_PKG_VERSION"))
             .build()
@@ -273,14 +272,14 @@ impl Hub {
                 }
                 HubError::EntryNotFound {
                     repo: repo.to_string(),
-                    file: url.to_string(),
+                    file: file.to_string(),
                 }
             }
             "GatedRepo" => self.denied(name, status, DenyHints::GATED),
             _ if status == 401 || status == 403 => self.denied(name, status, DenyHints::NO_ACCESS),
             _ if status == 404 => HubError::EntryNotFound {
                 repo: repo.to_string(),
-                file: url.to_string(),
+                file: file.to_string(),
             },
             _ => HubError::Http {
                 url: url.to_string(),
@@ -328,7 +327,7 @@ impl Hub {
             if waited > 0 && blob.is_file() {
                 break; // the other process finished it
             }
-            match api_repo.download(file) {
+            match api_repo.download_with_progress(file, DownloadProgress::new()) {
                 Ok(pointer) => {
                     cache::adopt_blob(&pointer, blob);
                     break;
@@ -388,8 +387,11 @@ fn download_error(repo: &RepoRef, file: &str, msg: String) -> HubError {
     }
 }
 
-/// A line per download, also in logs (the progress bar shows only on a terminal).
+/// A line per download, also in logs (not under `--quiet`).
 fn announce_download(repo: &RepoRef, file: &str, size: Option<u64>) {
+    if crate::progress::quiet() {
+        return;
+    }
     let size = size
         .map(|n| format!(" ({})", human_bytes(n)))
         .unwrap_or_default();
@@ -423,5 +425,24 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    /// A missing file is named as the repo names it, not by the URL it was asked at.
+    #[test]
+    fn entry_not_found_names_the_file_not_the_url() {
+        let hub = Hub::from_env();
+        let repo = RepoRef::new(RepoKind::Model, "org/tiny", None);
+        let url = "https://hub.example/org/tiny/resolve/main/sub/missing.txt";
+        for raw in [
+            "HTTP/1.1 404 Not Found\r\nX-Error-Code: EntryNotFound\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\n\r\n",
+        ] {
+            let resp: ureq::Response = raw.parse().unwrap();
+            let e = hub.status_error(&repo, "sub/missing.txt", url, 404, &resp);
+            assert_eq!(
+                e.to_string(),
+                "'sub/missing.txt' not found in Hub repository org/tiny"
+            );
+        }
     }
 }

@@ -49,9 +49,9 @@ pub enum HubError {
         file: String,
         msg: String,
     },
-    #[error("hub cache {path}: {source}")]
+    #[error("hub cache {path}: {cause}")]
     Cache {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }

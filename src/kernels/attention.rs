@@ -4,6 +4,8 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::convert::{self, Out, Src};
+use super::isa::Isa;
 use super::math::exp;
 use super::reductions::{max, sum};
 
@@ -17,9 +19,10 @@ const QUERY_BLOCK: usize = 128;
 /// reads key/value head `h / (H/G)` (grouped-query attention; G = H is plain multi-head).
 /// Returns (b, tq, H·d). The inputs may be column slices of a fused qkv output.
 ///
-/// On CPU in f32 this is one fused kernel: heads run in parallel, each with single-threaded
-/// gemm calls on query blocks and a scratch buffer for scores, so the (b, h, t, t) score
-/// tensor never exists. Elsewhere the same maths is composed from candle ops.
+/// On CPU (f32, bf16 or f16, computed in f32 and rounded once) this is one fused kernel:
+/// heads run in parallel, each with single-threaded gemm calls on query blocks and a scratch
+/// buffer for scores, so the (b, h, t, t) score tensor never exists. Elsewhere the same maths
+/// is composed from candle ops.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -37,8 +40,10 @@ pub fn causal_attention(
             v.dims()
         );
     }
-    let cpu_f32 = q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    if cpu_f32 {
+    let dtype = q.dtype();
+    let same = [k, v].iter().all(|t| t.dtype() == dtype);
+    let fused = matches!(dtype, DType::F32 | DType::BF16 | DType::F16);
+    if q.device().is_cpu() && same && fused {
         let row_major = |t: &Tensor| -> Result<Tensor> {
             if t.stride()[2] == 1 {
                 Ok(t.clone())
@@ -165,21 +170,6 @@ impl View {
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a distinct (batch, head) column block of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// # Safety
-    /// `i` must be within the allocation.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-}
-
 impl candle_core::CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-causal-attention"
@@ -194,90 +184,198 @@ impl candle_core::CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (s1, s2, s3) else {
-            candle_core::bail!("fused attention: expected f32 inputs")
-        };
         let (b, tq, c) = l1.shape().dims3()?;
         let tk = l2.shape().dims3()?.1;
-        let (qv, kv, vv) = (View::of(l1)?, View::of(l2)?, View::of(l3)?);
         let (h, d) = (self.heads.n_head, c / self.heads.n_head);
-        let group = self.heads.group();
-        let offset = tk - tq;
-        let mut out = vec![0f32; b * tq * c];
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let scale = self.scale;
+        let (storage, out) = output_like(s1, b * tq * c)?;
+        let job = HeadJob {
+            q: (src(s1)?, View::of(l1)?),
+            k: (src(s2)?, View::of(l2)?),
+            v: (src(s3)?, View::of(l3)?),
+            dims: (b, tq, tk, c, d),
+            group: self.heads.group(),
+            scale: self.scale,
+            out,
+            isa: Isa::get(),
+        };
         (0..b * h).into_par_iter().for_each(|task| {
-            let (bi, hh) = (task / h, task % h);
-            let qp = &q[qv.offset + bi * qv.batch + hh * d..];
-            let kvh = hh / group;
-            let kp = &k[kv.offset + bi * kv.batch + kvh * d..];
-            let vp = &v[vv.offset + bi * vv.batch + kvh * d..];
-            let mut scores = vec![0f32; QUERY_BLOCK.min(tq) * tk];
-            for i0 in (0..tq).step_by(QUERY_BLOCK) {
-                let i1 = (i0 + QUERY_BLOCK).min(tq);
-                let (m, keys) = (i1 - i0, offset + i1);
-                let s = &mut scores[..m * keys];
-                // SAFETY: all pointers address in-bounds elements of the slices above for the
-                // given shapes and strides (checked by the layouts), and the destination is
-                // this task's own scratch buffer.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        keys,
-                        d,
-                        s.as_mut_ptr(),
-                        1,
-                        keys as isize,
-                        false,
-                        qp[i0 * qv.row..].as_ptr(),
-                        1,
-                        qv.row as isize,
-                        kp.as_ptr(),
-                        kv.row as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+            HEAD.with(|buf| {
+                // SAFETY: each task writes its own (batch, head) column block of the output.
+                unsafe { job.run(task / h, task % h, &mut buf.borrow_mut()) }
+            })
+        });
+        Ok((storage, Shape::from((b, tq, c))))
+    }
+}
+
+/// A CPU tensor's elements (f32, bf16 or f16).
+fn src(s: &CpuStorage) -> Result<Src<'_>> {
+    Ok(match s {
+        CpuStorage::F32(v) => Src::F32(v),
+        CpuStorage::BF16(v) => Src::Bf16(v),
+        CpuStorage::F16(v) => Src::F16(v),
+        _ => candle_core::bail!("fused attention: expected f32, bf16 or f16 inputs"),
+    })
+}
+
+/// A buffer of `len` elements of `like`'s dtype, and a pointer for the tasks to fill it.
+fn output_like(like: &CpuStorage, len: usize) -> Result<(CpuStorage, Out)> {
+    Ok(match like {
+        CpuStorage::F32(_) => {
+            let mut v = vec![0f32; len];
+            let p = Out::F32(v.as_mut_ptr());
+            (CpuStorage::F32(v), p)
+        }
+        CpuStorage::BF16(_) => {
+            let mut v = vec![half::bf16::ZERO; len];
+            let p = Out::Bf16(v.as_mut_ptr());
+            (CpuStorage::BF16(v), p)
+        }
+        CpuStorage::F16(_) => {
+            let mut v = vec![half::f16::ZERO; len];
+            let p = Out::F16(v.as_mut_ptr());
+            (CpuStorage::F16(v), p)
+        }
+        _ => candle_core::bail!("fused attention: expected f32, bf16 or f16 inputs"),
+    })
+}
+
+/// Per-thread scratch: query, key and value rows in f32 (when the inputs are not), the
+/// scores of a query block, and a block of output rows.
+#[derive(Default)]
+struct HeadBuf {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static HEAD: std::cell::RefCell<HeadBuf> = std::cell::RefCell::new(HeadBuf::default());
+}
+
+/// Everything one (batch, head) task needs.
+struct HeadJob<'a> {
+    q: (Src<'a>, View),
+    k: (Src<'a>, View),
+    v: (Src<'a>, View),
+    /// (b, tq, tk, C, d)
+    dims: (usize, usize, usize, usize, usize),
+    group: usize,
+    scale: f32,
+    out: Out,
+    isa: Isa,
+}
+
+impl HeadJob<'_> {
+    /// Attention of query head `hh` of sequence `bi`.
+    ///
+    /// # Safety
+    /// Only this task writes columns `hh·d ..` of sequence `bi`'s output rows.
+    unsafe fn run(&self, bi: usize, hh: usize, buf: &mut HeadBuf) {
+        let (_, tq, tk, c, d) = self.dims;
+        let kvh = hh / self.group;
+        let (qp, qs) = self.rows(self.q, bi, hh * d, tq, &mut buf.q);
+        let (kp, ks) = self.rows(self.k, bi, kvh * d, tk, &mut buf.k);
+        let (vp, vs) = self.rows(self.v, bi, kvh * d, tk, &mut buf.v);
+        let offset = tk - tq;
+        buf.scores.resize(QUERY_BLOCK.min(tq) * tk, 0.0);
+        for i0 in (0..tq).step_by(QUERY_BLOCK) {
+            let i1 = (i0 + QUERY_BLOCK).min(tq);
+            let (m, keys) = (i1 - i0, offset + i1);
+            let s = &mut buf.scores[..m * keys];
+            // Scores (m, keys) = q rows · k rowsᵀ.
+            matmul(
+                m,
+                keys,
+                d,
+                s.as_mut_ptr(),
+                keys,
+                (qp.add(i0 * qs), qs, 1),
+                (kp, 1, ks),
+            );
+            for (r, row) in s.chunks_mut(keys).enumerate() {
+                let visible = offset + i0 + r + 1;
+                softmax_row_in_place(&mut row[..visible], self.scale);
+                row[visible..].fill(0.0);
+            }
+            let first = (bi * tq + i0) * c + hh * d;
+            let (dst, ld) = match self.out {
+                Out::F32(p) => (p.add(first), c),
+                _ => {
+                    buf.out.resize(m * d, 0.0);
+                    (buf.out.as_mut_ptr(), d)
                 }
-                for (r, row) in s.chunks_mut(keys).enumerate() {
-                    let visible = offset + i0 + r + 1;
-                    softmax_row_in_place(&mut row[..visible], scale);
-                    row[visible..].fill(0.0);
-                }
-                // SAFETY: `s` is (m, keys) row-major; v rows `0..keys` are in bounds; the
-                // destination block (rows i0..i1 of batch bi, columns hh·d..(hh+1)·d) is
-                // written by this task only.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        d,
-                        keys,
-                        out_ptr.at((bi * tq + i0) * c + hh * d),
-                        1,
-                        c as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        keys as isize,
-                        vp.as_ptr(),
-                        1,
-                        vv.row as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+            };
+            // Output rows (m, d) = probabilities · v rows.
+            matmul(m, d, keys, dst, ld, (s.as_ptr(), keys, 1), (vp, vs, 1));
+            if !matches!(self.out, Out::F32(_)) {
+                for (r, row) in buf.out.chunks_exact(d).enumerate() {
+                    convert::store(self.isa, row, self.out, first + r * c);
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((b, tq, c))))
+        }
     }
+
+    /// Rows `0..n` of one head (columns `col ..col + d`) of sequence `bi` as f32: in place
+    /// for f32 inputs (pointer, row stride), else converted into `scratch` (stride d).
+    fn rows(
+        &self,
+        (src, view): (Src, View),
+        bi: usize,
+        col: usize,
+        n: usize,
+        scratch: &mut Vec<f32>,
+    ) -> (*const f32, usize) {
+        let d = self.dims.4;
+        let first = view.offset + bi * view.batch + col;
+        if let Src::F32(v) = src {
+            return (v[first..].as_ptr(), view.row);
+        }
+        scratch.resize(n * d, 0.0);
+        for (r, row) in scratch.chunks_exact_mut(d).enumerate() {
+            convert::load(self.isa, src, first + r * view.row, row);
+        }
+        (scratch.as_ptr(), d)
+    }
+}
+
+/// `dst (m, n) = A (m, k) · B (k, n)`, single-threaded; each operand as (pointer, row stride,
+/// column stride).
+///
+/// # Safety
+/// The pointers must address the elements the shapes and strides describe.
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ld: usize,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
+    (b, b_rs, b_cs): (*const f32, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        false,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 fn softmax_row_in_place(x: &mut [f32], scale: f32) {

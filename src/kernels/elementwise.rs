@@ -42,3 +42,22 @@ fn map_chunk_generic<F: Fn(f32) -> f32 + Copy>(x: &[f32], o: &mut [f32], f: F) {
         *o = f(x);
     }
 }
+
+/// `f` applied in place to every element of `xs` (one thread: for runs inside a kernel),
+/// with the best instruction set available.
+#[inline]
+pub fn map_in_place<F: Fn(f32) -> f32 + Copy>(xs: &mut [f32], f: F) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { map_in_place_avx2(xs, f) };
+        return;
+    }
+    xs.iter_mut().for_each(|x| *x = f(*x));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_in_place_avx2<F: Fn(f32) -> f32 + Copy>(xs: &mut [f32], f: F) {
+    xs.iter_mut().for_each(|x| *x = f(*x));
+}

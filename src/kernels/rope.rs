@@ -3,11 +3,15 @@
 //! `half = rot/2`, element `i < half` becomes `x_i·cos_i − x_{i+half}·sin_i` and element
 //! `i + half` becomes `x_{i+half}·cos_i + x_i·sin_i`; the other dimensions pass through.
 //!
-//! On CPU in f32 this is one kernel that reads a strided (fused-projection) view and writes a
-//! contiguous result; elsewhere, and for autograd, it is composed from candle ops.
+//! On CPU (f32, bf16, f16) this is one kernel that reads a strided (fused-projection) view
+//! and writes a contiguous result, computing in f32 and rounding once; elsewhere, and for
+//! autograd, it is composed from candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+
+use super::convert::{self, Src};
+use super::isa::Isa;
 
 /// `x` (b, t, H·d) rotated on the first `cos.dim(1)·2` dimensions of each of `n_head` heads;
 /// `cos` and `sin` are (t, half) f32 tables for the positions of `x`'s rows. Returns a
@@ -23,7 +27,8 @@ pub fn apply(x: &Tensor, n_head: usize, cos: &Tensor, sin: &Tensor) -> Result<Te
             sin.dims()
         );
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && x.stride()[2] == 1 {
+    let dtype_ok = matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    if x.device().is_cpu() && dtype_ok && x.stride()[2] == 1 {
         let op = Rope { n_head };
         return x.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &op);
     }
@@ -67,29 +72,82 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(cos), CpuStorage::F32(sin)) = (s1, s2, s3) else {
-            candle_core::bail!("rope: expected f32 inputs")
+        let (CpuStorage::F32(cos), CpuStorage::F32(sin)) = (s2, s3) else {
+            candle_core::bail!("rope: expected f32 tables")
         };
         let (b, t, c) = l1.shape().dims3()?;
         let half = l2.shape().dims2()?.1;
         let [sb, st, _] = l1.stride() else {
             candle_core::bail!("rope: expected a 3-D input")
         };
-        let (sb, st, x0) = (*sb, *st, l1.start_offset());
-        let cos = &cos[l2.start_offset()..];
-        let sin = &sin[l3.start_offset()..];
+        let x = Strided {
+            src: match s1 {
+                CpuStorage::F32(v) => Src::F32(v),
+                CpuStorage::BF16(v) => Src::Bf16(v),
+                CpuStorage::F16(v) => Src::F16(v),
+                _ => candle_core::bail!("rope: expected f32, bf16 or f16 input"),
+            },
+            start: l1.start_offset(),
+            batch: *sb,
+            row: *st,
+            b,
+            t,
+        };
+        let tables = (&cos[l2.start_offset()..], &sin[l3.start_offset()..], half);
         let d = c / self.n_head;
-        let mut out = vec![0f32; b * t * c];
-        out.par_chunks_mut(c).enumerate().for_each(|(row, o)| {
-            let (bi, ti) = (row / t, row % t);
-            let src = &x[x0 + bi * sb + ti * st..][..c];
-            let (cr, sr) = (&cos[ti * half..][..half], &sin[ti * half..][..half]);
-            for (oh, xh) in o.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+        let storage = match x.src {
+            Src::F32(_) => CpuStorage::F32(rotate_rows(&x, tables, c, d, |v| v)),
+            Src::Bf16(_) => CpuStorage::BF16(rotate_rows(&x, tables, c, d, half::bf16::from_f32)),
+            Src::F16(_) => CpuStorage::F16(rotate_rows(&x, tables, c, d, half::f16::from_f32)),
+        };
+        Ok((storage, Shape::from((b, t, c))))
+    }
+}
+
+/// A (b, t, C) input with unit column stride.
+struct Strided<'a> {
+    src: Src<'a>,
+    start: usize,
+    batch: usize,
+    row: usize,
+    b: usize,
+    t: usize,
+}
+
+/// Every row of `x` rotated head by head in f32 and rounded once by `round`. For bf16 and f16
+/// the tables are first rounded to that dtype, as transformers casts them.
+fn rotate_rows<T: Copy + Default + Send + Sync>(
+    x: &Strided,
+    (cos, sin, half): (&[f32], &[f32], usize),
+    c: usize,
+    d: usize,
+    round: fn(f32) -> T,
+) -> Vec<T> {
+    let isa = Isa::get();
+    let to_dtype: fn(f32) -> f32 = match x.src {
+        Src::F32(_) => |v| v,
+        Src::Bf16(_) => |v| half::bf16::from_f32(v).to_f32(),
+        Src::F16(_) => |v| half::f16::from_f32(v).to_f32(),
+    };
+    let mut out = vec![T::default(); x.b * x.t * c];
+    let scratch = || (vec![0f32; c], vec![0f32; c], vec![0f32; 2 * half]);
+    out.par_chunks_mut(c)
+        .enumerate()
+        .for_each_init(scratch, |(src, rotated, table), (row, o)| {
+            let (bi, ti) = (row / x.t, row % x.t);
+            convert::load(isa, x.src, x.start + bi * x.batch + ti * x.row, src);
+            let (cr, sr) = table.split_at_mut(half);
+            for (i, (cv, sv)) in cr.iter_mut().zip(sr.iter_mut()).enumerate() {
+                (*cv, *sv) = (to_dtype(cos[ti * half + i]), to_dtype(sin[ti * half + i]));
+            }
+            for (oh, xh) in rotated.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
                 rotate_head(oh, xh, cr, sr);
             }
+            for (o, &v) in o.iter_mut().zip(rotated.iter()) {
+                *o = round(v);
+            }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, t, c))))
-    }
+    out
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::model::linear::Linear;
+use crate::model::linear::{Combine, Linear};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 
@@ -38,7 +38,8 @@ pub struct Rows {
 }
 
 impl Attention {
-    /// `x`: (b·t, C) → (b·t, C). With a cache, the new keys and values are appended to it and
+    /// `x`: (b·t, C) → (b·t, C), plus `residual` (b·t, C) when given (added in the output
+    /// projection's epilogue). With a cache, the new keys and values are appended to it and
     /// the queries attend to every cached position too.
     pub fn forward(
         &self,
@@ -46,6 +47,7 @@ impl Attention {
         rows: Rows,
         cache: Option<&mut KvCache>,
         mode: Mode,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, t) = (rows.b, rows.t);
         let (qw, kw) = (
@@ -64,7 +66,8 @@ impl Attention {
             // (b, cached + t, G·d) views of the cache's buffers.
             (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
         }
-        if self.upcast {
+        // The fused kernel computes scores and softmax in f32 whatever the dtype.
+        if self.upcast && mode == Mode::Differentiable {
             (q, k, v) = (
                 q.to_dtype(DType::F32)?,
                 k.to_dtype(DType::F32)?,
@@ -77,7 +80,8 @@ impl Attention {
                 causal_attention_composed(&q, &k, &v, self.heads, self.scale, true)?
             }
         }; // (b, t, H·d)
+        let y = y.to_dtype(x.dtype())?.reshape((b * t, qw))?;
         self.out
-            .forward(&y.to_dtype(x.dtype())?.reshape((b * t, qw))?)
+            .forward_fused(&y, None, residual.map(|r| (Combine::Add, r)))
     }
 }

@@ -15,11 +15,8 @@ use crate::weights::{LoadError, TensorStore};
 /// Why a `config.json` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::fsio::ReadError),
     #[error("{path}: {err}")]
     Parse {
         path: String,
@@ -78,10 +75,7 @@ impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = crate::fsio::read_limited_to_string(path, crate::fsio::SMALL_FILE_LIMIT)?;
         Self::from_json(&text).map_err(|e| match e {
             Invalid::Json(err) => ConfigError::Parse { path: shown, err },
             Invalid::Msg(msg) => ConfigError::Invalid { path: shown, msg },

@@ -52,31 +52,24 @@ impl Block {
         mode: Mode,
         tracer: Option<&mut Tracer>,
     ) -> Result<Tensor> {
+        let ffn = &self.ffn;
         match self.residual {
             Residual::PreNorm => {
-                let attn = self
-                    .attn
-                    .forward(&self.ln1.forward(x, mode)?, rows, cache, mode)?;
-                let h = (x + attn)?;
-                let mlp = self
-                    .ffn
-                    .forward(&self.ln2.forward(&h, mode)?, mode, tracer)?;
-                &h + mlp
+                let ln1 = self.ln1.forward(x, mode)?;
+                let h = self.attn.forward(&ln1, rows, cache, mode, Some(x))?;
+                let ln2 = self.ln2.forward(&h, mode)?;
+                ffn.forward(&ln2, mode, tracer, Some(&h))
             }
             Residual::Parallel => {
-                let attn = self
-                    .attn
-                    .forward(&self.ln1.forward(x, mode)?, rows, cache, mode)?;
-                let mlp = self
-                    .ffn
-                    .forward(&self.ln2.forward(x, mode)?, mode, tracer)?;
-                (mlp + attn)? + x
+                let ln1 = self.ln1.forward(x, mode)?;
+                let attn_x = self.attn.forward(&ln1, rows, cache, mode, Some(x))?;
+                ffn.forward(&self.ln2.forward(x, mode)?, mode, tracer, Some(&attn_x))
             }
             Residual::PostNorm => {
-                let attn = self.attn.forward(x, rows, cache, mode)?;
-                let h = self.ln1.forward(&(x + attn)?, mode)?;
-                let mlp = self.ffn.forward(&h, mode, tracer)?;
-                self.ln2.forward(&(&h + mlp)?, mode)
+                let h = self.attn.forward(x, rows, cache, mode, Some(x))?;
+                let h = self.ln1.forward(&h, mode)?;
+                let out = ffn.forward(&h, mode, tracer, Some(&h))?;
+                self.ln2.forward(&out, mode)
             }
         }
     }
@@ -230,6 +223,7 @@ impl CausalLm for Decoder {
             *last = self.info.vocab_size;
         }
         let flat = hidden.reshape(((), e))?; // (n, E)
-        flat.matmul(&self.lm_head.t()?)?.reshape(out_shape) // (…, vocab)
+        let head = Linear::new(self.lm_head.clone(), None);
+        head.forward(&flat)?.reshape(out_shape) // (…, vocab)
     }
 }

@@ -2,7 +2,7 @@
 //! (`down(act(gate(x)) · up(x))`, Llama, Qwen2), with one swappable nonlinearity. Swapping on
 //! a gated model replaces the gate's activation.
 
-use crate::model::linear::Linear;
+use crate::model::linear::{Combine, Linear};
 use candle_core::{Result, Tensor, Var};
 
 use crate::model::activation::Activation;
@@ -45,9 +45,41 @@ impl Ffn {
         }
     }
 
-    /// `x`: (n, C) → (n, C). With a tracer the pre-activation is recorded; with a
-    /// differentiable one the first weight becomes a variable too.
-    pub fn forward(&self, x: &Tensor, mode: Mode, tracer: Option<&mut Tracer>) -> Result<Tensor> {
+    /// `x`: (n, C) → (n, C), plus `residual` when given (added in the last projection's
+    /// epilogue). With a tracer the pre-activation is recorded; with a differentiable one the
+    /// first weight becomes a variable too. Untraced fast passes fuse the activation (and the
+    /// gate's product) into the projections.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        tracer: Option<&mut Tracer>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let res = residual.map(|r| (Combine::Add, r));
+        let f = match (tracer, mode) {
+            (None, Mode::Fast) => self
+                .first()
+                .forward_fused(x, Some(self.activation()), None)?,
+            (tracer, mode) => self.traced_activation(x, mode, tracer)?,
+        }; // (n, inner)
+        match self {
+            Self::Plain { proj, .. } => proj.forward_fused(&f, None, res),
+            Self::Gated { up, down, .. } => {
+                let g = up.forward_fused(x, None, Some((Combine::Mul, &f)))?;
+                down.forward_fused(&g, None, res)
+            }
+        }
+    }
+
+    /// `act(first(x))` with the pre-activation recorded (and the weight made a variable when
+    /// the tracer is differentiable).
+    fn traced_activation(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        tracer: Option<&mut Tracer>,
+    ) -> Result<Tensor> {
         let h = match tracer {
             None => self.first().forward(x)?,
             Some(tr) if !tr.differentiable => {
@@ -65,13 +97,9 @@ impl Ffn {
             }
         }; // (n, inner)
         let act = self.activation();
-        let f = match mode {
-            Mode::Fast => act.forward(&h)?,
-            Mode::Differentiable => crate::model::activation_grad::forward_differentiable(act, &h)?,
-        };
-        match self {
-            Self::Plain { proj, .. } => proj.forward(&f),
-            Self::Gated { up, down, .. } => down.forward(&(f * up.forward(x)?)?),
+        match mode {
+            Mode::Fast => act.forward(&h),
+            Mode::Differentiable => crate::model::activation_grad::forward_differentiable(act, &h),
         }
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 
 use crate::data::TextTokenizer;
 use crate::model::activation::Activation;
-use crate::model::plan::{ActivationPlan, LayerSpec};
+use crate::model::plan::{ActivationMap, ActivationPlan, LayerSpec};
 use crate::model::{CausalLm, ModelConfig};
 use crate::weights::{CheckpointFiles, LoadError, TensorStore};
 
@@ -18,6 +18,8 @@ pub struct LoadOptions {
     /// `None` keeps the checkpoint's own activation everywhere.
     pub activation: Option<Activation>,
     pub layers: LayerSpec,
+    /// A per-layer map (`0-1:relu,2-3:sigmoid`), applied after `activation`.
+    pub per_layer: Option<ActivationMap>,
     pub dtype: DType,
     pub device: Device,
 }
@@ -27,6 +29,7 @@ impl Default for LoadOptions {
         Self {
             activation: None,
             layers: LayerSpec::All,
+            per_layer: None,
             dtype: DType::F32,
             device: Device::Cpu,
         }
@@ -59,6 +62,9 @@ pub fn plan(
         plan = plan.swap(act, &opts.layers)?;
     } else if opts.layers != LayerSpec::All {
         return Err(LayersWithoutActivation.into());
+    }
+    if let Some(map) = &opts.per_layer {
+        plan = map.apply(plan)?;
     }
     Ok((config, plan))
 }

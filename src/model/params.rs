@@ -94,9 +94,9 @@ impl<'a> Params<'a> {
             .map(|&(p, n_out)| self.linear(p, n_in, n_out, bias))
             .collect::<Result<Vec<_>, _>>()?;
         let key = format!("{}{}.weight", self.prefix, prefixes[0].0);
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: key.clone(),
-            source,
+            cause,
         };
         let ws: Vec<&Tensor> = parts.iter().map(|l| l.weight()).collect();
         let w = Tensor::cat(&ws, 0).map_err(candle)?;
@@ -117,7 +117,7 @@ impl<'a> Params<'a> {
         let w = w
             .t()
             .and_then(|t| t.contiguous())
-            .map_err(|source| LoadError::Candle { key, source })?;
+            .map_err(|cause| LoadError::Candle { key, cause })?;
         let b = self.take(&format!("{prefix}.bias"), &[n_out])?;
         Ok(Linear::new(w, Some(b)))
     }

@@ -248,6 +248,16 @@ pub enum ActivationMapError {
     Layers(#[from] LayerSpecError),
     #[error("'{0}': expected an activation name or entries like '0-1:relu,2-3:sigmoid'")]
     Syntax(String),
+    #[error(
+        "'{map}': {layers} given two activations ({first} and {second}); name each layer once"
+    )]
+    Overlap {
+        map: String,
+        /// `layer 2` or `layers 1-2`, or `all layers`.
+        layers: String,
+        first: Activation,
+        second: Activation,
+    },
 }
 
 impl FromStr for ActivationMap {
@@ -275,7 +285,43 @@ impl FromStr for ActivationMap {
         if !pending.is_empty() {
             return Err(ActivationMapError::Syntax(s.to_string()));
         }
+        check_overlaps(s, &entries)?;
         Ok(Self(entries))
+    }
+}
+
+/// Fails when two entries of a per-layer map name the same layer (or one names all).
+fn check_overlaps(
+    map: &str,
+    entries: &[(LayerSpec, Activation)],
+) -> Result<(), ActivationMapError> {
+    for (i, (a, act_a)) in entries.iter().enumerate() {
+        for (b, act_b) in &entries[i + 1..] {
+            let shared: Vec<usize> = match (a, b) {
+                (LayerSpec::Some(x), LayerSpec::Some(y)) => x.intersection(y).copied().collect(),
+                (LayerSpec::Some(x), LayerSpec::All) | (LayerSpec::All, LayerSpec::Some(x)) => {
+                    x.iter().copied().collect()
+                }
+                (LayerSpec::All, LayerSpec::All) => {
+                    return Err(overlap(map, "all layers".into(), *act_a, *act_b))
+                }
+            };
+            if !shared.is_empty() {
+                let noun = if shared.len() == 1 { "layer" } else { "layers" };
+                let layers = format!("{noun} {}", format_indices(shared));
+                return Err(overlap(map, layers, *act_a, *act_b));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn overlap(map: &str, layers: String, first: Activation, second: Activation) -> ActivationMapError {
+    ActivationMapError::Overlap {
+        map: map.to_string(),
+        layers,
+        first,
+        second,
     }
 }
 
@@ -298,6 +344,14 @@ fn split_outside_parens(s: &str) -> Vec<&str> {
 }
 
 impl ActivationMap {
+    /// The activation of a map that puts one activation in every layer (`"relu"`).
+    pub fn single(&self) -> Option<Activation> {
+        match &self.0[..] {
+            [(LayerSpec::All, act)] => Some(*act),
+            _ => None,
+        }
+    }
+
     /// Applies every entry, in order, to `plan`.
     pub fn apply(&self, mut plan: ActivationPlan) -> Result<ActivationPlan, LayerSpecError> {
         for (spec, act) in &self.0 {
@@ -341,6 +395,19 @@ mod map_tests {
             .unwrap_err()
             .to_string()
             .contains("unknown activation 'nope'"));
+        let err = "0-2:relu,1-3:sigmoid".parse::<ActivationMap>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "'0-2:relu,1-3:sigmoid': layers 1-2 given two activations (relu and sigmoid); name each layer once"
+        );
+        let err = "0:relu,all:tanh".parse::<ActivationMap>().unwrap_err();
+        assert!(err.to_string().contains("layer 0 given two"), "{err}");
+        assert!("0,1:relu,2:relu".parse::<ActivationMap>().is_ok());
+        assert_eq!(
+            "relu".parse::<ActivationMap>().unwrap().single(),
+            Some(Relu)
+        );
+        assert_eq!("0:relu".parse::<ActivationMap>().unwrap().single(), None);
         let err = "7:relu"
             .parse::<ActivationMap>()
             .unwrap()

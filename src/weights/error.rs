@@ -13,10 +13,10 @@ pub enum LoadError {
     NotADir(PathBuf),
     #[error("{place}: no {what} found")]
     MissingFile { place: String, what: &'static str },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a valid safetensors file: {msg}")]
     Corrupt { path: PathBuf, msg: String },
@@ -49,9 +49,9 @@ pub enum LoadError {
     Unexpected { count: usize, first: String },
     #[error("{msg}")]
     Config { msg: String },
-    #[error("loading tensor '{key}': {source}")]
+    #[error("loading tensor '{key}': {cause}")]
     Candle {
         key: String,
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 }

@@ -169,7 +169,7 @@ impl ModelSpec {
     /// (`gpt2`, `org/name`, optionally `@revision`; `revision` is `--revision`).
     pub fn parse(spec: &str, revision: Option<&str>, base: Option<&Path>) -> anyhow::Result<Self> {
         let path = match base {
-            Some(b) if Path::new(spec).is_relative() => b.join(spec),
+            Some(b) if Path::new(spec).is_relative() => crate::fsio::clean(&b.join(spec)),
             _ => PathBuf::from(spec),
         };
         if path.is_dir() {
@@ -378,9 +378,9 @@ fn shard_names(index: &Path) -> Result<Vec<String>, LoadError> {
         path: index.to_path_buf(),
         msg,
     };
-    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
+    let text = std::fs::read_to_string(index).map_err(|cause| LoadError::Io {
         path: index.to_path_buf(),
-        source,
+        cause,
     })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;

@@ -14,9 +14,9 @@ use super::store::{is_known_buffer_stored, Entry};
 /// Zip archives (`torch.save` since torch 1.6) start with a local-file-header signature.
 pub(super) fn is_zip(path: &Path) -> Result<bool, LoadError> {
     let mut magic = [0u8; 4];
-    let mut f = File::open(path).map_err(|source| LoadError::Io {
+    let mut f = File::open(path).map_err(|cause| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     Ok(f.read_exact(&mut magic).is_ok() && &magic == b"PK\x03\x04")
 }

@@ -36,9 +36,9 @@ pub(super) fn read_header(path: &Path) -> Result<Vec<Entry>, LoadError> {
 fn read_header_json(
     path: &Path,
 ) -> Result<(serde_json::Map<String, serde_json::Value>, u64, u64), LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |cause| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut f = File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
@@ -89,18 +89,26 @@ fn parse_entry(
     let [begin, end] = offsets[..] else {
         return Err(bad("data_offsets needs two numbers"));
     };
+    if end < begin {
+        return Err(bad(&format!(
+            "byte range {begin}..{end} ends before it begins"
+        )));
+    }
     let dtype = stored_dtype(&key, dtype_name)?;
     let want_bytes = byte_size(&shape, dtype);
-    if dtype != DType::U8 && (end < begin || Some(end - begin) != want_bytes) {
+    if dtype != DType::U8 && Some(end - begin) != want_bytes {
         return Err(bad(&format!(
             "byte range {begin}..{end} does not match shape {shape:?} of {dtype_name}"
         )));
     }
-    if base + end > file_len {
+    let need = base
+        .checked_add(end)
+        .ok_or_else(|| bad(&format!("byte range {begin}..{end} is beyond any file")))?;
+    if need > file_len {
         return Err(LoadError::Truncated {
             path: path.to_path_buf(),
             key,
-            need: base + end,
+            need,
             have: file_len,
         });
     }
@@ -141,13 +149,13 @@ fn byte_size(shape: &[usize], dtype: DType) -> Option<u64> {
 /// Reads one tensor's bytes into a CPU tensor of its stored dtype. f32 data is read straight
 /// into the tensor's own buffer (no intermediate copy).
 pub(super) fn read_tensor(path: &Path, e: &Entry) -> Result<Tensor, LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |cause| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
-    let candle = |source| LoadError::Candle {
+    let candle = |cause| LoadError::Candle {
         key: e.stored_key.clone(),
-        source,
+        cause,
     };
     let mut f = File::open(path).map_err(io)?;
     f.seek(SeekFrom::Start(e.start)).map_err(io)?;
@@ -161,4 +169,28 @@ pub(super) fn read_tensor(path: &Path, e: &Entry) -> Result<Tensor, LoadError> {
     let mut bytes = vec![0u8; (e.end - e.start) as usize];
     f.read_exact(&mut bytes).map_err(io)?;
     Tensor::from_raw_buffer(&bytes, e.dtype, shape, &Device::Cpu).map_err(candle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_that_overflow_or_run_backwards_are_corrupt_not_a_panic() {
+        let p = Path::new("m.safetensors");
+        let entry = |dtype: &str, begin: u64, end: u64, base: u64| {
+            let info =
+                serde_json::json!({"dtype": dtype, "shape": [2], "data_offsets": [begin, end]});
+            parse_entry(p, "h.0.attn.bias".into(), &info, base, 1 << 20)
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = entry("U8", 8, 2, 8).expect("reversed range refused");
+        assert!(e.contains("ends before it begins"), "{e}");
+        let e = entry("U8", u64::MAX - 1, u64::MAX, 16).expect("overflow refused");
+        assert!(e.contains("beyond any file"), "{e}");
+        let e = entry("F32", 0, 8, 1 << 20).expect("past the end refused");
+        assert!(!e.contains("beyond any file"), "{e}");
+        assert!(entry("F32", 0, 8, 64).is_none());
+    }
 }

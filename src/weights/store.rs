@@ -181,9 +181,9 @@ impl TensorStore {
     /// The tensor `key` (bare spelling), which must have exactly `shape`.
     pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
         if let Some(make) = self.maker.as_mut() {
-            let candle = |source| LoadError::Candle {
+            let candle = |cause| LoadError::Candle {
                 key: key.to_string(),
-                source,
+                cause,
             };
             let t = make(key, shape)
                 .and_then(|t| t.to_dtype(self.dtype))
@@ -204,9 +204,9 @@ impl TensorStore {
         }
         let entry = entry.clone();
         self.taken.insert(key.to_string());
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: entry.stored_key.clone(),
-            source,
+            cause,
         };
         let cpu = self.read_cpu(&entry, shape)?;
         let t = if cpu.dtype() == self.dtype {
@@ -222,9 +222,9 @@ impl TensorStore {
         match &self.pth[entry.file] {
             Some(reader) => reader
                 .get(&entry.stored_key)
-                .map_err(|source| LoadError::Candle {
+                .map_err(|cause| LoadError::Candle {
                     key: entry.stored_key.clone(),
-                    source,
+                    cause,
                 })?
                 .ok_or_else(|| LoadError::MissingKey {
                     key: entry.stored_key.clone(),
@@ -243,9 +243,9 @@ impl TensorStore {
         n_out: usize,
     ) -> Result<Tensor, LoadError> {
         let t = self.take(key, &[n_in, n_out])?;
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: self.shown(key),
-            source,
+            cause,
         };
         t.t().and_then(|t| t.contiguous()).map_err(candle)
     }

@@ -164,9 +164,9 @@ impl NeoxConfig {
         let (c, h, d) = (self.hidden_size, self.num_attention_heads, self.head_dim());
         let l = p.linear(prefix, c, 3 * c, self.attention_bias)?;
         let key = format!("{prefix}.weight");
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: key.clone(),
-            source,
+            cause,
         };
         let w = regroup(l.weight(), h, 3, d).map_err(candle)?;
         let b = l

@@ -158,9 +158,9 @@ impl OptConfig {
             return Norm::layer(p, prefix, c, LAYER_NORM_EPS, true);
         }
         let device = p.device().clone();
-        let candle = |source| LoadError::Candle {
+        let candle = |cause| LoadError::Candle {
             key: format!("{prefix} (no affine parameters)"),
-            source,
+            cause,
         };
         let w = Tensor::ones(c, p.dtype(), &device).map_err(candle)?;
         let b = Tensor::zeros(c, p.dtype(), &device).map_err(candle)?;

@@ -1,0 +1,150 @@
+//! `y = x·Wᵀ` for a linear layer — x (n, k), W (m, k), both row-major in f32, bf16 or f16 —
+//! with the layer's epilogue fused: `+ bias`, an activation, then `+ r` or `· r` with another
+//! (n, m) tensor, rounded once to the output dtype. Sums are in f32.
+//!
+//! - Many rows ([`gemm`]): BLIS-style blocking. Each parallel task owns a block of rows and
+//!   columns of y; it packs its columns of W for the whole reduction once, then, per block of
+//!   `MC` rows and `KC` of the reduction, packs x and runs the level's micro-kernel
+//!   ([`micro`]) into an f32 tile, which the epilogue writes out. With `avx512_bf16`, bf16
+//!   operands stay bf16 (`vdpbf16ps`); otherwise they are converted to f32 while packing.
+//! - A few rows ([`gemv`], decoding): W streamed once, row by row, at memory speed.
+
+mod blocked;
+mod epilogue;
+mod gemv;
+mod micro;
+mod pack;
+
+use super::convert::{self, Out, Src};
+use super::isa::Isa;
+use epilogue::finish;
+
+/// Rows of x at or below which the streaming kernel is used.
+pub const GEMV_MAX_ROWS: usize = 4;
+/// Rows of x per tile (a multiple of every kernel's MR).
+const MC: usize = 96;
+/// Reduction values per packed block.
+const KC: usize = 256;
+/// Widest column group of a tile.
+const NC_MAX: usize = 512;
+/// Most bytes of packed x at once: rows are packed and multiplied in super-blocks.
+const A_BUDGET: usize = 4 << 20;
+/// Most bytes of packed W at once: columns are packed and multiplied in slabs.
+const B_BUDGET: usize = 16 << 20;
+
+/// How the result is combined with a second (n, m) tensor after bias and activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    Add,
+    Mul,
+}
+
+/// What happens to each f32 sum before it is stored: `act(sum + bias) (+|·) with`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// (m,)
+    pub bias: Option<Src<'a>>,
+    /// Applied in place to runs of a row.
+    pub act: Option<fn(&mut [f32])>,
+    /// (n, m), row-major.
+    pub with: Option<(Combine, Src<'a>)>,
+}
+
+impl Epilogue<'_> {
+    /// The epilogue of rows whose `with` elements start at `start` (`len` of them).
+    pub(crate) fn rows(&self, start: usize, len: usize) -> Self {
+        Self {
+            with: self.with.map(|(op, r)| (op, r.slice(start, len))),
+            ..*self
+        }
+    }
+}
+
+/// The shapes of one product: x (n, k), W (m, k), y (n, m).
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+}
+
+/// `out = epilogue(x·Wᵀ)` with the kernels of `isa`.
+///
+/// # Safety
+/// `out` must be valid for writes of `n·m` elements that nothing else accesses meanwhile.
+/// Panics if a slice is shorter than its shape.
+pub unsafe fn linear(isa: Isa, x: Src, w: Src, d: Dims, epi: &Epilogue, out: Out) {
+    assert!(
+        x.len() >= d.n * d.k && w.len() >= d.m * d.k,
+        "linear: operands too short"
+    );
+    assert!(
+        epi.bias.is_none_or(|b| b.len() >= d.m),
+        "linear: bias too short"
+    );
+    assert!(
+        epi.with.is_none_or(|(_, r)| r.len() >= d.n * d.m),
+        "linear: operand too short"
+    );
+    if d.n == 0 || d.m == 0 {
+        return;
+    }
+    if d.n <= GEMV_MAX_ROWS {
+        gemv::run(&Job {
+            isa,
+            x,
+            w,
+            d,
+            epi,
+            out,
+        });
+    } else {
+        blocked::run(&Job {
+            isa,
+            x,
+            w,
+            d,
+            epi,
+            out,
+        });
+    }
+}
+
+/// One product and where it goes, shared by the tasks that compute it.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub isa: Isa,
+    pub x: Src<'a>,
+    pub w: Src<'a>,
+    pub d: Dims,
+    pub epi: &'a Epilogue<'a>,
+    pub out: Out,
+}
+
+/// The reference: every output summed in f64 in index order from the operands as f32, the
+/// epilogue in f32, the result rounded to `out`'s dtype. Slow; for tests.
+///
+/// # Safety
+/// As [`linear`].
+pub unsafe fn linear_reference(x: Src, w: Src, d: Dims, epi: &Epilogue, out: Out) {
+    let isa = Isa::Portable;
+    let job = Job {
+        isa,
+        x,
+        w,
+        d,
+        epi,
+        out,
+    };
+    let (mut xr, mut wr, mut tmp) = (vec![0f32; d.k], vec![0f32; d.k], Vec::new());
+    let mut vals = vec![0f32; d.m];
+    for i in 0..d.n {
+        convert::load(isa, x, i * d.k, &mut xr);
+        for (j, v) in vals.iter_mut().enumerate() {
+            convert::load(isa, w, j * d.k, &mut wr);
+            let s: f64 = xr.iter().zip(&wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            *v = s as f32;
+        }
+        finish(&job, &mut vals, i, 0, &mut tmp);
+    }
+}

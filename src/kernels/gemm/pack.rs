@@ -1,0 +1,161 @@
+//! Packing: rows of a row-major matrix (rows of x, or rows of W — both contiguous along k)
+//! rearranged into micro-panels of `width` rows, step by step, as the micro-kernels read
+//! them. f32 mode converts to f32; pair mode keeps bf16 and puts two consecutive k of a row in
+//! one u32. Rows past the end and k past the end are zeros.
+//!
+//! A packed matrix is stored per block of `KC` values of k: block `pc` holds every panel
+//! of the rows for k in `pc·KC ..`, panel after panel.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::KC;
+use crate::kernels::convert::{self, Src};
+use crate::kernels::isa::Isa;
+
+/// Steps of the reduction a block of `kc` values takes.
+pub(crate) fn steps(kc: usize, pairs: bool) -> usize {
+    if pairs {
+        kc.div_ceil(2)
+    } else {
+        kc
+    }
+}
+
+/// Rows `row0 .. row0 + rows` of a matrix with `k` columns, packed in panels of `width`.
+pub(crate) struct Packed<'a> {
+    pub buf: &'a mut Vec<u32>,
+    pub width: usize,
+    pub pairs: bool,
+    /// Rows, rounded up to a multiple of `width`.
+    pub padded: usize,
+}
+
+impl<'a> Packed<'a> {
+    /// An empty pack into `buf` (filled by [`pack_all`]).
+    pub fn new(buf: &'a mut Vec<u32>, width: usize, pairs: bool) -> Self {
+        Self {
+            buf,
+            width,
+            pairs,
+            padded: 0,
+        }
+    }
+
+    /// Values per block of k.
+    fn block(&self) -> usize {
+        self.padded * steps(KC, self.pairs)
+    }
+
+    /// The start of panel `panel` in block `pc` (whose reduction is `kc` long).
+    pub fn panel(&self, pc: usize, kc: usize, panel: usize) -> *const u32 {
+        let off = pc * self.block() + panel * steps(kc, self.pairs) * self.width;
+        self.buf[off..].as_ptr()
+    }
+}
+
+/// The source of a pack: `rows` rows of `src` from `row0`, each `k` long.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub src: Src<'a>,
+    pub k: usize,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// A raw pointer into a packed buffer shared by tasks that fill disjoint panels.
+#[derive(Clone, Copy)]
+struct Shared(*mut u32);
+// SAFETY: the tasks that share one write disjoint panels.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// # Safety
+    /// `i` must be within the buffer.
+    unsafe fn at(&self, i: usize) -> *mut u32 {
+        self.0.add(i)
+    }
+}
+
+thread_local! {
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Packs `src` for the whole reduction into `dst`, one parallel task per panel.
+pub(crate) fn pack_all(isa: Isa, src: Rows, dst: &mut Packed) {
+    let (width, pairs) = (dst.width, dst.pairs);
+    dst.padded = src.rows.next_multiple_of(width);
+    let block = dst.block();
+    dst.buf.resize(src.k.div_ceil(KC) * block, 0);
+    let base = Shared(dst.buf.as_mut_ptr());
+    (0..dst.padded / width).into_par_iter().for_each(|panel| {
+        for (pc, k0) in (0..src.k).step_by(KC).enumerate() {
+            let kc = KC.min(src.k - k0);
+            let len = steps(kc, pairs) * width;
+            // SAFETY: this task alone writes panel `panel` of each block, which lies inside
+            // the buffer sized above.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(base.at(pc * block + panel * len), len) };
+            pack_panel(isa, src, panel * width, (k0, kc), width, pairs, out);
+        }
+    });
+}
+
+/// Packs rows `first .. first + width` (relative to `src.row0`) for k in `k0 .. k0 + kc`
+/// into `out` (`steps(kc) × width` values).
+pub(crate) fn pack_panel(
+    isa: Isa,
+    src: Rows,
+    first: usize,
+    (k0, kc): (usize, usize),
+    width: usize,
+    pairs: bool,
+    out: &mut [u32],
+) {
+    let s = steps(kc, pairs);
+    for lane in 0..width {
+        let r = first + lane;
+        if r >= src.rows {
+            (0..s).for_each(|p| out[p * width + lane] = 0);
+            continue;
+        }
+        let start = (src.row0 + r) * src.k + k0;
+        match (pairs, src.src) {
+            (true, Src::Bf16(v)) => pack_pairs(&v[start..start + kc], out, width, lane),
+            (false, Src::F32(v)) => scatter(&v[start..start + kc], out, width, lane),
+            (false, other) => ROW.with(|row| {
+                let row = &mut *row.borrow_mut();
+                row.resize(kc, 0.0);
+                convert::load(isa, other, start, row);
+                scatter(row, out, width, lane);
+            }),
+            (true, _) => unreachable!("pair packing is for bf16 only"),
+        }
+    }
+}
+
+#[inline(always)]
+fn scatter(row: &[f32], out: &mut [u32], width: usize, lane: usize) {
+    assert!(lane < width && out.len() >= row.len() * width);
+    let out = out.as_mut_ptr();
+    for (p, &v) in row.iter().enumerate() {
+        // SAFETY: p·width + lane < row.len()·width ≤ out.len() (checked above).
+        unsafe { *out.add(p * width + lane) = v.to_bits() };
+    }
+}
+
+#[inline(always)]
+fn pack_pairs(row: &[half::bf16], out: &mut [u32], width: usize, lane: usize) {
+    let out = &mut out[lane..];
+    let mut chunks = row.chunks_exact(2);
+    let mut p = 0;
+    for pair in chunks.by_ref() {
+        out[p * width] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+        p += 1;
+    }
+    if let [last] = chunks.remainder() {
+        out[p * width] = last.to_bits() as u32;
+    }
+}
