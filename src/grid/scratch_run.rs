@@ -26,7 +26,7 @@ use crate::model::load::{load, LoadOptions};
 use crate::model::CausalLm;
 use crate::provenance::{self, sha256_bytes};
 use crate::train::charts::{points, LineChart, Series};
-use crate::train::log::LogRecord;
+use crate::train::log::{read_log, LogRecord};
 use crate::train::origin::Start;
 use crate::train::run::TrainSpec;
 
@@ -46,11 +46,10 @@ struct Held {
     sha256: String,
 }
 
-/// A trained model, its training account and log.
+/// A trained model and its training account.
 struct Trained {
     model: Box<dyn CausalLm>,
     training: RowTraining,
-    log: Vec<LogRecord>,
 }
 
 /// Runs the grid into `settings.out`, skipping cells already there.
@@ -108,7 +107,7 @@ pub fn run_scratch(grid: &ScratchGrid, settings: &RunSettings) -> anyhow::Result
         results::to_csv(&rows).as_bytes(),
     )?;
     let mut files = write_charts(&rows, &settings.out)?;
-    files.extend(curve_charts(grid, &trained, &settings.out)?);
+    files.extend(curve_charts(&rows, &settings.out)?);
     Ok(RunSummary {
         ran: pending.len(),
         skipped: cells.len() - pending.len(),
@@ -236,7 +235,6 @@ fn train_model(
     Ok(Trained {
         model: loaded.model,
         training,
-        log,
     })
 }
 
@@ -338,29 +336,35 @@ fn row(grid: &ScratchGrid, held: &Held, variant: &Trained, cell: &ScratchCell, t
     }
 }
 
-/// Curves of every model trained in this run: training loss, held-out perplexity, and the
-/// gradient norm into the first block, against the step; mean gradient norm by layer.
-fn curve_charts(
-    grid: &ScratchGrid,
-    trained: &BTreeMap<usize, Trained>,
-    out: &Path,
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let name = |m: &usize| grid.models[*m].name.clone();
+/// Curves of every model with a row in `out` (its log read from its training directory):
+/// training loss, held-out perplexity, and the gradient norm into the first block, against
+/// the step; mean gradient norm by layer.
+fn curve_charts(rows: &[Row], out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut runs: Vec<(&str, &RowTraining, Vec<LogRecord>)> = Vec::new();
+    for r in rows {
+        if let Some(t) = &r.training {
+            if !runs.iter().any(|(n, _, _)| *n == r.variant) {
+                runs.push((
+                    &r.variant,
+                    t,
+                    read_log(&out.join(&t.dir).join("log.jsonl"))?,
+                ));
+            }
+        }
+    }
     let series = |value: &dyn Fn(&LogRecord) -> Option<f64>| -> Vec<Series> {
-        trained
-            .iter()
-            .map(|(m, t)| Series {
-                name: name(m),
-                points: points(&t.log, value),
+        runs.iter()
+            .map(|(name, _, log)| Series {
+                name: name.to_string(),
+                points: points(log, value),
             })
             .collect()
     };
-    let by_layer = trained
+    let by_layer = runs
         .iter()
-        .map(|(m, t)| Series {
-            name: name(m),
+        .map(|(name, t, _)| Series {
+            name: name.to_string(),
             points: t
-                .training
                 .grad_norms
                 .iter()
                 .map(|g| (g.layer as f64, g.block_input_mean))
