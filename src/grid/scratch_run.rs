@@ -62,8 +62,7 @@ pub fn run_scratch(grid: &ScratchGrid, settings: &RunSettings) -> anyhow::Result
         .into_iter()
         .filter(|c| settings.shard.is_none_or(|s| s.contains(c.index)))
         .collect();
-    std::fs::create_dir_all(&settings.out)
-        .with_context(|| format!("creating {}", settings.out.display()))?;
+    let _lock = crate::grid::runner::lock_output(&settings.out)?;
     let jsonl = settings.out.join("results.jsonl");
     let mut rows = results::read_jsonl_repairing(&jsonl)?;
     let wanted: BTreeSet<&str> = cells.iter().map(|c| c.key.as_str()).collect();

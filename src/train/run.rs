@@ -21,7 +21,6 @@ use crate::train::checkpoint::{self, Snapshot, TrainerState, FINAL};
 use crate::train::data::Batches;
 use crate::train::hf_dir::load_decoder;
 use crate::train::init::Init;
-use crate::train::lock::lock_dir;
 use crate::train::log::{append_log, truncate_log, LogRecord};
 use crate::train::manifest::{check_identity, Identity, TrainManifest};
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -86,7 +85,7 @@ struct Run<'a> {
 
 /// Runs (or resumes, or only reports) the training `spec` describes.
 pub fn train(spec: &TrainSpec) -> anyhow::Result<TrainSummary> {
-    let _lock = lock_dir(&spec.out)?;
+    let _lock = crate::fsio::lock::DirLock::create_and_acquire(&spec.out)?;
     let origin = Origin::resolve(&spec.start)?;
     let scratch = matches!(spec.start, Start::Scratch(_));
     let settings = spec.options.resolve(&origin.config.info, scratch)?;
