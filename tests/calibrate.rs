@@ -123,8 +123,8 @@ fn calibrate_matches_pytorch_and_restores_each_layers_moments() {
         for (got, want) in fits.layers.iter().zip(case["layers"].as_array().unwrap()) {
             let l = got.layer;
             for (what, g, w) in [
-                ("a", got.a as f64, want["a"].as_f64().unwrap()),
-                ("b", got.b as f64, want["b"].as_f64().unwrap()),
+                ("a", got.a, want["a"].as_f64().unwrap()),
+                ("b", got.b, want["b"].as_f64().unwrap()),
                 (
                     "target_mean",
                     got.target_mean,
@@ -246,4 +246,60 @@ fn perplexity_calibrate_reports_the_fits_and_rejects_misuse() {
         // The first line says it all (clap adds a hint line to its own errors).
         assert!(err.lines().next().unwrap().contains(want), "{err}");
     }
+}
+
+#[test]
+fn a_grid_variant_with_calibrate_scores_as_perplexity_calibrate() {
+    let bin = || assert_cmd::Command::cargo_bin("gpt-ablate").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "models = [\"{}\"]\ndatasets = [\"{}\"]\ncontext = 64\nstride = 32\n\
+             [[variants]]\nname = \"tanh, calibrated\"\nactivation = \"tanh\"\ncalibrate = true\n",
+            fixture("tiny-gpt2").display(),
+            fixture("sample.txt").display()
+        ),
+    )
+    .unwrap();
+    let (rows, _) = run_json(
+        bin()
+            .arg("run")
+            .arg(&grid)
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .arg("--json"),
+    );
+    let row = &rows.as_array().unwrap()[1];
+    assert_eq!(row["activation"], "tanh");
+    assert_eq!(row["calibration"]["layers"].as_array().unwrap().len(), 4);
+    let (v, _) = run_json(bin().args([
+        "perplexity",
+        "--model",
+        fixture("tiny-gpt2").to_str().unwrap(),
+        "--data",
+        fixture("sample.txt").to_str().unwrap(),
+        "--activation",
+        "tanh",
+        "--calibrate",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--json",
+    ]));
+    assert_eq!(row["calibration"], v["calibration"]);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("out/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let fits = manifest["calibrations"].as_object().unwrap();
+    assert_eq!(fits.len(), 1);
+    assert_eq!(fits.values().next().unwrap(), &v["calibration"]);
+    let (a, b) = (
+        row["perplexity"].as_f64().unwrap(),
+        v["perplexity"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() / b < 1e-9, "grid {a} vs perplexity {b}");
 }

@@ -645,3 +645,50 @@ fn a_grid_variant_with_finetune_steps_reports_recovery() {
         "{err}"
     );
 }
+
+#[test]
+fn every_family_fine_tunes_after_a_swap_and_its_checkpoint_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in checkpoints()
+        .into_iter()
+        .filter(|d| d.starts_with(fixture("families")))
+    {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let out = tmp.path().join(&name);
+        let mut cmd = bin();
+        cmd.args(["train", "--init"])
+            .arg(&dir)
+            .arg("--data")
+            .arg(fixture("sample.txt"));
+        cmd.args([
+            "--activation",
+            "sigmoid_scaled",
+            "--layers",
+            "0",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+        ]);
+        cmd.args([
+            "--seq-len",
+            "16",
+            "--eval-tokens",
+            "64",
+            "--lr",
+            "1e-3",
+            "--json",
+            "--out",
+        ])
+        .arg(&out);
+        let (v, _) = common::run_json(&mut cmd);
+        assert!(v["final_loss"].as_f64().unwrap().is_finite(), "{name}: {v}");
+        let reloaded = load(&out.join("final"), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(
+            reloaded.model.plan().describe(),
+            "sigmoid_scaled@0",
+            "{name}"
+        );
+    }
+}

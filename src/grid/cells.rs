@@ -24,6 +24,8 @@ pub struct Cell {
     pub diagnose: bool,
     /// Fine-tune after the swap and score again.
     pub finetune: Option<Finetune>,
+    /// Calibrate the swap on the dataset before scoring.
+    pub calibrate: bool,
 }
 
 /// A cell before it is placed in the grid (index, model and dataset).
@@ -34,6 +36,7 @@ struct CellSpec {
     plan: ActivationPlan,
     diagnose: bool,
     finetune: Option<Finetune>,
+    calibrate: bool,
 }
 
 impl Grid {
@@ -56,6 +59,7 @@ impl Grid {
                         plan: s.plan.clone(),
                         diagnose: s.diagnose,
                         finetune: s.finetune.clone(),
+                        calibrate: s.calibrate,
                     });
                 }
             }
@@ -72,6 +76,7 @@ impl Grid {
             plan: base_plan.clone(),
             diagnose: self.baseline_diagnose,
             finetune: None,
+            calibrate: false,
         }];
         for v in &self.variants {
             if v.sweep_layers {
@@ -88,6 +93,7 @@ impl Grid {
                     plan,
                     diagnose: v.diagnose,
                     finetune: v.finetune.clone(),
+                    calibrate: v.calibrate,
                 });
             }
         }
@@ -119,6 +125,7 @@ fn sweep_cells(v: &Variant, base_plan: &ActivationPlan) -> Vec<CellSpec> {
                 plan,
                 diagnose: v.diagnose,
                 finetune: v.finetune.clone(),
+                calibrate: v.calibrate,
             }
         })
         .collect()

@@ -119,6 +119,9 @@ struct RawVariant {
     lr: Option<f64>,
     #[serde(default)]
     train_data: Option<String>,
+    /// Calibrate the swap (as `perplexity --calibrate`) on the dataset's first 4,096 tokens.
+    #[serde(default)]
+    calibrate: bool,
 }
 
 /// How the results table is ordered.
@@ -143,6 +146,8 @@ pub struct Variant {
     pub activation: String,
     /// Recovery fine-tuning after the swap.
     pub finetune: Option<Finetune>,
+    /// Calibrate the swap on the dataset before scoring.
+    pub calibrate: bool,
 }
 
 /// A validated grid.
@@ -693,6 +698,7 @@ impl<'a> Parser<'a> {
             diagnose: v.diagnose,
             activation: v.activation.into_inner(),
             finetune,
+            calibrate: v.calibrate,
         })
     }
 }

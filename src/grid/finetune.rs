@@ -29,6 +29,8 @@ pub(crate) struct FinetuneJob<'a> {
     pub device_name: String,
     pub dtype: DType,
     pub threads: usize,
+    /// Calibrate the swap (on the training text) before fine-tuning.
+    pub calibrate: bool,
 }
 
 /// The swapped layers of `plan` as an activation map.
@@ -54,7 +56,7 @@ pub(crate) fn finetune_cell(job: &FinetuneJob, ctx: CellContext) -> anyhow::Resu
             revision: None,
         },
         swap: Some(swap_of(&cell.plan)),
-        calibrate: false,
+        calibrate: job.calibrate,
         data: ft.train_data.clone(),
         eval_data: Some(ctx.grid.datasets[cell.dataset].clone()),
         options: ctx.grid.train.options(ft.steps, ft.lr, context, stride),

@@ -105,6 +105,7 @@ impl Inputs {
         let other = protocol.name() != ProtocolName::Hf;
         let canonical = CellKey {
             baseline: cell.is_baseline,
+            calibrate: cell.calibrate,
             bootstrap: (grid.bootstrap != BootstrapSettings::default()).then_some(grid.bootstrap),
             context: protocol.context(),
             dataset: &d.sha256,
@@ -134,6 +135,8 @@ impl Inputs {
 #[derive(Serialize)]
 struct CellKey<'a> {
     baseline: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    calibrate: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap: Option<BootstrapSettings>,
     context: usize,
@@ -275,6 +278,7 @@ mod tests {
     fn cell_key_json_matches_the_former_json_object() {
         let key = CellKey {
             baseline: false,
+            calibrate: false,
             bootstrap: None,
             context: 64,
             dataset: "d5a",

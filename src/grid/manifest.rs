@@ -20,6 +20,9 @@ use crate::provenance::{self, sha256_bytes};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Manifest {
+    /// The per-layer fits of calibrated cells, by cell name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub calibrations: std::collections::BTreeMap<String, crate::train::calibrate::Calibration>,
     pub cells: CellCounts,
     pub config: ConfigInfo,
     pub datasets: Vec<DatasetInfo>,
@@ -106,6 +109,7 @@ impl Manifest {
         started_at: String,
     ) -> Self {
         Self {
+            calibrations: Default::default(),
             cells,
             config: ConfigInfo {
                 path: grid.path.display().to_string(),
@@ -193,6 +197,7 @@ mod tests {
             sha256: "s".into(),
         };
         let m = Manifest {
+            calibrations: Default::default(),
             cells: CellCounts {
                 done: 1,
                 in_shard: 2,

@@ -69,6 +69,9 @@ pub struct Row {
     /// `save_nll`: the cell's per-token file, relative to the output directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nll_file: Option<String>,
+    /// `calibrate = true`: the per-layer fits (the row's activation is the one asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::train::calibrate::Calibration>,
     /// Cells that train (fine-tuned variants, from-scratch grids): what the training did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<crate::grid::training::RowTraining>,
@@ -359,6 +362,7 @@ pub(crate) fn sample_row(index: usize, variant: &str, ppl: f64) -> Row {
         perplexity_ci95: None,
         lm_eval: None,
         nll_file: None,
+        calibration: None,
         training: None,
     }
 }

@@ -29,6 +29,7 @@ use crate::grid::training::{Finetune, RowTraining};
 use crate::model::CausalLm;
 use crate::provenance;
 use crate::runtime::{DeviceSpec, Precision};
+use crate::train::calibrate::{calibrate, Calibration, DEFAULT_CALIBRATION_TOKENS};
 use crate::weights::TensorStore;
 
 /// Settings resolved from flags, environment and the config file.
@@ -181,6 +182,10 @@ impl OutputDir {
     /// manifest.
     fn record(&mut self, row: Row) -> anyhow::Result<()> {
         results::append_jsonl(&self.dir.join("results.jsonl"), &row)?;
+        if let Some(c) = &row.calibration {
+            let name = format!("{} × {} × {}", row.model, row.dataset, row.variant);
+            self.manifest.calibrations.insert(name, c.clone());
+        }
         self.rows.push(row);
         self.rows.sort_by_key(|r| r.index);
         self.write_csv()?;
@@ -295,6 +300,10 @@ impl Run<'_> {
         let per_batch = cell_work / self.inputs.batches(self.grid, cell).max(1);
         let started = Instant::now();
         let fill = want_cache && cell.is_baseline;
+        let calibrated = match cell.calibrate && !cell.is_baseline {
+            true => Some(self.calibrate(base, cell, plan.protocol.context())?),
+            false => None,
+        };
         let dataset = &self.inputs.datasets[cell.dataset];
         let ctx = CellContext {
             grid: self.grid,
@@ -305,7 +314,7 @@ impl Run<'_> {
             bytes: dataset.covered_bytes[cell.model],
             cache: cache.as_ref().map(|c| c.chunks.as_slice()),
             fill,
-            variant: None,
+            variant: calibrated.as_ref().map(|(m, _)| m.as_ref()),
         };
         let mut draw = |done: usize, _total: usize| progress.draw(i, &cell.name, done * per_batch);
         let (row, filled) = self.score_with_records(&ctx, cell, key, out_dir, &mut draw)?;
@@ -331,8 +340,26 @@ impl Run<'_> {
             seconds: started.elapsed().as_secs_f64(),
             diagnostics,
             training,
+            calibration: calibrated.map(|(_, c)| c),
             ..row
         })
+    }
+
+    /// `calibrate = true`: the cell's swap fitted (as `perplexity --calibrate`) on the first
+    /// 4,096 tokens of its dataset, in windows of the protocol's context.
+    fn calibrate(
+        &self,
+        base: &dyn CausalLm,
+        cell: &Cell,
+        context: usize,
+    ) -> anyhow::Result<(Box<dyn CausalLm>, Calibration)> {
+        let tokens = self.inputs.tokens(cell);
+        let n = tokens.len().min(DEFAULT_CALIBRATION_TOKENS);
+        let context = context.min(base.info().n_positions);
+        let swapped = base.with_plan(cell.plan.clone());
+        let (plan, fits) = calibrate(swapped.as_ref(), &tokens[..n], context)
+            .with_context(|| format!("calibrating cell '{}'", cell.name))?;
+        Ok((base.with_plan(plan), fits))
     }
 
     /// Fine-tunes a variant cell after its swap and scores the recovered model.
@@ -355,6 +382,7 @@ impl Run<'_> {
             device_name: self.device_name.clone(),
             dtype: self.dtype,
             threads: crate::runtime::threads(),
+            calibrate: cell.calibrate,
         };
         finetune_cell(&job, ctx)
     }

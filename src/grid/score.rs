@@ -227,6 +227,7 @@ impl Totals {
             lm_eval: matches!(protocol, Protocol::LmEval { .. })
                 .then(|| lm_eval_metrics(ctx.documents, &self.document_nll)),
             nll_file: None,
+            calibration: None,
             training: None,
         }
     }

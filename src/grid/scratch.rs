@@ -122,19 +122,7 @@ impl ScratchGrid {
             .iter()
             .map(|d| data(d, "datasets"))
             .collect::<Result<Vec<_>, _>>()?;
-        let context = raw.context.unwrap_or(info.n_positions);
-        if context < 2 || context > info.n_positions {
-            return Err(err(format!(
-                "context {context} must be between 2 and the model's {} positions",
-                info.n_positions
-            )));
-        }
-        let stride = raw.stride.unwrap_or(context);
-        if stride == 0 || stride > context {
-            return Err(err(format!(
-                "stride {stride} must be between 1 and the context {context}"
-            )));
-        }
+        let (context, stride) = windows(&raw, info.n_positions).map_err(err)?;
         let models = models(&raw, &scratch).map_err(err)?;
         let device = raw
             .device
@@ -170,6 +158,23 @@ impl ScratchGrid {
     pub fn dtype(&self) -> Precision {
         Precision::F32
     }
+}
+
+/// `context` (default n_positions) and `stride` (default the context), checked.
+fn windows(raw: &RawScratchGrid, n_positions: usize) -> Result<(usize, usize), String> {
+    let context = raw.context.unwrap_or(n_positions);
+    if context < 2 || context > n_positions {
+        return Err(format!(
+            "context {context} must be between 2 and the model's {n_positions} positions"
+        ));
+    }
+    let stride = raw.stride.unwrap_or(context);
+    if stride == 0 || stride > context {
+        return Err(format!(
+            "stride {stride} must be between 1 and the context {context}"
+        ));
+    }
+    Ok((context, stride))
 }
 
 /// The baseline (named by `[baseline]`, default the architecture's activation) and the

@@ -26,7 +26,7 @@ use crate::model::load::{load, LoadOptions};
 use crate::model::CausalLm;
 use crate::provenance::{self, sha256_bytes};
 use crate::train::charts::{points, LineChart, Series};
-use crate::train::log::LogRecord;
+use crate::train::log::{read_log, LogRecord};
 use crate::train::origin::Start;
 use crate::train::run::TrainSpec;
 
@@ -46,11 +46,10 @@ struct Held {
     sha256: String,
 }
 
-/// A trained model, its training account and log.
+/// A trained model and its training account.
 struct Trained {
     model: Box<dyn CausalLm>,
     training: RowTraining,
-    log: Vec<LogRecord>,
 }
 
 /// Runs the grid into `settings.out`, skipping cells already there.
@@ -63,8 +62,7 @@ pub fn run_scratch(grid: &ScratchGrid, settings: &RunSettings) -> anyhow::Result
         .into_iter()
         .filter(|c| settings.shard.is_none_or(|s| s.contains(c.index)))
         .collect();
-    std::fs::create_dir_all(&settings.out)
-        .with_context(|| format!("creating {}", settings.out.display()))?;
+    let _lock = crate::grid::runner::lock_output(&settings.out)?;
     let jsonl = settings.out.join("results.jsonl");
     let mut rows = results::read_jsonl_repairing(&jsonl)?;
     let wanted: BTreeSet<&str> = cells.iter().map(|c| c.key.as_str()).collect();
@@ -108,7 +106,7 @@ pub fn run_scratch(grid: &ScratchGrid, settings: &RunSettings) -> anyhow::Result
         results::to_csv(&rows).as_bytes(),
     )?;
     let mut files = write_charts(&rows, &settings.out)?;
-    files.extend(curve_charts(grid, &trained, &settings.out)?);
+    files.extend(curve_charts(&rows, &settings.out)?);
     Ok(RunSummary {
         ran: pending.len(),
         skipped: cells.len() - pending.len(),
@@ -217,11 +215,8 @@ fn train_model(
     let (summary, log) =
         run_training(&spec).with_context(|| format!("training '{}'", model.name))?;
     let data = grid.train_data.display().to_string();
-    let lr = log
-        .iter()
-        .find_map(|r| r.lr.filter(|&l| l > 0.0))
-        .unwrap_or(0.0);
-    let lr = grid.train.lr.unwrap_or(lr);
+    // The peak learning rate (the schedule's first steps are warm-up).
+    let lr = log.iter().filter_map(|r| r.lr).fold(0.0, f64::max);
     let run = RunInfo {
         kind: "scratch",
         out: &settings.out,
@@ -239,7 +234,6 @@ fn train_model(
     Ok(Trained {
         model: loaded.model,
         training,
-        log,
     })
 }
 
@@ -336,33 +330,40 @@ fn row(grid: &ScratchGrid, held: &Held, variant: &Trained, cell: &ScratchCell, t
         perplexity_ci95: None,
         lm_eval: None,
         nll_file: None,
+        calibration: None,
         training: Some(variant.training.clone()),
     }
 }
 
-/// Curves of every model trained in this run: training loss, held-out perplexity, and the
-/// gradient norm into the first block, against the step; mean gradient norm by layer.
-fn curve_charts(
-    grid: &ScratchGrid,
-    trained: &BTreeMap<usize, Trained>,
-    out: &Path,
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let name = |m: &usize| grid.models[*m].name.clone();
+/// Curves of every model with a row in `out` (its log read from its training directory):
+/// training loss, held-out perplexity, and the gradient norm into the first block, against
+/// the step; mean gradient norm by layer.
+fn curve_charts(rows: &[Row], out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut runs: Vec<(&str, &RowTraining, Vec<LogRecord>)> = Vec::new();
+    for r in rows {
+        if let Some(t) = &r.training {
+            if !runs.iter().any(|(n, _, _)| *n == r.variant) {
+                runs.push((
+                    &r.variant,
+                    t,
+                    read_log(&out.join(&t.dir).join("log.jsonl"))?,
+                ));
+            }
+        }
+    }
     let series = |value: &dyn Fn(&LogRecord) -> Option<f64>| -> Vec<Series> {
-        trained
-            .iter()
-            .map(|(m, t)| Series {
-                name: name(m),
-                points: points(&t.log, value),
+        runs.iter()
+            .map(|(name, _, log)| Series {
+                name: name.to_string(),
+                points: points(log, value),
             })
             .collect()
     };
-    let by_layer = trained
+    let by_layer = runs
         .iter()
-        .map(|(m, t)| Series {
-            name: name(m),
+        .map(|(name, t, _)| Series {
+            name: name.to_string(),
             points: t
-                .training
                 .grad_norms
                 .iter()
                 .map(|g| (g.layer as f64, g.block_input_mean))

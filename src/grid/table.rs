@@ -37,6 +37,8 @@ struct Columns {
     dataset: bool,
     /// Diagnostic columns appear when any row has diagnostics.
     diagnostics: bool,
+    /// Training columns appear when any row trained.
+    training: bool,
 }
 
 /// Headers of the numeric (right-aligned) columns that every table has.
@@ -63,9 +65,13 @@ pub fn table(rows: &[Row]) -> String {
         model: many(|r| r.model.as_str()),
         dataset: many(|r| r.dataset.as_str()),
         diagnostics: rows.iter().any(|r| r.diagnostics.is_some()),
+        training: rows.iter().any(|r| r.training.is_some()),
     };
     let header = header(&cols);
-    let numeric_from = header.len() - NUMERIC.len() - cols.diagnostics as usize * DIAGNOSTIC.len();
+    let numeric_from = header.len()
+        - NUMERIC.len()
+        - cols.diagnostics as usize * DIAGNOSTIC.len()
+        - cols.training as usize * TRAINING.len();
     let body: Vec<Vec<String>> = rows.iter().map(|r| cells(r, &cols)).collect();
     let mut out = layout(&header, &body, numeric_from);
     if rows.iter().any(|r| r.delta_nll_ci95.is_some()) {
@@ -117,6 +123,9 @@ fn header(cols: &Columns) -> Vec<String> {
     if cols.diagnostics {
         header.extend(DIAGNOSTIC);
     }
+    if cols.training {
+        header.extend(TRAINING);
+    }
     header.into_iter().map(str::to_string).collect()
 }
 
@@ -145,7 +154,40 @@ fn cells(r: &Row, cols: &Columns) -> Vec<String> {
     if cols.diagnostics {
         cells.extend(diagnostic_cells(r.diagnostics.as_ref()));
     }
+    if cols.training {
+        cells.extend(training_cells(r.training.as_ref()));
+    }
     cells
+}
+
+/// Headers of the training columns: after fine-tuning, perplexity and × base; steps and
+/// final training loss; steps to the target loss (from-scratch grids).
+const TRAINING: [&str; 5] = [
+    "ppl trained",
+    "× trained",
+    "steps",
+    "final loss",
+    "steps→target",
+];
+
+/// The training cells of a row (empty when it did not train). A from-scratch row's own
+/// perplexity is the trained model's, so its "trained" columns are `-`.
+fn training_cells(t: Option<&crate::grid::training::RowTraining>) -> [String; 5] {
+    let Some(t) = t else {
+        return Default::default();
+    };
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    [
+        opt(t.perplexity_after, 3),
+        opt(t.ratio_after, 3),
+        t.steps.to_string(),
+        opt(t.final_loss, 4),
+        match (t.target_loss, t.steps_to_target) {
+            (None, _) => "-".into(),
+            (Some(_), Some(s)) => s.to_string(),
+            (Some(target), None) => format!("> {} (loss {target})", t.steps),
+        },
+    ]
 }
 
 /// The diagnostic cells of a row (empty when it has none).

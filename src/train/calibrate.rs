@@ -26,8 +26,9 @@ pub struct LayerFit {
     pub layer: usize,
     /// The swapped-in activation `f` (before calibration).
     pub activation: String,
-    pub a: f32,
-    pub b: f32,
+    /// The fitted coefficients: f32 values (as the model computes with), held as f64.
+    pub a: f64,
+    pub b: f64,
     /// Mean and population std of the original activation's output `g(h)`.
     pub target_mean: f64,
     pub target_std: f64,
@@ -128,8 +129,8 @@ pub fn calibrate(
         layers.push(LayerFit {
             layer,
             activation: f.name(),
-            a,
-            b,
+            a: a as f64,
+            b: b as f64,
             target_mean: target.mean(),
             target_std: target.std(),
             swapped_mean: swapped.mean(),

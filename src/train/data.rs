@@ -20,7 +20,7 @@ pub struct Batches {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the training text has {tokens} tokens: fewer than one sequence of --seq-len {seq_len} plus 1"
+    "the training text has {tokens} tokens: fewer than one sequence of seq_len + 1 = {} tokens", seq_len + 1
 )]
 pub struct TooFewTokens {
     pub tokens: usize,

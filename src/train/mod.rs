@@ -6,7 +6,8 @@
 //!   after a swap ([`origin`]); [`settings`], [`data`] (the batch order), [`step`] (loss,
 //!   gradients, [`optim`]: AdamW and clipping; [`schedule`]), [`params`] (the trainable
 //!   copy of a model), evaluation, [`log`], [`checkpoint`]s as Hugging Face directories
-//!   ([`hf_dir`]) with resume, [`lock`], [`manifest`], [`charts`], [`progress`].
+//!   ([`hf_dir`]) with resume, [`manifest`], [`charts`], [`progress`]; `--out` is locked
+//!   with [`crate::fsio::lock::DirLock`].
 //! - [`rng`]: the seeded generator behind initial weights and data order.
 
 pub mod calibrate;
@@ -15,7 +16,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod hf_dir;
 pub mod init;
-pub mod lock;
 pub mod log;
 pub mod manifest;
 pub mod optim;

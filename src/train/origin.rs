@@ -133,9 +133,11 @@ impl Texts {
                     "the last 10 % of the tokens of {} (held out)",
                     data.display()
                 );
+                // Bytes and hash of the held-out tokens' text.
+                let held = tokenizer.decode(&eval)?;
                 let i = TextInfo {
                     tokens: eval.len(),
-                    ..info(source, &train_text, 0)
+                    ..info(source, &held, 0)
                 };
                 (eval, i)
             }

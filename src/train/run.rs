@@ -21,7 +21,6 @@ use crate::train::checkpoint::{self, Snapshot, TrainerState, FINAL};
 use crate::train::data::Batches;
 use crate::train::hf_dir::load_decoder;
 use crate::train::init::Init;
-use crate::train::lock::lock_dir;
 use crate::train::log::{append_log, truncate_log, LogRecord};
 use crate::train::manifest::{check_identity, Identity, TrainManifest};
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -86,7 +85,7 @@ struct Run<'a> {
 
 /// Runs (or resumes, or only reports) the training `spec` describes.
 pub fn train(spec: &TrainSpec) -> anyhow::Result<TrainSummary> {
-    let _lock = lock_dir(&spec.out)?;
+    let _lock = crate::fsio::lock::DirLock::create_and_acquire(&spec.out)?;
     let origin = Origin::resolve(&spec.start)?;
     let scratch = matches!(spec.start, Start::Scratch(_));
     let settings = spec.options.resolve(&origin.config.info, scratch)?;
@@ -299,15 +298,7 @@ impl Run<'_> {
         let s = self.settings.clone();
         let progress = Progress::new(self.spec.terminal, self.trainer.step, s.steps);
         if self.trainer.step == 0 && self.log.is_empty() {
-            let (ppl, nll) = self.evaluate()?;
-            progress.eval(0, ppl);
-            self.record(LogRecord {
-                step: 0,
-                eval_perplexity: Some(ppl),
-                eval_mean_nll: Some(nll),
-                tokens_seen: Some(0),
-                ..LogRecord::default()
-            })?;
+            self.evaluate_before(&progress)?;
         }
         let mut batches = Batches::new(
             self.texts.train.clone(),
@@ -356,6 +347,19 @@ impl Run<'_> {
         }
         progress.clear();
         Ok(())
+    }
+
+    /// The step-0 line: the held-out perplexity before training.
+    fn evaluate_before(&mut self, progress: &Progress) -> anyhow::Result<()> {
+        let (ppl, nll) = self.evaluate()?;
+        progress.eval(0, ppl);
+        self.record(LogRecord {
+            step: 0,
+            eval_perplexity: Some(ppl),
+            eval_mean_nll: Some(nll),
+            tokens_seen: Some(0),
+            ..LogRecord::default()
+        })
     }
 
     fn tokens_seen(&self) -> u64 {
@@ -413,13 +417,12 @@ impl Run<'_> {
         self.manifest.steps_done = self.trainer.step;
         self.manifest.write(&self.spec.out)?;
         let steps: Vec<&LogRecord> = self.log.iter().filter(|r| r.loss.is_some()).collect();
-        let (tokens, seconds) = steps.windows(1).fold((0f64, 0f64), |(t, s), r| {
-            let r = r[0];
-            (
-                t + r.tokens_per_second.unwrap_or(0.0) * r.seconds.unwrap_or(0.0),
-                s + r.seconds.unwrap_or(0.0),
-            )
-        });
+        // Tokens per step is constant: tokens/s of the run = Σ tokens / Σ seconds.
+        let seconds: f64 = steps.iter().filter_map(|r| r.seconds).sum();
+        let tokens = (self.settings.batch_size
+            * self.settings.seq_len
+            * self.settings.accumulate
+            * steps.len()) as f64;
         let evals: Vec<f64> = self.log.iter().filter_map(|r| r.eval_perplexity).collect();
         Ok(TrainSummary {
             out: self.spec.out.display().to_string(),
