@@ -329,7 +329,7 @@ pub fn generate(
     let mut ids = Vec::new();
 
     let greedy = params.temperature == 0.0 && params.repeat_penalty == 1.0;
-    let mut logits = Vec::with_capacity(vocab);
+    let mut logits = Vec::with_capacity(model.info().vocab_size);
     history.reserve(rules.max_new_tokens);
     ids.reserve(rules.max_new_tokens);
 
