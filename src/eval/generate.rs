@@ -322,7 +322,7 @@ pub fn generate(
     let n_positions = model.info().n_positions;
     let device = model.device().clone();
     let mut sampler = Sampler::new(params);
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache(prompt.len().saturating_add(rules.max_new_tokens));
     let mut history = prompt.to_vec();
     let mut decoder = tokenizer.inner().decode_stream(false);
     let (mut text, mut emitted) = (String::new(), 0usize);

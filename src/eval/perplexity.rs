@@ -146,9 +146,12 @@ pub struct ScoredChunk<'a> {
 impl ScoredChunk<'_> {
     /// (rows, vocab) f32 logits of model `i`, computed on demand.
     pub fn logits(&self, i: usize) -> candle_core::Result<Tensor> {
-        self.models[i]
-            .logits_from_hidden(&self.hidden[i])?
-            .to_dtype(DType::F32)
+        self.logits_native(i)?.to_dtype(DType::F32)
+    }
+
+    /// (rows, vocab) logits of model `i` in its compute dtype (as transformers' are).
+    pub fn logits_native(&self, i: usize) -> candle_core::Result<Tensor> {
+        self.models[i].logits_from_hidden(&self.hidden[i])
     }
 
     /// The candle error of this chunk's window.
@@ -303,11 +306,15 @@ fn visit_window(
 }
 
 /// Negative log-likelihood of each target under softmax(logits): `logsumexp(z) − z_target`,
-/// per row of a (rows, vocab) f32 tensor, returned in f64.
+/// per row of a (rows, vocab) tensor (f32, or bf16/f16 read in place), returned in f64.
 pub fn token_nlls(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Vec<f64>> {
     let lse: Vec<f32> = kernels::logsumexp_last_dim(logits)?.to_vec1()?;
     let idx = Tensor::from_slice(targets, (targets.len(), 1), logits.device())?;
-    let z: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
+    let z: Vec<f32> = logits
+        .gather(&idx, 1)?
+        .squeeze(1)?
+        .to_dtype(DType::F32)?
+        .to_vec1()?;
     Ok(lse
         .iter()
         .zip(&z)
@@ -352,7 +359,7 @@ pub fn score_plan(
     };
     score_windows(&[model], plan, batch_size, progress, &mut |chunk| {
         let nlls = chunk
-            .logits(0)
+            .logits_native(0)
             .and_then(|logits| token_nlls(&logits, chunk.targets))
             .map_err(|source| chunk.fail(source))?;
         if nlls.iter().any(|v| !v.is_finite()) {

@@ -92,10 +92,36 @@ pub fn logsumexp_last_dim(xs: &Tensor) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == DType::F32 {
         return xs.contiguous()?.apply_op1_no_bwd(&LogSumExp);
     }
+    if let Some(lse) = logsumexp_half(xs)? {
+        return Ok(lse);
+    }
     let xs = xs.to_dtype(DType::F32)?;
     let m = xs.max_keepdim(D::Minus1)?;
     let s = xs.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()?;
     (s + m)?.squeeze(D::Minus1)
+}
+
+/// [`logsumexp_last_dim`] of contiguous CPU bf16/f16 logits, read in place: each row is
+/// widened to f32 into a per-task buffer (exact), so no f32 copy of the whole matrix exists.
+fn logsumexp_half(xs: &Tensor) -> Result<Option<Tensor>> {
+    if !xs.device().is_cpu() || xs.rank() != 2 {
+        return Ok(None);
+    }
+    let (rows, cols) = xs.dims2()?;
+    let (storage, layout) = xs.storage_and_layout();
+    let Some(src) = super::convert::cpu_slice(&storage, layout) else {
+        return Ok(None);
+    };
+    let isa = super::isa::Isa::get();
+    let mut out = vec![0f32; rows];
+    out.par_iter_mut().enumerate().for_each_init(
+        || vec![0f32; cols],
+        |row, (i, o)| {
+            super::convert::load(isa, src, i * cols, row);
+            *o = logsumexp_row(row);
+        },
+    );
+    Tensor::from_vec(out, rows, xs.device()).map(Some)
 }
 
 struct LogSumExp;
@@ -334,5 +360,22 @@ mod tests {
         let bad = Tensor::new(&[[1.0f32, f32::NAN, 0.0], [1.0, f32::INFINITY, 0.0]], &dev).unwrap();
         let out: Vec<f32> = logsumexp_last_dim(&bad).unwrap().to_vec1().unwrap();
         assert!(out.iter().all(|v| v.is_nan()), "{out:?}");
+    }
+
+    #[test]
+    fn half_logits_read_in_place_give_the_f32_result_bit_for_bit() {
+        let x = (Tensor::randn(0f32, 10.0, (7, 50_257), &Device::Cpu).unwrap() + 3.0).unwrap();
+        for dt in [DType::BF16, DType::F16] {
+            let h = x.to_dtype(dt).unwrap();
+            let widened: Vec<f32> = logsumexp_last_dim(&h.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let in_place: Vec<f32> = logsumexp_last_dim(&h).unwrap().to_vec1().unwrap();
+            assert_eq!(widened, in_place, "{dt:?}");
+            let z = h.narrow(0, 2, 3).unwrap(); // a row offset, still contiguous
+            let part: Vec<f32> = logsumexp_last_dim(&z).unwrap().to_vec1().unwrap();
+            assert_eq!(part, in_place[2..5], "{dt:?}");
+        }
     }
 }

@@ -161,9 +161,10 @@ pub trait CausalLm: Send + Sync {
     /// LM-head logits for hidden states of any leading shape: (…, C) → (…, vocab).
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor>;
 
-    /// An empty key/value cache for sequences up to the model's length.
-    fn new_cache(&self) -> Cache {
-        Cache::new(self.info().n_layer, self.info().n_positions)
+    /// An empty key/value cache with room for `positions` positions (at most the model's
+    /// length); it grows if a caller goes past that.
+    fn new_cache(&self, positions: usize) -> Cache {
+        Cache::new(self.info().n_layer, positions.min(self.info().n_positions))
     }
 
     /// Final hidden states (b, t, C) of `tokens` (b, t) at positions `0..t`.

@@ -146,8 +146,9 @@ fn byte_size(shape: &[usize], dtype: DType) -> Option<u64> {
     elems.and_then(|n| n.checked_mul(dtype.size_in_bytes() as u64))
 }
 
-/// Reads one tensor's bytes into a CPU tensor of its stored dtype. f32 data is read straight
-/// into the tensor's own buffer (no intermediate copy).
+/// Reads one tensor's bytes into a CPU tensor of its stored dtype. f32, bf16 and f16 data is
+/// read straight into the tensor's own buffer (no intermediate copy, so loading never holds
+/// a tensor twice).
 pub(super) fn read_tensor(path: &Path, e: &Entry) -> Result<Tensor, LoadError> {
     let io = |cause| LoadError::Io {
         path: path.to_path_buf(),
@@ -161,14 +162,40 @@ pub(super) fn read_tensor(path: &Path, e: &Entry) -> Result<Tensor, LoadError> {
     f.seek(SeekFrom::Start(e.start)).map_err(io)?;
     let n: usize = e.shape.iter().product();
     let shape = e.shape.as_slice();
-    if e.dtype == DType::F32 && cfg!(target_endian = "little") {
-        let mut v = vec![0f32; n];
-        f.read_exact(bytemuck::cast_slice_mut(&mut v)).map_err(io)?;
-        return Tensor::from_vec(v, shape, &Device::Cpu).map_err(candle);
+    if cfg!(target_endian = "little") {
+        let direct = match e.dtype {
+            DType::F32 => Some(read_into::<f32>(&mut f, n, shape)),
+            DType::BF16 => Some(read_into::<half::bf16>(&mut f, n, shape)),
+            DType::F16 => Some(read_into::<half::f16>(&mut f, n, shape)),
+            _ => None,
+        };
+        if let Some(read) = direct {
+            return read.map_err(|r| match r {
+                Direct::Io(cause) => io(cause),
+                Direct::Candle(cause) => candle(cause),
+            });
+        }
     }
     let mut bytes = vec![0u8; (e.end - e.start) as usize];
     f.read_exact(&mut bytes).map_err(io)?;
     Tensor::from_raw_buffer(&bytes, e.dtype, shape, &Device::Cpu).map_err(candle)
+}
+
+enum Direct {
+    Io(std::io::Error),
+    Candle(candle_core::Error),
+}
+
+/// `n` values of `T` read from `f`'s position into a new tensor of `shape`.
+fn read_into<T: candle_core::WithDType + bytemuck::Pod>(
+    f: &mut File,
+    n: usize,
+    shape: &[usize],
+) -> Result<Tensor, Direct> {
+    let mut v: Vec<T> = vec![bytemuck::Zeroable::zeroed(); n];
+    f.read_exact(bytemuck::cast_slice_mut(&mut v))
+        .map_err(Direct::Io)?;
+    Tensor::from_vec(v, shape, &Device::Cpu).map_err(Direct::Candle)
 }
 
 #[cfg(test)]
