@@ -64,6 +64,12 @@ What it does:
    (or ``portable``) in the environment caps gpt-ablate's kernels, to measure the paths a
    machine without AVX-512 would take.
 
+7. f16: torch's CPU f16 matmul is unusably slow on most CPUs (0.9 GFLOPS here against 415 in
+   bf16), so a transformers f16 run would take hours. ``--torch-f16 auto`` (the default) probes
+   one product in each dtype and leaves transformers out of the f16 rows when f16 is over 20×
+   slower than bf16, saying so; f16 rows always also give gpt-ablate's speed against its own
+   f32 ("vs own f32": the issue's target is f16 no slower than f32). ``--torch-f16 run`` forces it.
+
 ``--json-out FILE`` saves every figure.
 
 Examples::
@@ -472,10 +478,19 @@ def bench_one(a, binary: Path, arch: str, dtype: str, text: Path, prompt: Path) 
     weight_bytes = (model_dir / "model.safetensors").stat().st_size
     log(f"\n== {arch} ({SHAPES[arch]} shape), {dtype}: weights {weight_bytes / 2**20:.1f} MiB")
     res = {"arch": arch, "dtype": dtype, "weight_file_bytes": weight_bytes}
+    skip_torch = a.torch_skip.get(dtype)
+    if skip_torch:
+        res["transformers_skipped"] = skip_torch
     if not a.only_generation:
         g = run_rust_ppl(binary, model_dir, text, a, dtype)
-        t = run_torch_child("--_torch-worker", model_dir, text, a, dtype,
-                            ["--context", str(a.context), "--stride", str(a.stride)])
+        if skip_torch:
+            res["ppl"] = {"gpt_ablate": g, "transformers": None, "ratio": None, "ppl_rel_diff": None}
+            log(f"  perplexity: gpt-ablate {g['tokens_per_second']:.1f} tok/s (ppl {g['perplexity']:.6g}); "
+                f"transformers skipped ({skip_torch})")
+        else:
+            t = run_torch_child("--_torch-worker", model_dir, text, a, dtype,
+                                ["--context", str(a.context), "--stride", str(a.stride)])
+    if not a.only_generation and not skip_torch:
         if g["tokens_scored"] != t["tokens_scored"]:
             log(f"  WARNING: tokens scored differ ({g['tokens_scored']} vs {t['tokens_scored']})")
         res["ppl"] = {
@@ -488,6 +503,11 @@ def bench_one(a, binary: Path, arch: str, dtype: str, text: Path, prompt: Path) 
             f"ratio {res['ppl']['ratio']:.2f}")
     if not a.skip_generation:
         g = run_rust_gen(binary, model_dir, prompt, a.gen_tokens, dtype)
+        if skip_torch:
+            res["gen"] = {"gpt_ablate": g, "transformers": None, "ratio": None,
+                          "matching_leading_tokens": None, "compared_tokens": None}
+            log(f"  generation: gpt-ablate {g['new_tokens_per_second']:.1f} new tok/s; transformers skipped")
+            return res
         t = run_torch_child("--_torch-gen-worker", model_dir, prompt, a, dtype, ["--gen-tokens", str(a.gen_tokens)])
         match = 0
         for x, y in zip(g["token_ids"], t["token_ids"]):
@@ -506,6 +526,49 @@ def bench_one(a, binary: Path, arch: str, dtype: str, text: Path, prompt: Path) 
     return res
 
 
+def fmt(d, key: str, spec: str, scale: float = 1.0) -> str:
+    """d[key] × scale formatted, or "-" when there is no such figure (transformers skipped)."""
+    v = (d or {}).get(key)
+    return "-" if v is None else format(v * scale, spec)
+
+
+TORCH_F16_PROBE = """
+import json, time, torch
+torch.set_num_threads(%d)
+rates = {}
+for name, dt in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+    x, w = torch.randn(256, 768, dtype=dt), torch.randn(768, 768, dtype=dt)
+    x @ w
+    t0 = time.perf_counter()
+    x @ w
+    rates[name] = 2 * 256 * 768 * 768 / (time.perf_counter() - t0) / 1e9
+print(json.dumps(rates))
+"""
+
+
+def torch_f16_probe() -> tuple:
+    """GFLOPS of one 256×768 · 768×768 product in torch, bf16 and f16, on the benchmark's
+    threads — in a child process: torch imported here would swell this process, and a child
+    forked from it starts with that resident memory in its ru_maxrss."""
+    out = subprocess.run([sys.executable, "-c", TORCH_F16_PROBE % THREADS], check=True,
+                         capture_output=True, text=True).stdout
+    rates = json.loads(out)
+    return rates["bf16"], rates["f16"]
+
+
+def decide_torch_skips(a, dtypes: list) -> dict:
+    """Which dtypes transformers is left out for, and why (only f16, where torch's CPU matmul
+    can be hundreds of times slower than bf16: a run would take hours)."""
+    skips = {}
+    if "f16" in dtypes and a.torch_f16 != "run":
+        bf, f16 = torch_f16_probe()
+        log(f"torch CPU matmul: bf16 {bf:.1f} GFLOPS, f16 {f16:.2f} GFLOPS")
+        if a.torch_f16 == "skip" or f16 * 20 < bf:
+            skips["f16"] = (f"torch's CPU f16 matmul runs at {f16:.2f} GFLOPS here, {bf / f16:.0f}x slower than "
+                            f"bf16; --torch-f16 run measures it anyway")
+    return skips
+
+
 def print_table(a, results: list, n_tokens: int) -> None:
     print()
     print(f"perplexity: {n_tokens} WikiText tokens, context {a.context}, stride {a.stride}; generation: greedy, "
@@ -514,30 +577,38 @@ def print_table(a, results: list, n_tokens: int) -> None:
     for r in results:
         ga_rss, tf_rss, wb = None, None, r["weight_file_bytes"]
         row = {"config": f"{r['arch']} {r['dtype']}"}
+        f32 = next((x for x in results if x["arch"] == r["arch"] and x["dtype"] == "f32"), None)
         p = r.get("ppl")
         if p:
+            g, t = p["gpt_ablate"], p["transformers"]
             row.update({
-                "ppl tok/s": f"{p['gpt_ablate']['tokens_per_second']:.0f} / {p['transformers']['tokens_per_second']:.0f}",
-                "ppl ×": f"{p['ratio']:.2f}",
-                "ppl Δrel": f"{p['ppl_rel_diff']:.1e}",
+                "ppl tok/s": f"{g['tokens_per_second']:.0f} / {fmt(t, 'tokens_per_second', '.0f')}",
+                "ppl ×": fmt(p, "ratio", ".2f"),
+                "ppl Δrel": fmt(p, "ppl_rel_diff", ".1e"),
             })
-            ga_rss, tf_rss = p["gpt_ablate"]["peak_rss_kib"], p["transformers"]["peak_rss_kib"]
+            if f32 and "ppl" in f32:
+                row["ppl vs own f32"] = f"{g['tokens_per_second'] / f32['ppl']['gpt_ablate']['tokens_per_second']:.2f}"
+            ga_rss, tf_rss = g["peak_rss_kib"], t and t["peak_rss_kib"]
         gn = r.get("gen")
         if gn:
-            g, t = gn["gpt_ablate"], gn["transformers"]
+            g, t = gn["gpt_ablate"], gn["transformers"] or {}
             row.update({
-                "gen tok/s": f"{g['new_tokens_per_second']:.1f} / {t['new_tokens_per_second']:.1f}",
-                "gen ×": f"{gn['ratio']:.2f}",
-                "TTFT ms": f"{1e3 * g['ttft_s']:.0f} / {1e3 * t['ttft_s']:.0f}",
-                "ms/token": f"{g['per_token_ms']:.1f} / {t['per_token_ms']:.1f}",
-                "greedy =": f"{gn['matching_leading_tokens']}/{gn['compared_tokens']}",
+                "gen tok/s": f"{g['new_tokens_per_second']:.1f} / {fmt(t, 'new_tokens_per_second', '.1f')}",
+                "gen ×": fmt(gn, "ratio", ".2f"),
+                "TTFT ms": f"{1e3 * g['ttft_s']:.0f} / {fmt(t, 'ttft_s', '.0f', 1e3)}",
+                "ms/token": f"{g['per_token_ms']:.1f} / {fmt(t, 'per_token_ms', '.1f')}",
+                "greedy =": f"{gn['matching_leading_tokens']}/{gn['compared_tokens']}" if t else "-",
             })
+            if f32 and "gen" in f32:
+                own = f32["gen"]["gpt_ablate"]["new_tokens_per_second"]
+                row["gen vs own f32"] = f"{g['new_tokens_per_second'] / own:.2f}"
             ga_rss = max(ga_rss or 0, g["peak_rss_kib"])
-            tf_rss = max(tf_rss or 0, t["peak_rss_kib"])
+            if t:
+                tf_rss = max(tf_rss or 0, t["peak_rss_kib"])
         row.update({
             "weights MiB": f"{wb / 2**20:.0f}",
-            "peak RSS MiB": f"{ga_rss / 1024:.0f} / {tf_rss / 1024:.0f}",
-            "RSS/weights": f"{ga_rss * 1024 / wb:.2f} / {tf_rss * 1024 / wb:.2f}",
+            "peak RSS MiB": f"{ga_rss / 1024:.0f} / " + (f"{tf_rss / 1024:.0f}" if tf_rss else "-"),
+            "RSS/weights": f"{ga_rss * 1024 / wb:.2f} / " + (f"{tf_rss * 1024 / wb:.2f}" if tf_rss else "-"),
         })
         rows.append(row)
     cols = []
@@ -581,6 +652,9 @@ def main() -> int:
     g.add_argument("--only-generation", action="store_true", help="run only the generation benchmark")
     ap.add_argument("--gen-tokens", type=int, default=None, help="new tokens to generate (default 128; --quick 64)")
     ap.add_argument("--gen-prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
+    ap.add_argument("--torch-f16", default="auto", choices=["auto", "run", "skip"],
+                    help="transformers in f16: auto leaves it out when torch's CPU f16 matmul is >20x slower "
+                         "than bf16 (f16 rows then compare gpt-ablate f16 with its own f32)")
     ap.add_argument("--_torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_torch-gen-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_model", help=argparse.SUPPRESS)
@@ -617,10 +691,14 @@ def main() -> int:
     text, text_info = make_text(a.workdir, n_tokens)
     prompt, prompt_ids = make_prompt(a.workdir, a.gen_prompt_tokens)
 
+    a.torch_skip = decide_torch_skips(a, dtypes)
+    for dtype, why in a.torch_skip.items():
+        log(f"transformers left out for {dtype}: {why}")
     results = [bench_one(a, binary, arch, dtype, text, prompt) for arch in arches for dtype in dtypes]
     print_table(a, results, n_tokens)
     kernels = sorted({r[k]["gpt_ablate"]["kernels"] for r in results for k in ("ppl", "gen") if k in r})
-    torch_caps = sorted({r[k]["transformers"]["cpu_capability"] for r in results for k in ("ppl", "gen") if k in r})
+    torch_caps = sorted({r[k]["transformers"]["cpu_capability"] for r in results for k in ("ppl", "gen")
+                         if k in r and r[k]["transformers"]})
     print(f"CPU features: {' '.join(flags) or '?'}; gpt-ablate kernels: {', '.join(kernels)}; "
           f"torch CPU capability: {', '.join(torch_caps)}")
     load2 = os.getloadavg()[0]
@@ -628,6 +706,7 @@ def main() -> int:
 
     if a.json_out:
         out = {"threads": THREADS, "cpu_flags": flags, "tokens": n_tokens, "text_info": text_info,
+               "transformers_skipped": a.torch_skip,
                "prompt_ids": prompt_ids, "loadavg": [load1, load2], "results": results}
         a.json_out.write_text(json.dumps(out, indent=2) + "\n")
         log(f"wrote {a.json_out}")

@@ -141,6 +141,22 @@ pub fn max_threads() -> usize {
 /// Threads allowed per available core (see [`max_threads`]).
 pub const THREADS_PER_CORE: usize = 4;
 
+/// `RAYON_NUM_THREADS` when it is set and not empty: a count of at least 1, or an error
+/// (rayon alone would silently use every core for a mistyped value).
+fn threads_from_env() -> anyhow::Result<Option<usize>> {
+    let Some(v) = std::env::var_os("RAYON_NUM_THREADS") else {
+        return Ok(None);
+    };
+    let v = v.to_string_lossy();
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => anyhow::bail!("RAYON_NUM_THREADS={v:?} is not a thread count (a whole number, at least 1)"),
+    }
+}
+
 /// [`set_threads_with`], with errors and warnings naming `origin`, where the count came from
 /// (`--threads`, an environment variable, a config key). Without a count, `RAYON_NUM_THREADS`
 /// is honoured within the same cap.
@@ -152,13 +168,9 @@ pub fn set_threads_from(
     if !elementwise_pool && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    let from_env = || {
-        let v = std::env::var("RAYON_NUM_THREADS").ok()?;
-        v.trim().parse::<usize>().ok().filter(|&n| n > 0)
-    };
     let (n, origin) = match n {
         Some(n) => (n, origin),
-        None => match from_env() {
+        None => match threads_from_env()? {
             Some(n) => (n, "RAYON_NUM_THREADS"),
             None => return Ok(()),
         },

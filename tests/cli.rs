@@ -174,6 +174,11 @@ fn bad_flags_are_rejected() {
     );
     fails_with(with(&["--device", "tpu"]), "unknown device 'tpu'");
     fails_with(with(&["--threads", "0"]), "--threads must be at least 1");
+    for bad in ["two", "0", "-1"] {
+        let mut c = with(&[]);
+        c.env("RAYON_NUM_THREADS", bad);
+        fails_with(c, &format!("RAYON_NUM_THREADS=\"{bad}\" is not a thread count"));
+    }
     #[cfg(not(feature = "cuda"))]
     fails_with(with(&["--device", "cuda"]), "built without CUDA support");
 }

@@ -43,7 +43,7 @@ pub enum PplError {
     TooFewTokens(usize),
     #[error("token id {id} is outside the model's vocabulary ({vocab} entries): does the tokenizer belong to this model?")]
     TokenOutOfVocab { id: u32, vocab: usize },
-    #[error("non-finite loss in window {window} (tokens {begin}..{end}): the model's outputs overflowed")]
+    #[error("non-finite loss in window {window} (tokens {begin}..{end}): the model's outputs overflowed or its weights are not finite")]
     NonFinite {
         window: usize,
         begin: usize,
