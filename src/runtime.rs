@@ -153,7 +153,9 @@ fn threads_from_env() -> anyhow::Result<Option<usize>> {
     }
     match v.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(Some(n)),
-        _ => anyhow::bail!("RAYON_NUM_THREADS={v:?} is not a thread count (a whole number, at least 1)"),
+        _ => anyhow::bail!(
+            "RAYON_NUM_THREADS={v:?} is not a thread count (a whole number, at least 1)"
+        ),
     }
 }
 

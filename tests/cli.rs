@@ -177,7 +177,10 @@ fn bad_flags_are_rejected() {
     for bad in ["two", "0", "-1"] {
         let mut c = with(&[]);
         c.env("RAYON_NUM_THREADS", bad);
-        fails_with(c, &format!("RAYON_NUM_THREADS=\"{bad}\" is not a thread count"));
+        fails_with(
+            c,
+            &format!("RAYON_NUM_THREADS=\"{bad}\" is not a thread count"),
+        );
     }
     #[cfg(not(feature = "cuda"))]
     fails_with(with(&["--device", "cuda"]), "built without CUDA support");

@@ -390,3 +390,76 @@ fn grids_swap_and_sweep_every_family() {
         assert_eq!(swept as u64, loaded.model.info().n_layer as u64, "{name}");
     }
 }
+
+/// The grid's layer-sweep shortcut: a variant that swaps blocks from `l` on, started at
+/// block `l` from the residual the unmodified model kept there, gives the same hidden states
+/// to the bit as its full pass — in every family's wiring.
+#[test]
+fn a_pass_resumed_from_a_kept_residual_equals_the_full_pass() {
+    use gpt_ablate::model::plan::ActivationPlan;
+    use gpt_ablate::model::Partial;
+    for name in [
+        "pythia-parallel",
+        "neox-sequential",
+        "opt-pre",
+        "opt-post",
+        "llama-gqa",
+        "qwen2-bias",
+    ] {
+        let loaded = load(
+            &fixture(&format!("families/{name}")),
+            &LoadOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let base = &loaded.model;
+        let n = base.info().n_layer;
+        let vocab = base.info().vocab_size as u32;
+        let tokens: Vec<u32> = (0..2 * 24).map(|i| (i * 53 + 7) % vocab).collect();
+        let input = Tensor::from_vec(tokens, (2, 24), &Device::Cpu).unwrap();
+        let taps: Vec<usize> = (1..n).collect();
+        let mut kept = Vec::new();
+        let partial = Partial {
+            keep: &taps,
+            ..Partial::default()
+        };
+        let full_base = base.hidden_states(&input).unwrap();
+        let tapped = base
+            .hidden_states_partial(&input, partial, &mut kept)
+            .unwrap();
+        assert_eq!(tensor_diff(&full_base, &tapped), 0.0, "{name}: tapping");
+        assert_eq!(kept.len(), taps.len(), "{name}");
+        for (&l, x) in taps.iter().zip(&kept) {
+            let layers: LayerSpec = format!("{l}-{}", n - 1).parse().unwrap();
+            let plan = ActivationPlan::original(base.plan().original, n)
+                .swap(Activation::Sigmoid, &layers)
+                .unwrap();
+            let variant = base.with_plan(plan);
+            let full = variant.hidden_states(&input).unwrap();
+            let start = Partial {
+                start: Some((l, x)),
+                ..Partial::default()
+            };
+            let resumed = variant
+                .hidden_states_partial(&input, start, &mut Vec::new())
+                .unwrap();
+            assert_eq!(tensor_diff(&full, &resumed), 0.0, "{name}: from block {l}");
+            assert!(
+                tensor_diff(&full, &full_base) > 0.0,
+                "{name}: swap had an effect"
+            );
+        }
+    }
+}
+
+fn tensor_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}

@@ -235,6 +235,24 @@ pub fn score_windows(
     progress: &mut dyn FnMut(usize, usize),
     visit: &mut dyn FnMut(ScoredChunk<'_>) -> Result<(), PplError>,
 ) -> Result<(), PplError> {
+    let mut hidden = |_: usize, m: &dyn CausalLm, input: &Tensor| m.hidden_states(input);
+    score_windows_with(models, plan, batch_size, progress, &mut hidden, visit)
+}
+
+/// The hidden states (b, t, C) of model `m` for batch `index`'s input (b, t).
+pub type HiddenSource<'h> =
+    dyn FnMut(usize, &dyn CausalLm, &Tensor) -> candle_core::Result<Tensor> + 'h;
+
+/// [`score_windows`], with each model's hidden states for each batch computed by `hidden`
+/// (the grid resumes variants from residuals it kept).
+pub fn score_windows_with(
+    models: &[&dyn CausalLm],
+    plan: &ScoringPlan,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    hidden_of: &mut HiddenSource<'_>,
+    visit: &mut dyn FnMut(ScoredChunk<'_>) -> Result<(), PplError>,
+) -> Result<(), PplError> {
     let Some(first) = models.first() else {
         return Ok(());
     };
@@ -256,7 +274,7 @@ pub fn score_windows(
             Tensor::from_vec(ids, (batch.len(), batch[0].1.len()), &device).map_err(candle)?;
         let hidden: Vec<Tensor> = models
             .iter()
-            .map(|m| m.hidden_states(&input))
+            .map(|&m| hidden_of(done, m, &input))
             .collect::<candle_core::Result<_>>()
             .map_err(candle)?; // per model (b, len, C)
         for (bi, &(window, w)) in batch.iter().enumerate() {

@@ -84,6 +84,7 @@ pub(crate) fn finetune_cell(job: &FinetuneJob, ctx: CellContext) -> anyhow::Resu
     let ctx = CellContext {
         variant: Some(recovered.model.as_ref()),
         fill: false,
+        prefix: None, // every block was trained
         ..ctx
     };
     let (after, _) = score::score_cell(&ctx, cell, job.key, None, &mut |_, _| {})

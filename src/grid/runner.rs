@@ -212,15 +212,42 @@ impl OutputDir {
     }
 }
 
-/// The smallest budget for the baseline hidden-state cache of one model × dataset.
-const CACHE_FLOOR_BYTES: u64 = 64 << 20;
+/// The smallest budget for the baseline cache of one model × dataset.
+const CACHE_FLOOR_BYTES: u64 = 256 << 20;
 
 /// The unmodified model's final hidden states at the scored positions of one model × dataset,
 /// chunk by chunk in `score_windows` order. With it a variant cell runs one forward pass
 /// instead of two: the baseline's logits come from the cached rows through the LM head.
+/// Where the budget allows, also the residual stream entering some blocks (`taps`), batch
+/// by batch: a variant that swaps only blocks from `l` on starts its pass at block `l`.
 struct BaselineCache {
     pair: (usize, usize),
     chunks: Vec<Tensor>,
+    taps: Vec<usize>,
+    residuals: Vec<Vec<Tensor>>,
+}
+
+impl BaselineCache {
+    fn new(pair: (usize, usize), taps: Vec<usize>, filled: score::Filled) -> Self {
+        Self {
+            pair,
+            chunks: filled.chunks,
+            taps,
+            residuals: filled.residuals,
+        }
+    }
+
+    /// The latest tapped block at or before `cell`'s first swapped block, and its residuals
+    /// (None for the baseline, a cell swapping block 0, or a cell whose model is not the
+    /// baseline's with a new plan).
+    fn prefix(&self, cell: &Cell, plain_swap: bool) -> Option<(usize, &[Tensor])> {
+        let first = *cell.plan.swapped_layers().first()?;
+        if !plain_swap || cell.is_baseline {
+            return None;
+        }
+        let (i, &l) = self.taps.iter().enumerate().rfind(|(_, &l)| l <= first)?;
+        Some((l, self.residuals.get(i)?.as_slice()))
+    }
 }
 
 /// What computing cells needs: the grid, its inputs, and where and how to run models.
@@ -290,11 +317,15 @@ impl Run<'_> {
         }
         let plan = self.inputs.plan(cell);
         let want_cache = cache.is_none() && self.wants_cache(cell, &pending[i..]);
+        let taps = match want_cache {
+            true => self.taps(cell, &pending[i..]),
+            false => Vec::new(),
+        };
         if want_cache && !cell.is_baseline {
             // The baseline cell is done already: one hidden-state pass (no LM head) refills it.
-            let chunks = score::baseline_hidden(base, plan, self.grid.batch_size)
+            let filled = score::baseline_hidden(base, plan, self.grid.batch_size, &taps)
                 .with_context(|| format!("baseline pass for cell '{}'", cell.name))?;
-            *cache = Some(BaselineCache { pair, chunks });
+            *cache = Some(BaselineCache::new(pair, taps.clone(), filled));
         }
         let cell_work = self.work_of(cell, cache.is_some());
         let per_batch = cell_work / self.inputs.batches(self.grid, cell).max(1);
@@ -314,6 +345,10 @@ impl Run<'_> {
             bytes: dataset.covered_bytes[cell.model],
             cache: cache.as_ref().map(|c| c.chunks.as_slice()),
             fill,
+            taps: &taps,
+            prefix: cache
+                .as_ref()
+                .and_then(|c| c.prefix(cell, calibrated.is_none())),
             variant: calibrated.as_ref().map(|(m, _)| m.as_ref()),
         };
         let mut draw = |done: usize, _total: usize| progress.draw(i, &cell.name, done * per_batch);
@@ -324,10 +359,7 @@ impl Run<'_> {
             None => None,
         };
         if fill {
-            *cache = Some(BaselineCache {
-                pair,
-                chunks: filled,
-            });
+            *cache = Some(BaselineCache::new(pair, taps, filled));
         }
         let diagnostics = if cell.diagnose {
             let (tokens, context) = (self.inputs.tokens(cell), plan.protocol.context());
@@ -396,7 +428,7 @@ impl Run<'_> {
         key: &str,
         out_dir: &Path,
         draw: &mut dyn FnMut(usize, usize),
-    ) -> anyhow::Result<(Row, Vec<Tensor>)> {
+    ) -> anyhow::Result<(Row, score::Filled)> {
         let mut records = self.nll_writer(out_dir, cell)?;
         let (row, filled) =
             score::score_cell(ctx, cell, key, records.as_mut().map(|(w, _)| w), draw)
@@ -448,9 +480,39 @@ impl Run<'_> {
             }
     }
 
+    /// The blocks whose entering residual stream the baseline pass keeps for `cell`'s model ×
+    /// dataset: each pending variant's first swapped block (past block 0), the latest first —
+    /// they save the most — while the cache stays within its budget.
+    fn taps(&self, cell: &Cell, rest: &[&KeyedCell]) -> Vec<usize> {
+        let pair = (cell.model, cell.dataset);
+        let mut firsts: Vec<usize> = rest
+            .iter()
+            .filter(|(c, _)| (c.model, c.dataset) == pair && !c.is_baseline && !c.calibrate)
+            .filter_map(|(c, _)| c.plan.swapped_layers().first().copied())
+            .filter(|&l| l > 0)
+            .collect();
+        firsts.sort_unstable_by(|a, b| b.cmp(a));
+        firsts.dedup();
+        let n_embd = self.grid.model_configs[cell.model].info.hidden_size;
+        let bytes_per = |rows: usize| (rows * n_embd * self.dtype.size_in_bytes()) as u64;
+        let plan = self.inputs.plan(cell);
+        let mut used = bytes_per(plan.tokens_scored());
+        let per_tap = bytes_per(plan.windows.iter().map(|w| w.len()).sum());
+        let budget = self.cache_budget(cell.model);
+        let mut taps: Vec<usize> = firsts
+            .into_iter()
+            .take_while(|_| {
+                used += per_tap;
+                used <= budget
+            })
+            .collect();
+        taps.sort_unstable();
+        taps
+    }
+
     /// What a baseline cache may hold for model `mi`: as much as the model's own files (the
     /// cache saves a pass of that model per variant; a cache larger than the model is worth
-    /// less than the memory), at least 64 MiB, at most a quarter of the machine's memory.
+    /// less than the memory), at least 256 MiB, at most a quarter of the machine's memory.
     fn cache_budget(&self, mi: usize) -> u64 {
         let model_bytes: u64 = self.inputs.models[mi]
             .file_info

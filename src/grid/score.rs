@@ -14,14 +14,14 @@ use crate::eval::bootstrap::{bootstrap, WindowSums};
 use crate::eval::diagnose::{Diagnosis, LayerStats};
 use crate::eval::lm_eval::lm_eval_metrics;
 use crate::eval::nll_output::{chunk_records, NllWriter};
-use crate::eval::perplexity::{score_windows, token_nlls, PplError, ScoredChunk};
+use crate::eval::perplexity::{score_windows_with, token_nlls, PplError, ScoredChunk};
 use crate::eval::plan::ScoringPlan;
 use crate::eval::protocol::Protocol;
 use crate::grid::cells::Cell;
 use crate::grid::config::Grid;
 use crate::grid::results::{Row, RowDiagnostics};
 use crate::kernels;
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Partial};
 use crate::provenance;
 
 /// Everything scoring a cell needs besides the cell itself.
@@ -43,20 +43,71 @@ pub(crate) struct CellContext<'a> {
     pub cache: Option<&'a [Tensor]>,
     /// Return the baseline's hidden states, to fill the cache.
     pub fill: bool,
+    /// When filling: the blocks whose entering residual stream to keep too, per batch.
+    pub taps: &'a [usize],
+    /// A block `l` before which the variant equals the baseline, and the baseline's residual
+    /// stream entering it, per batch: the variant's pass starts there.
+    pub prefix: Option<(usize, &'a [Tensor])>,
     /// The variant to score instead of `base.with_plan(cell.plan)` (a fine-tuned model).
     pub variant: Option<&'a dyn CausalLm>,
 }
 
+/// What a baseline pass leaves for the cache: the final hidden states at the scored
+/// positions, chunk by chunk, and for each tapped block (in `taps` order) the residual
+/// stream entering it, batch by batch.
+#[derive(Default)]
+pub(crate) struct Filled {
+    pub chunks: Vec<Tensor>,
+    pub residuals: Vec<Vec<Tensor>>,
+}
+
+/// Hidden states for [`score_windows_with`]: the baseline pass keeps the residuals `taps`
+/// asks for; a variant with a prefix starts from the kept residual.
+fn hidden_source<'h>(
+    ctx: &'h CellContext,
+    base: &'h dyn CausalLm,
+    residuals: &'h mut Vec<Vec<Tensor>>,
+) -> impl FnMut(usize, &dyn CausalLm, &Tensor) -> candle_core::Result<Tensor> + 'h {
+    residuals.resize_with(ctx.taps.len(), Vec::new);
+    let same =
+        |m: &dyn CausalLm| std::ptr::addr_eq(m as *const dyn CausalLm, base as *const dyn CausalLm);
+    move |batch, m, input| {
+        let mut kept = Vec::new();
+        let partial = match (same(m), ctx.prefix) {
+            (true, _) if ctx.fill => Partial {
+                keep: ctx.taps,
+                ..Partial::default()
+            },
+            (false, Some((l, xs))) => Partial {
+                start: Some((
+                    l,
+                    xs.get(batch).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("no kept residual for batch {batch}"))
+                    })?,
+                )),
+                ..Partial::default()
+            },
+            _ => return m.hidden_states(input),
+        };
+        let h = m.hidden_states_partial(input, partial, &mut kept)?;
+        for (dst, x) in residuals.iter_mut().zip(kept) {
+            dst.push(x);
+        }
+        Ok(h)
+    }
+}
+
 /// Scores one cell: the baseline alone, or the variant against the baseline — from the
 /// cache when there is one, else with the baseline run in lockstep. When `ctx.fill` is set,
-/// returns the baseline's hidden states too. Per-token records go to `records` when given.
+/// returns the baseline's hidden states (and tapped residuals) too. Per-token records go to
+/// `records` when given.
 pub(crate) fn score_cell(
     ctx: &CellContext,
     cell: &Cell,
     key: &str,
     records: Option<&mut NllWriter>,
     progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<(Row, Vec<Tensor>)> {
+) -> anyhow::Result<(Row, Filled)> {
     let owned =
         (!cell.is_baseline && ctx.variant.is_none()).then(|| ctx.base.with_plan(cell.plan.clone()));
     let variant: Option<&dyn CausalLm> = match cell.is_baseline {
@@ -80,27 +131,38 @@ pub(crate) fn score_cell(
         ..Totals::default()
     };
     let mut records = records;
-    let mut filled = Vec::new();
+    let mut filled = Filled::default();
     let mut index = 0usize;
     let batch = ctx.grid.batch_size;
-    score_windows(&models, ctx.plan, batch, progress, &mut |chunk| {
-        let base_logits = baseline_logits(ctx, &chunk, index).map_err(|e| chunk.fail(e))?;
-        index += 1;
-        if ctx.fill {
-            // A compact copy: `copy` would keep the whole batch's storage alive.
-            filled.push(
-                chunk.hidden[0]
-                    .force_contiguous()
-                    .map_err(|e| chunk.fail(e))?,
-            );
-        }
-        let variant_of = variant.is_some().then_some(models.len() - 1);
-        let (var_nll, base_nll) = totals.add(&chunk, &base_logits, variant_of)?;
-        match records.as_deref_mut() {
-            Some(w) => write_records(w, &chunk, &var_nll, &base_nll, ctx.tokenizer),
-            None => Ok(()),
-        }
-    })?;
+    let mut hidden = hidden_source(ctx, ctx.base, &mut filled.residuals);
+    let mut chunks = Vec::new();
+    score_windows_with(
+        &models,
+        ctx.plan,
+        batch,
+        progress,
+        &mut hidden,
+        &mut |chunk| {
+            let base_logits = baseline_logits(ctx, &chunk, index).map_err(|e| chunk.fail(e))?;
+            index += 1;
+            if ctx.fill {
+                // A compact copy: `copy` would keep the whole batch's storage alive.
+                chunks.push(
+                    chunk.hidden[0]
+                        .force_contiguous()
+                        .map_err(|e| chunk.fail(e))?,
+                );
+            }
+            let variant_of = variant.is_some().then_some(models.len() - 1);
+            let (var_nll, base_nll) = totals.add(&chunk, &base_logits, variant_of)?;
+            match records.as_deref_mut() {
+                Some(w) => write_records(w, &chunk, &var_nll, &base_nll, ctx.tokenizer),
+                None => Ok(()),
+            }
+        },
+    )?;
+    drop(hidden);
+    filled.chunks = chunks;
     Ok((totals.row(ctx, cell, key), filled))
 }
 
@@ -239,17 +301,38 @@ pub(crate) fn baseline_hidden(
     base: &dyn CausalLm,
     plan: &ScoringPlan,
     batch_size: usize,
-) -> Result<Vec<Tensor>, PplError> {
+    taps: &[usize],
+) -> Result<Filled, PplError> {
+    let mut residuals = vec![Vec::new(); taps.len()];
     let mut chunks = Vec::new();
-    score_windows(&[base], plan, batch_size, &mut |_, _| {}, &mut |chunk| {
-        let copy = chunk.hidden[0].force_contiguous(); // compact, not the batch's storage
-        chunks.push(copy.map_err(|cause| PplError::Candle {
-            window: chunk.window,
-            cause,
-        })?);
-        Ok(())
-    })?;
-    Ok(chunks)
+    let mut hidden = |_: usize, m: &dyn CausalLm, input: &Tensor| {
+        let mut kept = Vec::new();
+        let partial = Partial {
+            keep: taps,
+            ..Partial::default()
+        };
+        let h = m.hidden_states_partial(input, partial, &mut kept)?;
+        for (dst, x) in residuals.iter_mut().zip(kept) {
+            dst.push(x);
+        }
+        Ok(h)
+    };
+    score_windows_with(
+        &[base],
+        plan,
+        batch_size,
+        &mut |_, _| {},
+        &mut hidden,
+        &mut |chunk| {
+            let copy = chunk.hidden[0].force_contiguous(); // compact, not the batch's storage
+            chunks.push(copy.map_err(|cause| PplError::Candle {
+                window: chunk.window,
+                cause,
+            })?);
+            Ok(())
+        },
+    )?;
+    Ok(Filled { chunks, residuals })
 }
 
 /// Per-layer diagnostics of a cell's plan, summarised for its row.

@@ -13,7 +13,7 @@ use crate::model::attention::{Attention, Rows};
 use crate::model::ffn::Ffn;
 use crate::model::norm::Norm;
 use crate::model::plan::ActivationPlan;
-use crate::model::{Cache, CausalLm, ModelInfo, Tracer};
+use crate::model::{Cache, CausalLm, ModelInfo, Partial, Tracer};
 
 /// Fused kernels, or candle ops that autograd can differentiate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +148,60 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// The forward pass behind [`CausalLm::forward_hidden`] and
+    /// [`CausalLm::hidden_states_partial`]: the same arithmetic whichever way it is entered.
+    fn pass(
+        &self,
+        tokens: &Tensor,
+        mut cache: Option<&mut Cache>,
+        mut tracer: Option<&mut Tracer>,
+        partial: Partial,
+        kept: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let rows = Rows { b, t, start };
+        let mode = match tracer.as_deref().is_some_and(|t| t.differentiable) {
+            true => Mode::Differentiable,
+            false => Mode::Fast,
+        };
+        let (from, mut x) = match partial.start {
+            Some((l, x)) if l <= self.blocks.len() => (l, x.clone()),
+            Some((l, _)) => candle_core::bail!("no block {l}: the model has {}", self.blocks.len()),
+            None => (0, self.embed(tokens, start)?), // (b·t, C)
+        };
+        for (l, block) in self.blocks.iter().enumerate().skip(from) {
+            if partial.keep.contains(&l) {
+                kept.push(x.clone());
+            }
+            if let Some(tr) = tracer.as_deref_mut() {
+                if tr.differentiable {
+                    let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
+                    x = (&x + probe.as_tensor())?;
+                    tr.probes.push(probe);
+                }
+                tr.residuals.push(x.clone());
+            }
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = block.forward(&x, rows, kv, mode, tracer.as_deref_mut())?;
+        }
+        if let Some(tr) = tracer {
+            tr.residuals.push(x.clone());
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        if let Some(n) = &self.final_norm {
+            x = n.forward(&x, mode)?;
+        }
+        if let Some(p) = &self.project_out {
+            x = p.forward(&x)?;
+        }
+        x.reshape((b, t, ()))
+    }
+}
+
 impl CausalLm for Decoder {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -178,42 +232,19 @@ impl CausalLm for Decoder {
     fn forward_hidden(
         &self,
         tokens: &Tensor,
-        mut cache: Option<&mut Cache>,
-        mut tracer: Option<&mut Tracer>,
+        cache: Option<&mut Cache>,
+        tracer: Option<&mut Tracer>,
     ) -> Result<Tensor> {
-        let (b, t) = tokens.dims2()?;
-        let start = cache.as_ref().map_or(0, |c| c.len);
-        let rows = Rows { b, t, start };
-        let mode = match tracer.as_deref().is_some_and(|t| t.differentiable) {
-            true => Mode::Differentiable,
-            false => Mode::Fast,
-        };
-        let mut x = self.embed(tokens, start)?; // (b·t, C)
-        for (l, block) in self.blocks.iter().enumerate() {
-            if let Some(tr) = tracer.as_deref_mut() {
-                if tr.differentiable {
-                    let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
-                    x = (&x + probe.as_tensor())?;
-                    tr.probes.push(probe);
-                }
-                tr.residuals.push(x.clone());
-            }
-            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            x = block.forward(&x, rows, kv, mode, tracer.as_deref_mut())?;
-        }
-        if let Some(tr) = tracer {
-            tr.residuals.push(x.clone());
-        }
-        if let Some(c) = cache {
-            c.len += t;
-        }
-        if let Some(n) = &self.final_norm {
-            x = n.forward(&x, mode)?;
-        }
-        if let Some(p) = &self.project_out {
-            x = p.forward(&x)?;
-        }
-        x.reshape((b, t, ()))
+        self.pass(tokens, cache, tracer, Partial::default(), &mut Vec::new())
+    }
+
+    fn hidden_states_partial(
+        &self,
+        tokens: &Tensor,
+        partial: Partial,
+        kept: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.pass(tokens, None, None, partial, kept)
     }
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -82,6 +82,16 @@ impl Cache {
     }
 }
 
+/// How [`CausalLm::hidden_states_partial`] enters and taps the pass.
+#[derive(Default, Clone, Copy)]
+pub struct Partial<'a> {
+    /// Start at block `l` with `x`, the residual stream (b·t, C) entering it, instead of
+    /// embedding the tokens.
+    pub start: Option<(usize, &'a Tensor)>,
+    /// Blocks whose entering residual stream (b·t, C) is kept, in increasing order.
+    pub keep: &'a [usize],
+}
+
 /// What a traced forward pass records, filled in by the blocks. A differentiable tracer
 /// also makes the pass use differentiable ops only and adds probe variables.
 #[derive(Default)]
@@ -160,6 +170,18 @@ pub trait CausalLm: Send + Sync {
 
     /// LM-head logits for hidden states of any leading shape: (…, C) → (…, vocab).
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor>;
+
+    /// Final hidden states (b, t, C) of `tokens` (b, t) at positions `0..t`, in the fast
+    /// pass, entered and tapped as `partial` says: starting at a block from a residual kept
+    /// earlier (by a model whose blocks before it are the same), and pushing the residual
+    /// entering each block of `partial.keep` onto `kept`. The arithmetic is that of
+    /// [`CausalLm::hidden_states`], so the result is the same to the bit.
+    fn hidden_states_partial(
+        &self,
+        tokens: &Tensor,
+        partial: Partial,
+        kept: &mut Vec<Tensor>,
+    ) -> Result<Tensor>;
 
     /// An empty key/value cache with room for `positions` positions (at most the model's
     /// length); it grows if a caller goes past that.
@@ -250,5 +272,14 @@ impl CausalLm for Box<dyn CausalLm> {
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
         (**self).logits_from_hidden(hidden)
+    }
+
+    fn hidden_states_partial(
+        &self,
+        tokens: &Tensor,
+        partial: Partial,
+        kept: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        (**self).hidden_states_partial(tokens, partial, kept)
     }
 }
