@@ -15,45 +15,114 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::kernels::elementwise;
 use crate::kernels::math;
 
-/// A feed-forward activation function. Names follow Hugging Face's `ACT2FN` keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Activation {
-    /// GPT-2's tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-    GeluNew,
-    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
-    Gelu,
-    /// PyTorch's `gelu(approximate="tanh")`: the same formula as `gelu_new`.
-    GeluPytorchTanh,
-    /// `x·σ(1.702·x)`.
-    QuickGelu,
-    Relu,
-    /// `relu(x)²`.
-    Relu2,
-    /// `min(max(x, 0), 6)`.
-    Relu6,
-    /// `x` for `x > 0`, else `0.01·x`.
-    LeakyRelu,
-    /// `x` for `x > 0`, else `exp(x) − 1` (α = 1).
-    Elu,
-    /// `x·σ(x)` (alias `swish`).
-    Silu,
-    /// `σ(x) = 1/(1 + e^−x)`.
-    Sigmoid,
-    /// `relu6(x + 3)/6`, as `torch.nn.Hardsigmoid`.
-    HardSigmoid,
-    Tanh,
-    /// `ln(1 + e^x)`, and `x` itself above 20, as `torch.nn.Softplus` (β = 1, threshold 20).
-    Softplus,
-    /// `x·tanh(softplus(x))`.
-    Mish,
-    /// `x` (alias `linear`).
-    Identity,
-    /// `σ(x) − ½`: sigmoid's shape, centred on 0 (claim 2 isolated).
-    SigmoidCentered,
-    /// `4σ(x) − 2 = 2·tanh(x/2)`: centred, and slope 1 at 0 like the GELUs.
-    SigmoidScaled,
-    /// `a·base(x) + b` (written `affine(NAME, a, b)`), e.g. a calibrated swap.
-    Affine(Affine),
+/// Declares the activations once: the enum (plus `Affine`), the lists of names, and each
+/// name's spelling. `hf` are Hugging Face's `ACT2FN` keys, in the order help texts list
+/// them; `ours` are this tool's calibrated sigmoids.
+macro_rules! activations {
+    (
+        hf { $( $(#[$hdoc:meta])* $hv:ident => $hn:literal, )* }
+        ours { $( $(#[$odoc:meta])* $ov:ident => $on:literal, )* }
+    ) => {
+        /// A feed-forward activation function. Names follow Hugging Face's `ACT2FN` keys.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Activation {
+            $( $(#[$hdoc])* $hv, )*
+            $( $(#[$odoc])* $ov, )*
+            /// `a·base(x) + b` (written `affine(NAME, a, b)`), e.g. a calibrated swap.
+            Affine(Affine),
+        }
+
+        /// The activations without coefficients: Hugging Face's names, then the calibrated
+        /// sigmoids.
+        pub const BASES: [Activation; [$($hn,)* $($on,)*].len()] =
+            [$(Activation::$hv,)* $(Activation::$ov,)*];
+
+        /// The calibrated sigmoids: names of this tool, not of Hugging Face's `ACT2FN`.
+        pub const CALIBRATED: [Activation; [$($on,)*].len()] = [$(Activation::$ov,)*];
+
+        /// Every activation Hugging Face's `ACT2FN` also names, in the order help texts list
+        /// them.
+        pub const ALL_ACTIVATIONS: [Activation; [$($hn,)*].len()] = [$(Activation::$hv,)*];
+
+        impl Activation {
+            fn base_name(self) -> &'static str {
+                match self {
+                    $( Self::$hv => $hn, )*
+                    $( Self::$ov => $on, )*
+                    Self::Affine(_) => "affine",
+                }
+            }
+
+            /// The in-place f32 kernel of a fused epilogue: a loop monomorphised for this
+            /// activation (`None` for an affine, which has no loop of its own).
+            pub fn in_place_kernel(self) -> Option<fn(&mut [f32])> {
+                match self {
+                    $( Self::$hv => Some(|xs: &mut [f32]| {
+                        elementwise::map_in_place(xs, |x| Activation::$hv.eval(x))
+                    }), )*
+                    $( Self::$ov => Some(|xs: &mut [f32]| {
+                        elementwise::map_in_place(xs, |x| Activation::$ov.eval(x))
+                    }), )*
+                    Self::Affine(_) => None,
+                }
+            }
+        }
+
+        /// `act` over a slice with the elementwise kernel; the match is outside the loop so
+        /// that each activation gets its own vectorised loop (an affine: its base's, then
+        /// `a·y + b`).
+        pub fn map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
+            match act {
+                $( Activation::$hv => elementwise::map_f32(xs, |x| Activation::$hv.eval(x)), )*
+                $( Activation::$ov => elementwise::map_f32(xs, |x| Activation::$ov.eval(x)), )*
+                Activation::Affine(af) => {
+                    let (a, b) = (af.a(), af.b());
+                    elementwise::map_f32(&map_f32(xs, af.base()), move |y| a * y + b)
+                }
+            }
+        }
+    };
+}
+
+activations! {
+    hf {
+        /// GPT-2's tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+        GeluNew => "gelu_new",
+        /// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+        Gelu => "gelu",
+        /// PyTorch's `gelu(approximate="tanh")`: the same formula as `gelu_new`.
+        GeluPytorchTanh => "gelu_pytorch_tanh",
+        /// `x·σ(1.702·x)`.
+        QuickGelu => "quick_gelu",
+        Relu => "relu",
+        /// `relu(x)²`.
+        Relu2 => "relu2",
+        /// `min(max(x, 0), 6)`.
+        Relu6 => "relu6",
+        /// `x` for `x > 0`, else `0.01·x`.
+        LeakyRelu => "leaky_relu",
+        /// `x` for `x > 0`, else `exp(x) − 1` (α = 1).
+        Elu => "elu",
+        /// `x·σ(x)` (alias `swish`).
+        Silu => "silu",
+        /// `σ(x) = 1/(1 + e^−x)`.
+        Sigmoid => "sigmoid",
+        /// `relu6(x + 3)/6`, as `torch.nn.Hardsigmoid`.
+        HardSigmoid => "hard_sigmoid",
+        Tanh => "tanh",
+        /// `ln(1 + e^x)`, and `x` itself above 20, as `torch.nn.Softplus` (β = 1, threshold 20).
+        Softplus => "softplus",
+        /// `x·tanh(softplus(x))`.
+        Mish => "mish",
+        /// `x` (alias `linear`).
+        Identity => "identity",
+    }
+    ours {
+        /// `σ(x) − ½`: sigmoid's shape, centred on 0 (claim 2 isolated).
+        SigmoidCentered => "sigmoid_centered",
+        /// `4σ(x) − 2 = 2·tanh(x/2)`: centred, and slope 1 at 0 like the GELUs.
+        SigmoidScaled => "sigmoid_scaled",
+    }
 }
 
 /// `a·base(x) + b`. The base is kept as an index into [`BASES`] and the coefficients as
@@ -80,51 +149,6 @@ impl Affine {
         f32::from_bits(self.b)
     }
 }
-
-/// The activations without coefficients: Hugging Face's names, then the calibrated sigmoids.
-pub const BASES: [Activation; 18] = [
-    Activation::GeluNew,
-    Activation::Gelu,
-    Activation::GeluPytorchTanh,
-    Activation::QuickGelu,
-    Activation::Relu,
-    Activation::Relu2,
-    Activation::Relu6,
-    Activation::LeakyRelu,
-    Activation::Elu,
-    Activation::Silu,
-    Activation::Sigmoid,
-    Activation::HardSigmoid,
-    Activation::Tanh,
-    Activation::Softplus,
-    Activation::Mish,
-    Activation::Identity,
-    Activation::SigmoidCentered,
-    Activation::SigmoidScaled,
-];
-
-/// The calibrated sigmoids: names of this tool, not of Hugging Face's `ACT2FN`.
-pub const CALIBRATED: [Activation; 2] = [Activation::SigmoidCentered, Activation::SigmoidScaled];
-
-/// Every activation Hugging Face's `ACT2FN` also names, in the order help texts list them.
-pub const ALL_ACTIVATIONS: [Activation; 16] = [
-    Activation::GeluNew,
-    Activation::Gelu,
-    Activation::GeluPytorchTanh,
-    Activation::QuickGelu,
-    Activation::Relu,
-    Activation::Relu2,
-    Activation::Relu6,
-    Activation::LeakyRelu,
-    Activation::Elu,
-    Activation::Silu,
-    Activation::Sigmoid,
-    Activation::HardSigmoid,
-    Activation::Tanh,
-    Activation::Softplus,
-    Activation::Mish,
-    Activation::Identity,
-];
 
 /// An activation name that is not one of ours (or a malformed `affine(…)`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,30 +199,6 @@ impl Activation {
         match self {
             Self::Affine(af) => format!("affine({},{},{})", af.base(), af.a(), af.b()),
             base => base.base_name().to_string(),
-        }
-    }
-
-    fn base_name(self) -> &'static str {
-        match self {
-            Self::GeluNew => "gelu_new",
-            Self::Gelu => "gelu",
-            Self::GeluPytorchTanh => "gelu_pytorch_tanh",
-            Self::QuickGelu => "quick_gelu",
-            Self::Relu => "relu",
-            Self::Relu2 => "relu2",
-            Self::Relu6 => "relu6",
-            Self::LeakyRelu => "leaky_relu",
-            Self::Elu => "elu",
-            Self::Silu => "silu",
-            Self::Sigmoid => "sigmoid",
-            Self::HardSigmoid => "hard_sigmoid",
-            Self::Tanh => "tanh",
-            Self::Softplus => "softplus",
-            Self::Mish => "mish",
-            Self::Identity => "identity",
-            Self::SigmoidCentered => "sigmoid_centered",
-            Self::SigmoidScaled => "sigmoid_scaled",
-            Self::Affine(_) => "affine",
         }
     }
 
@@ -459,44 +459,6 @@ fn erf_f64(x: f64) -> f64 {
         1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
     };
     v.copysign(x)
-}
-
-/// `act` over a slice with the elementwise kernel; the match is outside the loop so that
-/// each activation gets its own vectorised loop (an affine: its base's, then `a·y + b`).
-pub fn map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
-    macro_rules! each {
-        ($($variant:ident),*) => {
-            match act {
-                $(Activation::$variant => {
-                    elementwise::map_f32(xs, |x| Activation::$variant.eval(x))
-                })*
-                Activation::Affine(af) => {
-                    let (a, b) = (af.a(), af.b());
-                    elementwise::map_f32(&map_f32(xs, af.base()), move |y| a * y + b)
-                }
-            }
-        };
-    }
-    each!(
-        GeluNew,
-        Gelu,
-        GeluPytorchTanh,
-        QuickGelu,
-        Relu,
-        Relu2,
-        Relu6,
-        LeakyRelu,
-        Elu,
-        Silu,
-        Sigmoid,
-        HardSigmoid,
-        Tanh,
-        Softplus,
-        Mish,
-        Identity,
-        SigmoidCentered,
-        SigmoidScaled
-    )
 }
 
 /// The fused elementwise CPU kernel behind [`Activation::forward`].

@@ -11,7 +11,7 @@ use candle_core::{DType, Layout, Module, Result, Storage, Tensor};
 
 use crate::kernels::convert::{self, Src};
 use crate::kernels::gemm::{self, Dims, Epilogue};
-use crate::kernels::{elementwise, Isa};
+use crate::kernels::Isa;
 use crate::model::activation::Activation;
 
 pub use crate::kernels::gemm::Combine;
@@ -141,34 +141,5 @@ fn run(x: Src, w: Src, d: Dims, epi: &Epilogue, dtype: DType, shape: Vec<usize>)
 /// `None` for `affine(…)` (its constants cannot live in a function pointer: the caller
 /// applies it unfused).
 pub fn act_kernel(act: Activation) -> Option<fn(&mut [f32])> {
-    macro_rules! each {
-        ($($v:ident),*) => {
-            match act {
-                $(Activation::$v => Some(|xs: &mut [f32]| {
-                    elementwise::map_in_place(xs, |x| Activation::$v.eval(x))
-                }),)*
-                Activation::Affine(_) => None,
-            }
-        };
-    }
-    each!(
-        GeluNew,
-        Gelu,
-        GeluPytorchTanh,
-        QuickGelu,
-        Relu,
-        Relu2,
-        Relu6,
-        LeakyRelu,
-        Elu,
-        Silu,
-        Sigmoid,
-        HardSigmoid,
-        Tanh,
-        Softplus,
-        Mish,
-        Identity,
-        SigmoidCentered,
-        SigmoidScaled
-    )
+    act.in_place_kernel()
 }
