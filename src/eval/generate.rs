@@ -342,14 +342,7 @@ pub fn generate(
         if ids.len() >= rules.max_new_tokens {
             break StopReason::MaxNewTokens;
         }
-        let id = match picked {
-            Next::Token(id) => id,
-            Next::NonFinite => return Err(GenError::NonFinite { step: ids.len() }),
-            Next::Sample if logits.iter().any(|l| !l.is_finite()) => {
-                return Err(GenError::NonFinite { step: ids.len() })
-            }
-            Next::Sample => sampler.sample(&mut logits, &history),
-        };
+        let id = choose(picked, &mut logits, &mut sampler, &history, ids.len())?;
         ids.push(id);
         history.push(id);
         if Some(id) == rules.eos {
@@ -361,16 +354,8 @@ pub fn generate(
         {
             text.push_str(&piece);
         }
-        if let Some(at) = find_stop(&text, emitted, &rules.stop) {
-            emit(&text[emitted..at])?;
-            text.truncate(at);
-            emitted = at;
+        if stream(&mut text, &mut emitted, &rules.stop, emit)? {
             break StopReason::StopString;
-        }
-        let safe = text.len() - held_back(&text, &rules.stop);
-        if safe > emitted {
-            emit(&text[emitted..safe])?;
-            emitted = safe;
         }
         if ids.len() >= rules.max_new_tokens {
             break StopReason::MaxNewTokens;
@@ -392,6 +377,46 @@ pub fn generate(
         prompt_seconds,
         generation_seconds: gen_start.elapsed().as_secs_f64(),
     })
+}
+
+/// The next token: the greedy pick already made, or the sampler's choice from the logits —
+/// refusing NaN or infinite logits at generation step `step`.
+fn choose(
+    picked: Next,
+    logits: &mut [f32],
+    sampler: &mut Sampler,
+    history: &[u32],
+    step: usize,
+) -> Result<u32, GenError> {
+    match picked {
+        Next::Token(id) => Ok(id),
+        Next::NonFinite => Err(GenError::NonFinite { step }),
+        Next::Sample if logits.iter().any(|l| !l.is_finite()) => Err(GenError::NonFinite { step }),
+        Next::Sample => Ok(sampler.sample(logits, history)),
+    }
+}
+
+/// Emits what of `text` past `emitted` is final: up to the first stop string (then `true`:
+/// the completion ends there, and `text` is cut), or up to where a stop string could still
+/// begin.
+fn stream(
+    text: &mut String,
+    emitted: &mut usize,
+    stops: &[String],
+    emit: &mut dyn FnMut(&str) -> std::io::Result<()>,
+) -> Result<bool, GenError> {
+    if let Some(at) = find_stop(text, *emitted, stops) {
+        emit(&text[*emitted..at])?;
+        text.truncate(at);
+        *emitted = at;
+        return Ok(true);
+    }
+    let safe = text.len() - held_back(text, stops);
+    if safe > *emitted {
+        emit(&text[*emitted..safe])?;
+        *emitted = safe;
+    }
+    Ok(false)
 }
 
 /// Checks prompt token ids against a model: not empty, within its context and vocabulary.

@@ -312,25 +312,11 @@ impl Run<'_> {
     ) -> anyhow::Result<Row> {
         let (cell, key) = pending[i];
         let pair = (cell.model, cell.dataset);
-        if cache.as_ref().is_some_and(|c| c.pair != pair) {
-            *cache = None;
-        }
         let plan = self.inputs.plan(cell);
-        let want_cache = cache.is_none() && self.wants_cache(cell, &pending[i..]);
-        let taps = match want_cache {
-            true => self.taps(cell, &pending[i..]),
-            false => Vec::new(),
-        };
-        if want_cache && !cell.is_baseline {
-            // The baseline cell is done already: one hidden-state pass (no LM head) refills it.
-            let filled = score::baseline_hidden(base, plan, self.grid.batch_size, &taps)
-                .with_context(|| format!("baseline pass for cell '{}'", cell.name))?;
-            *cache = Some(BaselineCache::new(pair, taps.clone(), filled));
-        }
+        let (fill, taps) = self.prepare_cache(base, cache, pending, i)?;
         let cell_work = self.work_of(cell, cache.is_some());
         let per_batch = cell_work / self.inputs.batches(self.grid, cell).max(1);
         let started = Instant::now();
-        let fill = want_cache && cell.is_baseline;
         let calibrated = match cell.calibrate && !cell.is_baseline {
             true => Some(self.calibrate(base, cell, plan.protocol.context())?),
             false => None,
@@ -375,6 +361,36 @@ impl Run<'_> {
             calibration: calibrated.map(|(_, c)| c),
             ..row
         })
+    }
+
+    /// Drops a cache of another model × dataset, and makes a new one when the pending cells
+    /// want it: a variant cell refills it with one hidden-state pass (the baseline cell is
+    /// done already); a baseline cell fills it as it is scored — then returns `true` and the
+    /// blocks its pass taps.
+    fn prepare_cache(
+        &self,
+        base: &dyn CausalLm,
+        cache: &mut Option<BaselineCache>,
+        pending: &[&KeyedCell],
+        i: usize,
+    ) -> anyhow::Result<(bool, Vec<usize>)> {
+        let cell = &pending[i].0;
+        let pair = (cell.model, cell.dataset);
+        if cache.as_ref().is_some_and(|c| c.pair != pair) {
+            *cache = None;
+        }
+        if cache.is_some() || !self.wants_cache(cell, &pending[i..]) {
+            return Ok((false, Vec::new()));
+        }
+        let taps = self.taps(cell, &pending[i..]);
+        if cell.is_baseline {
+            return Ok((true, taps));
+        }
+        let plan = self.inputs.plan(cell);
+        let filled = score::baseline_hidden(base, plan, self.grid.batch_size, &taps)
+            .with_context(|| format!("baseline pass for cell '{}'", cell.name))?;
+        *cache = Some(BaselineCache::new(pair, taps, filled));
+        Ok((false, Vec::new()))
     }
 
     /// `calibrate = true`: the cell's swap fitted (as `perplexity --calibrate`) on the first
