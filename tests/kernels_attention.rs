@@ -1,21 +1,13 @@
 //! The fused attention and rotary kernels in bf16 and f16 against their candle-ops
 //! references (f32 ones for attention, same-dtype ones for rotary embeddings).
 
+mod common;
+
+use common::tensor_max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use gpt_ablate::kernels::attention::{causal_attention, causal_attention_composed, Heads};
 use gpt_ablate::kernels::rope;
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn fused_attention_in_half_precision_matches_the_f32_reference() {
@@ -47,7 +39,7 @@ fn fused_attention_in_half_precision_matches_the_f32_reference() {
             } else {
                 1.0 / 512.0
             };
-            let worst = max_abs(&fast, &want);
+            let worst = tensor_max_diff(&fast, &want);
             assert!(
                 worst < tol,
                 "{dtype:?} b={b} tq={tq} tk={tk} g={g}: {worst:e}"
@@ -71,7 +63,7 @@ fn rope_kernel_in_half_precision_matches_composed_version() {
             assert_eq!(fast.dtype(), dtype);
             // The composed version rounds each product; the kernel rounds once.
             let tol = if dtype == DType::BF16 { 0.05 } else { 0.01 };
-            let worst = max_abs(&fast, &slow);
+            let worst = tensor_max_diff(&fast, &slow);
             assert!(
                 worst < tol,
                 "{dtype:?} t={t} h={h} d={d} half={half}: {worst:e}"

@@ -2,6 +2,10 @@
 //! against plain f64 loops, on every instruction-set level this machine supports, in every
 //! dtype, and through `causal_attention` for single decoded queries.
 
+mod common;
+
+use common::tensor_max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use gpt_ablate::kernels::attention::{causal_attention, causal_attention_composed, Heads};
 use gpt_ablate::kernels::convert::Src;
@@ -86,16 +90,7 @@ fn decoded_queries_match_the_composed_reference() {
             let up = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let want =
                 causal_attention_composed(&up(&q), &up(&k), &up(&v), heads, 0.2, false).unwrap();
-            let worst = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let worst = tensor_max_diff(&got, &want);
             let tol = if dtype == DType::F32 {
                 1e-5
             } else {

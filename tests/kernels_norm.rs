@@ -1,20 +1,12 @@
 //! The LayerNorm and RMSNorm kernels against candle's composed versions (computed in f32), in
 //! every compute dtype.
 
+mod common;
+
+use common::tensor_max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use gpt_ablate::kernels::norm;
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn norms_match_composed_versions_in_every_dtype() {
@@ -50,7 +42,7 @@ fn norms_match_composed_versions_in_every_dtype() {
                 ("layer, no bias", &got0, &ln0),
                 ("rms", &got_rms, &rms),
             ] {
-                let worst = max_abs(a, b);
+                let worst = tensor_max_diff(a, b);
                 assert!(worst < tol, "{name} {dtype:?} c={c}: {worst:e}");
             }
         }

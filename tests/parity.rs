@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, max_abs_diff, reference};
+use common::{fixture, max_abs_diff, reference, tensor_max_diff};
 use gpt_ablate::data::read_text;
 use gpt_ablate::eval::perplexity::{perplexity, PplOptions};
 use gpt_ablate::model::activation::Activation;
@@ -177,19 +177,6 @@ fn logits_of(loaded: &Loaded, ids: &[u32]) -> Tensor {
     loaded.model.forward(&input).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn a_swap_changes_logits_and_only_downstream_of_the_chosen_layers() {
     let dir = fixture("tiny-gpt2");
@@ -202,7 +189,7 @@ fn a_swap_changes_logits_and_only_downstream_of_the_chosen_layers() {
     };
     let swapped = load(&dir, &opts).unwrap();
     assert_eq!(swapped.model.plan().swapped_layers(), vec![2]);
-    assert!(max_diff(&logits_of(&base, &ids), &logits_of(&swapped, &ids)) > 1e-2);
+    assert!(tensor_max_diff(&logits_of(&base, &ids), &logits_of(&swapped, &ids)) > 1e-2);
 
     let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
     let a = base.model.residual_stream(&input).unwrap();
@@ -210,14 +197,14 @@ fn a_swap_changes_logits_and_only_downstream_of_the_chosen_layers() {
     // a[i] is the input of block i: blocks 0 and 1 and the attention of block 2 are untouched.
     for i in 0..=2 {
         assert_eq!(
-            max_diff(&a[i], &b[i]),
+            tensor_max_diff(&a[i], &b[i]),
             0.0,
             "residual entering block {i} changed"
         );
     }
     for i in 3..a.len() {
         assert!(
-            max_diff(&a[i], &b[i]) > 1e-3,
+            tensor_max_diff(&a[i], &b[i]) > 1e-3,
             "residual after block {} did not change",
             i - 1
         );
@@ -229,7 +216,7 @@ fn a_swap_changes_logits_and_only_downstream_of_the_chosen_layers() {
     };
     let same = load(&dir, &same).unwrap();
     assert_eq!(
-        max_diff(&logits_of(&base, &ids), &logits_of(&same, &ids)),
+        tensor_max_diff(&logits_of(&base, &ids), &logits_of(&same, &ids)),
         0.0
     );
 }

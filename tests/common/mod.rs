@@ -96,4 +96,19 @@ pub fn max_abs_diff(got: &[f32], want: &[f64]) -> (f64, usize) {
             |m, v| if v.0 > m.0 || v.0.is_nan() { v } else { m },
         )
 }
+/// The largest |a − b| over two tensors of the same shape, compared in f32.
+pub fn tensor_max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    (f32(a) - f32(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 pub mod hub_server;
