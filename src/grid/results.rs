@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::lm_eval::LmEvalMetrics;
 use crate::eval::protocol::Protocol;
+use crate::model::plan::ActivationPlan;
+use crate::provenance;
 
 /// One finished cell.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,7 +79,80 @@ pub struct Row {
     pub training: Option<crate::grid::training::RowTraining>,
 }
 
+/// Which cell a scored row is for.
+pub struct RowIdentity<'a> {
+    pub key: String,
+    pub index: usize,
+    pub model: String,
+    pub dataset: String,
+    pub variant: String,
+    pub is_baseline: bool,
+    /// The sweep group and layer of a sweep cell.
+    pub sweep: Option<(String, usize)>,
+    pub plan: &'a ActivationPlan,
+    pub protocol: Protocol,
+}
+
+/// The sums a scored row is derived from, over its scored tokens.
+pub struct ScoreSums {
+    pub tokens: usize,
+    /// UTF-8 bytes the tokens cover.
+    pub bytes: usize,
+    /// Σ NLL of the variant and of the baseline.
+    pub nll: f64,
+    pub nll_base: f64,
+    /// Σ KL(P_baseline ‖ P_variant) and the count of agreeing argmaxes.
+    pub kl: f64,
+    pub agree: usize,
+}
+
 impl Row {
+    /// The row of a scored cell: its identity and the figures its sums give. Intervals,
+    /// lm-eval metrics, diagnostics, calibration, training, timing and the per-token file
+    /// are left empty for the caller to fill in.
+    pub fn scored(id: RowIdentity, s: &ScoreSums) -> Row {
+        let n = s.tokens as f64;
+        let (ppl, base) = ((s.nll / n).exp(), (s.nll_base / n).exp());
+        let (sweep, sweep_layer) = id.sweep.map_or((None, None), |(g, l)| (Some(g), Some(l)));
+        Row {
+            key: id.key,
+            index: id.index,
+            model: id.model,
+            dataset: id.dataset,
+            variant: id.variant,
+            is_baseline: id.is_baseline,
+            sweep,
+            sweep_layer,
+            activation: id.plan.describe(),
+            layers_swapped: id.plan.swapped_layers(),
+            per_layer: id.plan.per_layer.iter().map(|a| a.to_string()).collect(),
+            context: id.protocol.context(),
+            stride: id.protocol.stride(),
+            tokens_scored: s.tokens,
+            bytes: s.bytes,
+            nll_sum: s.nll,
+            mean_nll: s.nll / n,
+            perplexity: ppl,
+            bits_per_byte: s.nll / std::f64::consts::LN_2 / s.bytes as f64,
+            baseline_perplexity: base,
+            delta_perplexity: ppl - base,
+            ratio_perplexity: ppl / base,
+            kl_mean: s.kl / n,
+            top1_agreement: s.agree as f64 / n,
+            seconds: 0.0,
+            finished_at: provenance::now_rfc3339(),
+            diagnostics: None,
+            protocol: Some(id.protocol),
+            delta_nll: Some((s.nll - s.nll_base) / n),
+            delta_nll_ci95: None,
+            perplexity_ci95: None,
+            lm_eval: None,
+            nll_file: None,
+            calibration: None,
+            training: None,
+        }
+    }
+
     /// Whether the 95 % interval of `delta_nll` excludes 0 (`None` without an interval).
     pub fn delta_is_significant(&self) -> Option<bool> {
         self.delta_nll_ci95

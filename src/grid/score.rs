@@ -19,10 +19,9 @@ use crate::eval::plan::ScoringPlan;
 use crate::eval::protocol::Protocol;
 use crate::grid::cells::Cell;
 use crate::grid::config::Grid;
-use crate::grid::results::{Row, RowDiagnostics};
+use crate::grid::results::{Row, RowDiagnostics, RowIdentity, ScoreSums};
 use crate::kernels;
 use crate::model::{CausalLm, Partial};
-use crate::provenance;
 
 /// Everything scoring a cell needs besides the cell itself.
 #[derive(Clone, Copy)]
@@ -250,47 +249,33 @@ impl Totals {
 
     /// The cell's row (`seconds`, `diagnostics` and `nll_file` are filled in by the caller).
     fn row(&self, ctx: &CellContext, cell: &Cell, key: &str) -> Row {
-        let nf = self.n as f64;
-        let (ppl, base_ppl) = ((self.nll_var / nf).exp(), (self.nll_base / nf).exp());
         let intervals = bootstrap(&self.windows, &ctx.grid.bootstrap);
         let protocol = ctx.plan.protocol;
-        Row {
+        let id = RowIdentity {
             key: key.to_string(),
             index: cell.index,
             model: ctx.grid.models[cell.model].display().to_string(),
             dataset: ctx.grid.datasets[cell.dataset].display().to_string(),
             variant: cell.name.clone(),
             is_baseline: cell.is_baseline,
-            sweep: cell.sweep.as_ref().map(|(g, _)| g.clone()),
-            sweep_layer: cell.sweep.as_ref().map(|(_, l)| *l),
-            activation: cell.plan.describe(),
-            layers_swapped: cell.plan.swapped_layers(),
-            per_layer: cell.plan.per_layer.iter().map(|a| a.to_string()).collect(),
-            context: protocol.context(),
-            stride: protocol.stride(),
-            tokens_scored: self.n,
+            sweep: cell.sweep.clone(),
+            plan: &cell.plan,
+            protocol,
+        };
+        let sums = ScoreSums {
+            tokens: self.n,
             bytes: ctx.bytes,
-            nll_sum: self.nll_var,
-            mean_nll: self.nll_var / nf,
-            perplexity: ppl,
-            bits_per_byte: self.nll_var / std::f64::consts::LN_2 / ctx.bytes as f64,
-            baseline_perplexity: base_ppl,
-            delta_perplexity: ppl - base_ppl,
-            ratio_perplexity: ppl / base_ppl,
-            kl_mean: self.kl / nf,
-            top1_agreement: self.agree as f64 / nf,
-            seconds: 0.0,
-            finished_at: provenance::now_rfc3339(),
-            diagnostics: None,
-            protocol: Some(protocol),
-            delta_nll: Some((self.nll_var - self.nll_base) / nf),
+            nll: self.nll_var,
+            nll_base: self.nll_base,
+            kl: self.kl,
+            agree: self.agree,
+        };
+        Row {
             delta_nll_ci95: intervals.map(|i| i.delta_nll),
             perplexity_ci95: intervals.map(|i| i.perplexity),
             lm_eval: matches!(protocol, Protocol::LmEval { .. })
                 .then(|| lm_eval_metrics(ctx.documents, &self.document_nll)),
-            nll_file: None,
-            calibration: None,
-            training: None,
+            ..Row::scored(id, &sums)
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::eval::perplexity::{score_windows, token_nlls};
 use crate::eval::plan::ScoringPlan;
 use crate::eval::protocol::Protocol;
 use crate::grid::charts::write_charts;
-use crate::grid::results::{self, Row};
+use crate::grid::results::{self, Row, RowIdentity, ScoreSums};
 use crate::grid::runner::{RunSettings, RunSummary};
 use crate::grid::scratch::ScratchGrid;
 use crate::grid::training::{cell_dir, run_training, summarise, RowTraining, RunInfo};
@@ -290,10 +290,7 @@ fn score_cell(
 }
 
 fn row(grid: &ScratchGrid, held: &Held, variant: &Trained, cell: &ScratchCell, t: &Totals) -> Row {
-    let n = t.n as f64;
-    let (ppl, base) = ((t.nll / n).exp(), (t.nll_base / n).exp());
-    let plan = &grid.models[cell.model].plan;
-    Row {
+    let id = RowIdentity {
         key: cell.key.clone(),
         index: cell.index,
         model: grid.from_scratch.display().to_string(),
@@ -301,37 +298,23 @@ fn row(grid: &ScratchGrid, held: &Held, variant: &Trained, cell: &ScratchCell, t
         variant: grid.models[cell.model].name.clone(),
         is_baseline: cell.model == 0,
         sweep: None,
-        sweep_layer: None,
-        activation: plan.describe(),
-        layers_swapped: plan.swapped_layers(),
-        per_layer: plan.per_layer.iter().map(|a| a.to_string()).collect(),
-        context: grid.context,
-        stride: grid.stride,
-        tokens_scored: t.n,
-        bytes: held.bytes,
-        nll_sum: t.nll,
-        mean_nll: t.nll / n,
-        perplexity: ppl,
-        bits_per_byte: t.nll / std::f64::consts::LN_2 / held.bytes as f64,
-        baseline_perplexity: base,
-        delta_perplexity: ppl - base,
-        ratio_perplexity: ppl / base,
-        kl_mean: t.kl / n,
-        top1_agreement: t.agree as f64 / n,
-        seconds: 0.0,
-        finished_at: provenance::now_rfc3339(),
-        diagnostics: None,
-        protocol: Some(Protocol::Hf {
+        plan: &grid.models[cell.model].plan,
+        protocol: Protocol::Hf {
             context: grid.context,
             stride: grid.stride,
-        }),
-        delta_nll: Some((t.nll - t.nll_base) / n),
-        delta_nll_ci95: None,
-        perplexity_ci95: None,
-        lm_eval: None,
-        nll_file: None,
-        calibration: None,
+        },
+    };
+    let sums = ScoreSums {
+        tokens: t.n,
+        bytes: held.bytes,
+        nll: t.nll,
+        nll_base: t.nll_base,
+        kl: t.kl,
+        agree: t.agree,
+    };
+    Row {
         training: Some(variant.training.clone()),
+        ..Row::scored(id, &sums)
     }
 }
 
