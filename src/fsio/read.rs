@@ -89,22 +89,8 @@ fn kind_of(meta: &std::fs::Metadata) -> &'static str {
 /// Reads `path`, which must be a regular file of at most `limit` bytes. The file is checked
 /// before it is opened (opening a FIFO would block) and read through a limit (it may grow).
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let io = |cause: std::io::Error| match cause.kind() {
-        std::io::ErrorKind::NotFound => ReadError::Missing {
-            path: path.to_path_buf(),
-        },
-        _ => ReadError::Io {
-            path: path.to_path_buf(),
-            cause,
-        },
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(ReadError::NotRegular {
-            path: path.to_path_buf(),
-            kind: kind_of(&meta),
-        });
-    }
+    let file = open_regular(path)?;
+    let meta = file.metadata().map_err(|cause| io_error(path, cause))?;
     let too_large = || ReadError::TooLarge {
         path: path.to_path_buf(),
         limit,
@@ -117,9 +103,10 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     if meta.len() > limit {
         return Err(too_large());
     }
-    let file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|cause| io_error(path, cause))?;
     if bytes.len() as u64 > limit {
         return Err(too_large());
     }
@@ -129,15 +116,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 /// Opens `path` for streaming reads (Parquet), after checking that it is a regular file so
 /// that a FIFO or device is refused instead of blocking.
 pub fn open_regular(path: &Path) -> Result<std::fs::File, ReadError> {
-    let io = |cause: std::io::Error| match cause.kind() {
-        std::io::ErrorKind::NotFound => ReadError::Missing {
-            path: path.to_path_buf(),
-        },
-        _ => ReadError::Io {
-            path: path.to_path_buf(),
-            cause,
-        },
-    };
+    let io = |cause| io_error(path, cause);
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular {
@@ -155,6 +134,19 @@ pub fn read_limited_to_string(path: &Path, limit: u64) -> Result<String, ReadErr
         path: path.to_path_buf(),
         cause: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
     })
+}
+
+/// An I/O error on `path`: missing, or the cause.
+fn io_error(path: &Path, cause: std::io::Error) -> ReadError {
+    match cause.kind() {
+        std::io::ErrorKind::NotFound => ReadError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => ReadError::Io {
+            path: path.to_path_buf(),
+            cause,
+        },
+    }
 }
 
 #[cfg(test)]

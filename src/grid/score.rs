@@ -71,7 +71,6 @@ fn hidden_source<'h>(
     let same =
         |m: &dyn CausalLm| std::ptr::addr_eq(m as *const dyn CausalLm, base as *const dyn CausalLm);
     move |batch, m, input| {
-        let mut kept = Vec::new();
         let partial = match (same(m), ctx.prefix) {
             (true, _) if ctx.fill => Partial {
                 keep: ctx.taps,
@@ -88,12 +87,24 @@ fn hidden_source<'h>(
             },
             _ => return m.hidden_states(input),
         };
-        let h = m.hidden_states_partial(input, partial, &mut kept)?;
-        for (dst, x) in residuals.iter_mut().zip(kept) {
-            dst.push(x);
-        }
-        Ok(h)
+        partial_pass(m, input, partial, residuals)
     }
+}
+
+/// `m`'s hidden states for `input` entered and tapped as `partial` says, the tapped residuals
+/// appended to `residuals` (one list per tapped block).
+fn partial_pass(
+    m: &dyn CausalLm,
+    input: &Tensor,
+    partial: Partial,
+    residuals: &mut [Vec<Tensor>],
+) -> candle_core::Result<Tensor> {
+    let mut kept = Vec::new();
+    let h = m.hidden_states_partial(input, partial, &mut kept)?;
+    for (dst, x) in residuals.iter_mut().zip(kept) {
+        dst.push(x);
+    }
+    Ok(h)
 }
 
 /// Scores one cell: the baseline alone, or the variant against the baseline — from the
@@ -290,18 +301,12 @@ pub(crate) fn baseline_hidden(
 ) -> Result<Filled, PplError> {
     let mut residuals = vec![Vec::new(); taps.len()];
     let mut chunks = Vec::new();
-    let mut hidden = |_: usize, m: &dyn CausalLm, input: &Tensor| {
-        let mut kept = Vec::new();
-        let partial = Partial {
-            keep: taps,
-            ..Partial::default()
-        };
-        let h = m.hidden_states_partial(input, partial, &mut kept)?;
-        for (dst, x) in residuals.iter_mut().zip(kept) {
-            dst.push(x);
-        }
-        Ok(h)
+    let keep = Partial {
+        keep: taps,
+        ..Partial::default()
     };
+    let mut hidden =
+        |_: usize, m: &dyn CausalLm, input: &Tensor| partial_pass(m, input, keep, &mut residuals);
     score_windows_with(
         &[base],
         plan,
