@@ -146,22 +146,22 @@ pub fn causal_attention_composed(
     y.transpose(1, 2)?.reshape((b, tq, c)) // (b, tq, C)
 }
 
-struct FusedAttention {
-    heads: Heads,
-    scale: f32,
+pub(crate) struct FusedAttention {
+    pub(crate) heads: Heads,
+    pub(crate) scale: f32,
 }
 
 /// A row-major (b, t, C) view into a storage slice: element (bi, i, col) is at
 /// `offset + bi·batch + i·row + col`.
 #[derive(Clone, Copy)]
-struct View {
-    offset: usize,
-    batch: usize,
-    row: usize,
+pub(crate) struct View {
+    pub(crate) offset: usize,
+    pub(crate) batch: usize,
+    pub(crate) row: usize,
 }
 
 impl View {
-    fn of(layout: &Layout) -> Result<Self> {
+    pub(crate) fn of(layout: &Layout) -> Result<Self> {
         let s = layout.stride();
         if s.len() != 3 || s[2] != 1 {
             candle_core::bail!("fused attention: unexpected strides {s:?}");
@@ -397,14 +397,30 @@ fn head_rows<'a>(
 ///
 /// # Safety
 /// The pointers must address the elements the shapes and strides describe.
-unsafe fn matmul(
+pub(crate) unsafe fn matmul(
     m: usize,
     n: usize,
     k: usize,
     dst: *mut f32,
     ld: usize,
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+) {
+    matmul_into(m, n, k, (dst, ld), a, b, false)
+}
+
+/// [`matmul`], adding the product to `dst` when `accumulate`.
+///
+/// # Safety
+/// As [`matmul`].
+pub(crate) unsafe fn matmul_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, ld): (*mut f32, usize),
     (a, a_rs, a_cs): (*const f32, usize, usize),
     (b, b_rs, b_cs): (*const f32, usize, usize),
+    accumulate: bool,
 ) {
     gemm::gemm(
         m,
@@ -413,14 +429,14 @@ unsafe fn matmul(
         dst,
         1,
         ld as isize,
-        false,
+        accumulate,
         a,
         a_cs as isize,
         a_rs as isize,
         b,
         b_cs as isize,
         b_rs as isize,
-        0.0,
+        if accumulate { 1.0 } else { 0.0 },
         1.0,
         false,
         false,
@@ -429,7 +445,7 @@ unsafe fn matmul(
     );
 }
 
-fn softmax_row_in_place(x: &mut [f32], scale: f32) {
+pub(crate) fn softmax_row_in_place(x: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.

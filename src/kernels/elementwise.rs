@@ -61,3 +61,42 @@ pub fn map_in_place<F: Fn(f32) -> f32 + Copy>(xs: &mut [f32], f: F) {
 unsafe fn map_in_place_avx2<F: Fn(f32) -> f32 + Copy>(xs: &mut [f32], f: F) {
     xs.iter_mut().for_each(|x| *x = f(*x));
 }
+
+/// `f(a, b)` for every pair of elements, in parallel, with the best instruction set
+/// available.
+pub fn zip_map_f32<F>(a: &[f32], b: &[f32], f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32) -> f32 + Copy + Send + Sync,
+{
+    assert_eq!(a.len(), b.len(), "zip_map_f32: lengths differ");
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            simd(|| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            })
+        });
+    out
+}
+
+/// Runs `f` compiled for AVX2+FMA when the CPU has them, else for the baseline: for a
+/// kernel's inner loops written as plain Rust (`f` and what it calls inline are compiled
+/// twice, once per level).
+#[inline(always)]
+pub fn simd<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { simd_avx2(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}

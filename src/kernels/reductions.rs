@@ -38,6 +38,20 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     tail.iter().chain(&acc).map(|&v| v as f64).sum::<f64>() as f32
 }
 
+/// `Σ f(a_i, b_i)` with [`LANES`] partial sums (vectorises when `f` does).
+#[inline(always)]
+pub(crate) fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// The first index of the largest value and that value (NaNs ignored; index 0 and −∞ when
 /// there is no other), as a fold with `v > best` finds them, in two vectorised passes.
 #[inline(always)]
@@ -148,7 +162,7 @@ impl CustomOp1 for LogSumExp {
     }
 }
 
-fn logsumexp_row(x: &[f32]) -> f32 {
+pub(crate) fn logsumexp_row(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
@@ -164,7 +178,7 @@ unsafe fn logsumexp_row_avx2(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn logsumexp_row_generic(x: &[f32]) -> f32 {
+pub(crate) fn logsumexp_row_generic(x: &[f32]) -> f32 {
     let m = max(x);
     if !m.is_finite() {
         // All −∞ gives −∞; +∞ or NaN give NaN, which the caller reports as a non-finite loss.

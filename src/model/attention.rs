@@ -11,6 +11,7 @@ use candle_nn::kv_cache::KvCache;
 
 use crate::kernels::attention::{causal_attention, causal_attention_composed, Heads};
 use crate::model::decoder::Mode;
+use crate::model::grad::attention as grad;
 use crate::model::rope::Rope;
 
 #[derive(Clone)]
@@ -62,6 +63,7 @@ impl Attention {
             q = rope.apply(&q, self.heads.n_head, rows.start, mode)?;
             k = rope.apply(&k, self.heads.n_kv, rows.start, mode)?;
         }
+        let cached = cache.is_some();
         if let Some(cache) = cache {
             // (b, cached + t, G·d) views of the cache's buffers.
             (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
@@ -76,9 +78,14 @@ impl Attention {
         }
         let y = match mode {
             Mode::Fast => causal_attention(&q, &k, &v, self.heads, self.scale)?,
-            Mode::Differentiable => {
-                causal_attention_composed(&q, &k, &v, self.heads, self.scale, true)?
+            Mode::Differentiable => match cached {
+                false => grad::causal_attention(&q, &k, &v, self.heads, self.scale)?,
+                true => None,
             }
+            .map_or_else(
+                || causal_attention_composed(&q, &k, &v, self.heads, self.scale, true),
+                Ok,
+            )?,
         }; // (b, t, H·d)
         let y = y.to_dtype(x.dtype())?.reshape((b * t, qw))?;
         self.out

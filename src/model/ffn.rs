@@ -99,7 +99,7 @@ impl Ffn {
         let act = self.activation();
         match mode {
             Mode::Fast => act.forward(&h),
-            Mode::Differentiable => crate::model::activation_grad::forward_differentiable(act, &h),
+            Mode::Differentiable => crate::model::grad::activation::forward_differentiable(act, &h),
         }
     }
 }

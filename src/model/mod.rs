@@ -10,7 +10,7 @@
 //!   config, its weight names, and how its blocks are wired.
 
 pub mod activation;
-pub mod activation_grad;
+pub mod grad;
 pub mod attention;
 pub mod config;
 pub mod decoder;

@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
 use crate::kernels::norm;
+use crate::model::grad::norm as grad;
 use crate::model::decoder::Mode;
 use crate::model::params::Params;
 use crate::weights::LoadError;
@@ -58,6 +59,10 @@ impl Norm {
                 }
             }
             (Self::Layer(n), Mode::Differentiable) => {
+                let eps = n.eps();
+                if let Some(y) = grad::forward(x, grad::Kind::Layer, n.weight(), n.bias(), eps)? {
+                    return Ok(y);
+                }
                 let bias = match n.bias() {
                     Some(b) => b.clone(),
                     None => n.weight().zeros_like()?,
@@ -71,7 +76,10 @@ impl Norm {
                 }
             }
             (Self::Rms { weight, eps }, Mode::Differentiable) => {
-                candle_nn::ops::rms_norm_slow(x, weight, *eps as f32)
+                match grad::forward(x, grad::Kind::Rms, weight, None, *eps)? {
+                    Some(y) => Ok(y),
+                    None => candle_nn::ops::rms_norm_slow(x, weight, *eps as f32),
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use super::{f32s, new_f32, tensor_f32s};
 use crate::kernels::elementwise;
 use crate::kernels::math;
 use crate::model::activation::Activation;
@@ -14,6 +15,15 @@ use crate::model::activation::Activation;
 /// `f′(x)` in f32 with the fast maths the forward kernel uses.
 #[inline(always)]
 pub fn derivative(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Affine(af) => af.a() * base_derivative(af.base(), x),
+        other => base_derivative(other, x),
+    }
+}
+
+/// [`derivative`] of a base activation (not recursive, so that it inlines into the loops).
+#[inline(always)]
+fn base_derivative(act: Activation, x: f32) -> f32 {
     use Activation as A;
     let step = |c: bool| if c { 1.0 } else { 0.0 };
     match act {
@@ -77,20 +87,31 @@ pub fn derivative(act: Activation, x: f32) -> f32 {
             t + x * (1.0 - t * t) * math::sigmoid(x)
         }
         A::Identity => 1.0,
-        A::Affine(af) => af.a() * derivative(af.base(), x),
+        // An affine's base is never itself an affine (see `derivative`).
+        A::Affine(_) => f32::NAN,
     }
 }
 
-/// f′ over a slice, one vectorised loop per activation (an affine: its base's, scaled).
-pub fn derivative_map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
+/// `g·f′(x)` over two slices, one vectorised loop per activation (an affine: its base's,
+/// scaled).
+pub fn backward_map_f32(xs: &[f32], gs: &[f32], act: Activation) -> Vec<f32> {
     macro_rules! each {
         ($($v:ident),*) => {
             match act {
-                $(Activation::$v => elementwise::map_f32(xs, |x| derivative(Activation::$v, x)),)*
+                $(Activation::$v => elementwise::zip_map_f32(xs, gs, |x, g| g * base_derivative(Activation::$v, x)),)*
                 Activation::Affine(af) => {
                     let a = af.a();
-                    elementwise::map_f32(&derivative_map_f32(xs, af.base()), move |d| a * d)
+                    let base = af.base();
+                    each_base!(base, a, $($v),*)
                 }
+            }
+        };
+    }
+    macro_rules! each_base {
+        ($base:expr, $a:expr, $($v:ident),*) => {
+            match $base {
+                $(Activation::$v => elementwise::zip_map_f32(xs, gs, move |x, g| g * $a * base_derivative(Activation::$v, x)),)*
+                Activation::Affine(_) => unreachable!("an affine's base is a base activation"),
             }
         };
     }
@@ -119,47 +140,24 @@ pub fn derivative_map_f32(xs: &[f32], act: Activation) -> Vec<f32> {
 /// The activation (forward: the fused kernel) with a backward pass.
 struct DifferentiableOp(Activation);
 
-/// f′(x) of a contiguous f32 tensor (no backward: second derivatives are not needed).
-struct DerivativeOp(Activation);
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input not contiguous")))?;
-    match storage {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{what}: f32 only"),
-    }
-}
-
 impl CustomOp1 for DifferentiableOp {
     fn name(&self) -> &'static str {
         "activation-differentiable"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, self.name())?;
+        let x = f32s(storage, layout, self.name())?;
         let y = crate::model::activation::map_f32(x, self.0);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let d = arg.contiguous()?.apply_op1_no_bwd(&DerivativeOp(self.0))?;
-        Ok(Some(grad_res.mul(&d)?))
-    }
-}
-
-impl CustomOp1 for DerivativeOp {
-    fn name(&self) -> &'static str {
-        "activation-derivative"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, self.name())?;
-        Ok((
-            CpuStorage::F32(derivative_map_f32(x, self.0)),
-            layout.shape().clone(),
-        ))
+        let g = grad_res.contiguous()?;
+        let (xs, xl) = arg.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let what = "activation backward";
+        let dx = backward_map_f32(tensor_f32s(&xs, xl, what)?, tensor_f32s(&gs, gl, what)?, self.0);
+        new_f32(dx, arg.dims()).map(Some)
     }
 }
 

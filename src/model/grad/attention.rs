@@ -1,0 +1,219 @@
+//! Causal self-attention for training (no cache: query i sees keys 0..=i). The forward is
+//! the inference kernel. The backward runs per (sequence, key/value head), over that head's
+//! query heads and blocks of queries: each block's scores and probabilities are recomputed
+//! (so the (b, h, t, t) tensor never exists), then
+//! `∂S = P ⊙ (∂P − rowsum(P ⊙ ∂P))·scale` with `∂P = ∂y·Vᵀ`, and
+//! `∂q = ∂S·K`, `∂K += ∂Sᵀ·q`, `∂V += Pᵀ·∂y`, single-threaded products on the block.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::{cpu_f32, new_f32};
+use crate::kernels::attention::{matmul, matmul_into, softmax_row_in_place, FusedAttention, Heads, View};
+
+/// Queries per block in the backward.
+const BLOCK: usize = 64;
+
+/// `softmax(scale·q·kᵀ + causal mask)·v` with heads side by side, q (b, t, H·d), k and v
+/// (b, t, G·d) (column slices of a fused projection are fine), with a backward, for f32 CPU
+/// tensors; `None` elsewhere.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, scale: f64) -> Result<Option<Tensor>> {
+    if !cpu_f32(&[q, k, v]) || q.dims3()?.1 != k.dims3()?.1 {
+        return Ok(None);
+    }
+    let row_major = |t: &Tensor| if t.stride()[2] == 1 { Ok(t.clone()) } else { t.contiguous() };
+    let op = TrainAttention { heads, scale: scale as f32 };
+    row_major(q)?.apply_op3(&row_major(k)?, &row_major(v)?, op).map(Some)
+}
+
+struct TrainAttention {
+    heads: Heads,
+    scale: f32,
+}
+
+impl CustomOp3 for TrainAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention-train"
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = FusedAttention { heads: self.heads, scale: self.scale };
+        candle_core::CustomOp3::cpu_fwd(&op, s1, l1, s2, l2, s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, t, c) = q.dims3()?;
+        let ck = k.dim(2)?;
+        let g = g.contiguous()?;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let mut dq = vec![0f32; b * t * c];
+        let mut dk = vec![0f32; b * t * ck];
+        let mut dv = vec![0f32; b * t * ck];
+        let job = Job {
+            q: operand(&qs, ql)?,
+            k: operand(&ks, kl)?,
+            v: operand(&vs, vl)?,
+            g: operand(&gs, gl)?,
+            dq: Ptr(dq.as_mut_ptr()),
+            dk: Ptr(dk.as_mut_ptr()),
+            dv: Ptr(dv.as_mut_ptr()),
+            dims: (t, c, ck, c / self.heads.n_head),
+            group: self.heads.group(),
+            scale: self.scale,
+        };
+        let g_heads = self.heads.n_kv;
+        (0..b * g_heads).into_par_iter().for_each(|task| {
+            SCRATCH.with(|s| {
+                // SAFETY: each task writes only its own sequence's columns of its key/value
+                // head in ∂K, ∂V and of that head's query heads in ∂q.
+                unsafe { job.run(task / g_heads, task % g_heads, &mut s.borrow_mut()) }
+            })
+        });
+        Ok((
+            Some(new_f32(dq, (b, t, c))?),
+            Some(new_f32(dk, (b, t, ck))?),
+            Some(new_f32(dv, (b, t, ck))?),
+        ))
+    }
+}
+
+/// A (b, t, ·) f32 operand: its storage's elements and where the rows are.
+fn operand<'a>(s: &'a Storage, l: &Layout) -> Result<(&'a [f32], View)> {
+    match s {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok((v, View::of(l)?)),
+        _ => candle_core::bail!("attention backward: f32 CPU tensors only"),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: tasks write disjoint elements through it.
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+struct Job<'a> {
+    q: (&'a [f32], View),
+    k: (&'a [f32], View),
+    v: (&'a [f32], View),
+    g: (&'a [f32], View),
+    /// Contiguous (b, t, C), (b, t, G·d), (b, t, G·d).
+    dq: Ptr,
+    dk: Ptr,
+    dv: Ptr,
+    /// (t, C, G·d, d)
+    dims: (usize, usize, usize, usize),
+    group: usize,
+    scale: f32,
+}
+
+/// Per-thread probabilities and their gradient for one block of queries.
+#[derive(Default)]
+struct Scratch {
+    p: Vec<f32>,
+    dp: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Pointer to row 0 of sequence `bi`, column `col`, and the row stride.
+fn rows((data, view): (&[f32], View), bi: usize, col: usize) -> (*const f32, usize) {
+    (data[view.offset + bi * view.batch + col..].as_ptr(), view.row)
+}
+
+impl Job<'_> {
+    /// Gradients for key/value head `kvh` of sequence `bi` and its query heads.
+    ///
+    /// # Safety
+    /// Only this task writes those columns of the outputs.
+    unsafe fn run(&self, bi: usize, kvh: usize, s: &mut Scratch) {
+        let (t, c, ck, d) = self.dims;
+        let (kp, ks) = rows(self.k, bi, kvh * d);
+        let (vp, vs) = rows(self.v, bi, kvh * d);
+        let dk = (self.dk.0.add(bi * t * ck + kvh * d), ck);
+        let dv = (self.dv.0.add(bi * t * ck + kvh * d), ck);
+        s.p.resize(BLOCK.min(t) * t, 0.0);
+        s.dp.resize(BLOCK.min(t) * t, 0.0);
+        for hh in kvh * self.group..(kvh + 1) * self.group {
+            let (qp, qs) = rows(self.q, bi, hh * d);
+            let (gp, gs) = rows(self.g, bi, hh * d);
+            let dq = self.dq.0.add(bi * t * c + hh * d);
+            for i0 in (0..t).step_by(BLOCK) {
+                let (m, keys) = ((i0 + BLOCK).min(t) - i0, (i0 + BLOCK).min(t));
+                let (p, dp) = (&mut s.p[..m * keys], &mut s.dp[..m * keys]);
+                let (qb, gb) = (qp.add(i0 * qs), gp.add(i0 * gs));
+                matmul(m, keys, d, p.as_mut_ptr(), keys, (qb, qs, 1), (kp, 1, ks));
+                matmul(m, keys, d, dp.as_mut_ptr(), keys, (gb, gs, 1), (vp, 1, vs));
+                for (r, (pr, dr)) in p.chunks_mut(keys).zip(dp.chunks_mut(keys)).enumerate() {
+                    let visible = i0 + r + 1;
+                    softmax_row_in_place(&mut pr[..visible], self.scale);
+                    pr[visible..].fill(0.0);
+                    let dot: f32 = pr[..visible].iter().zip(&dr[..visible]).map(|(a, b)| a * b).sum();
+                    for (g, &pv) in dr.iter_mut().zip(pr.iter()) {
+                        *g = pv * (*g - dot) * self.scale;
+                    }
+                }
+                // ∂q rows = ∂S·K; ∂K += ∂Sᵀ·q rows; ∂V += Pᵀ·∂y rows.
+                matmul(m, d, keys, dq.add(i0 * c), c, (dp.as_ptr(), keys, 1), (kp, ks, 1));
+                matmul_into(keys, d, m, dk, (dp.as_ptr(), 1, keys), (qb, qs, 1), true);
+                matmul_into(keys, d, m, dv, (p.as_ptr(), 1, keys), (gb, gs, 1), true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::attention::causal_attention_composed;
+    use crate::model::grad::tests::max_diff;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn gradients_match_autograd_through_the_composed_version() {
+        let dev = Device::Cpu;
+        // (batch, t, heads, kv heads, head dim): one and several blocks, grouped heads.
+        for (b, t, h, g, d) in [(1, 7, 2, 2, 4), (2, 150, 3, 3, 8), (2, 70, 4, 2, 8), (1, 65, 6, 1, 4)] {
+            let (c, ck) = (h * d, g * d);
+            let heads = Heads { n_head: h, n_kv: g };
+            let qkv = Var::randn(0f32, 1.0, (b, t, c + 2 * ck), &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (b, t, c), &dev).unwrap();
+            let run = |fused: bool| {
+                let x = qkv.as_tensor();
+                let (q, k, v) = (x.narrow(2, 0, c).unwrap(), x.narrow(2, c, ck).unwrap(), x.narrow(2, c + ck, ck).unwrap());
+                let y = match fused {
+                    true => causal_attention(&q, &k, &v, heads, 0.37).unwrap().unwrap(),
+                    false => causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap(),
+                };
+                let store = (y.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, store.get(x).unwrap().clone())
+            };
+            let ((yf, gf), (yc, gc)) = (run(true), run(false));
+            assert!(max_diff(&yf, &yc) < 1e-5, "forward b={b} t={t} g={g}");
+            let diff = max_diff(&gf, &gc);
+            assert!(diff < 1e-4, "b={b} t={t} h={h} g={g}: {diff:e}");
+        }
+    }
+}

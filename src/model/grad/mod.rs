@@ -1,0 +1,102 @@
+//! Differentiable CPU ops for training in f32: each a candle custom op whose forward is a
+//! fused kernel and whose backward is written by hand, where composing the same maths from
+//! candle ops costs many passes over memory and a dozen temporaries per layer.
+//!
+//! - [`activation`]: the activation, with f′ from a fused kernel.
+//! - [`linear`]: `x·Wᵀ + b` on the crate's GEMM, forward and backward.
+//! - [`norm`]: LayerNorm and RMSNorm, one pass forward, two backward.
+//! - [`attention`]: causal attention; the backward recomputes each query block's
+//!   probabilities instead of keeping the (b, h, t, t) tensor.
+//! - [`loss`]: mean next-token cross-entropy from the logits, log-softmax fused.
+//!
+//! Every op has a composed candle-ops reference that autograd differentiates, used on other
+//! devices and dtypes; the tests compare the gradients of the two.
+
+pub mod activation;
+pub mod attention;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Whether every tensor is an f32 tensor on the CPU (the fused ops' domain).
+pub fn cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The elements of a contiguous f32 CPU storage.
+fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input not contiguous")))?;
+    match storage {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{what}: f32 only"),
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor's storage (hold the guard while reading).
+fn tensor_f32s<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(s) => f32s(s, layout, what),
+        _ => candle_core::bail!("{what}: CPU only"),
+    }
+}
+
+/// A new f32 CPU tensor.
+fn new_f32(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+/// `src` (rows, cols) row-major, transposed: (cols, rows).
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 16;
+    let mut out = vec![0f32; rows * cols];
+    // Each task owns TILE rows of the output (TILE columns of src), written row by row of src.
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(jb, dst)| {
+            let (j0, width) = (jb * TILE, dst.len() / rows);
+            // TILE rows of src at a time, so each output row gets TILE values in a run.
+            for i0 in (0..rows).step_by(TILE) {
+                let i1 = (i0 + TILE).min(rows);
+                for j in 0..width {
+                    let out = &mut dst[j * rows + i0..j * rows + i1];
+                    for (o, i) in out.iter_mut().zip(i0..i1) {
+                        *o = src[i * cols + j0 + j];
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Column sums of `src` (rows, cols) row-major, in f32 by blocks of rows, the blocks' sums
+/// added in order (the same bits whatever the threads).
+fn column_sums(src: &[f32], cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 64;
+    let add = |mut a: Vec<f32>, row: &[f32]| {
+        a.iter_mut().zip(row).for_each(|(x, y)| *x += y);
+        a
+    };
+    let partial: Vec<Vec<f32>> = src
+        .par_chunks(BLOCK * cols)
+        .map(|block| block.chunks_exact(cols).fold(vec![0f32; cols], add))
+        .collect();
+    partial.iter().fold(vec![0f32; cols], |a, b| add(a, b))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::Tensor;
+
+    /// max |a − b| over every element.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .unwrap()
+    }
+}
