@@ -261,7 +261,7 @@ fn window_pass(
     let acts = model.plan();
     for (l, a) in acc.iter_mut().enumerate() {
         let g = grads
-            .get(trace.probes[l].as_tensor())
+            .get(&trace.probes[l])
             .ok_or_else(|| anyhow::anyhow!("{}", ctx("no gradient")))?;
         a.grad += l2(g)?;
         let g = grads

@@ -56,6 +56,13 @@ impl Attention {
             self.heads.n_kv * self.head_dim,
         );
         let qkv = self.qkv.forward(x)?.reshape((b, t, qw + 2 * kw))?;
+        if mode == Mode::Differentiable && cache.is_none() && self.rope.is_none() {
+            let fused = grad::causal_attention_qkv(&qkv, self.heads, self.head_dim, self.scale)?;
+            if let Some(y) = fused {
+                let y = y.reshape((b * t, qw))?;
+                return self.out.forward_fused(&y, None, residual.map(|r| (Combine::Add, r)));
+            }
+        }
         let mut q = qkv.narrow(2, 0, qw)?; // (b, t, H·d), heads side by side
         let mut k = qkv.narrow(2, qw, kw)?; // (b, t, G·d)
         let mut v = qkv.narrow(2, qw + kw, kw)?; // (b, t, G·d)

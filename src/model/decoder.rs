@@ -3,7 +3,7 @@
 //! parts — which norm, which residual wiring, rotary or learned positions, plain or gated
 //! MLP, projections around the blocks — and the weight names; the arithmetic lives here.
 //!
-//! The same pass runs fast (fused kernels) or differentiable (candle ops only, with probes
+//! The same pass runs fast (fused kernels) or differentiable (autograd ops, with probes
 //! for autograd): a [`Mode`], not a second forward.
 
 use crate::model::linear::Linear;
@@ -177,9 +177,11 @@ impl Decoder {
             }
             if let Some(tr) = tracer.as_deref_mut() {
                 if tr.differentiable {
-                    let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
-                    x = (&x + probe.as_tensor())?;
-                    tr.probes.push(probe);
+                    if !x.track_op() {
+                        let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
+                        x = (&x + probe.as_tensor())?;
+                    }
+                    tr.probes.push(x.clone());
                 }
                 tr.residuals.push(x.clone());
             }

@@ -100,8 +100,10 @@ pub struct Tracer {
     /// The residual stream entering each block, then the last block's output (before any
     /// final norm): `n_layer + 1` tensors of shape (b·t, C).
     pub residuals: Vec<Tensor>,
-    /// Zero-valued variables added to each block's input (differentiable only).
-    pub probes: Vec<Var>,
+    /// Per block, the tensor whose gradient is ∂loss/∂(the block's input) (differentiable
+    /// only): the input itself, or a zero-valued variable added to it where nothing before
+    /// the block is tracked (the first block when the embeddings are constants).
+    pub probes: Vec<Tensor>,
     /// Each block's first feed-forward weight (`c_fc`, `fc1`, `dense_h_to_4h` or
     /// `gate_proj`), (inner, C), as a variable (differentiable only).
     pub ffn_weights: Vec<Var>,
@@ -128,7 +130,7 @@ impl Tracer {
 pub struct Trace {
     /// (t, vocab)
     pub logits: Tensor,
-    pub probes: Vec<Var>,
+    pub probes: Vec<Tensor>,
     pub ffn_weights: Vec<Var>,
     pub pre_activations: Vec<Tensor>,
 }
@@ -217,9 +219,9 @@ pub trait CausalLm: Send + Sync {
         self.logits_from_hidden(&self.hidden_states(tokens)?)
     }
 
-    /// One sequence (1, t) through the differentiable pass, for autograd diagnostics: each
-    /// block's input gets a zero-valued probe variable added, so `∂loss/∂probe_l` is the
-    /// gradient with respect to the residual stream entering block l.
+    /// One sequence (1, t) through the differentiable pass, for autograd diagnostics:
+    /// `∂loss/∂probes[l]` is the gradient with respect to the residual stream entering block
+    /// l (see [`Tracer::probes`]).
     fn forward_traced(&self, tokens: &Tensor) -> Result<Trace> {
         let (b, t) = tokens.dims2()?;
         if b != 1 {

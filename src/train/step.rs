@@ -72,7 +72,7 @@ pub fn gradients(tr: &Trainable, batches: &[Tensor]) -> Result<Gradients> {
             });
         }
         for (sq, probe) in block_sq.iter_mut().zip(&tracer.probes) {
-            if let Some(g) = store.get(probe.as_tensor()) {
+            if let Some(g) = store.get(probe) {
                 *sq += optim::norms(std::slice::from_ref(g))?[0].powi(2);
             }
         }

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::{cpu_f32, new_f32};
@@ -15,6 +15,17 @@ use crate::kernels::attention::{matmul, matmul_into, softmax_row_in_place, Fused
 
 /// Queries per block in the backward.
 const BLOCK: usize = 64;
+
+/// [`causal_attention`] of the fused projection `qkv` (b, t, H·d + 2·G·d): query columns,
+/// then key, then value columns. One op, so the backward writes ∂qkv in one buffer (three
+/// column slices would each cost a padded copy and a sum in autograd).
+pub fn causal_attention_qkv(qkv: &Tensor, heads: Heads, head_dim: usize, scale: f64) -> Result<Option<Tensor>> {
+    if !cpu_f32(&[qkv]) {
+        return Ok(None);
+    }
+    let op = FusedQkv(TrainAttention { heads, scale: scale as f32 }, head_dim);
+    qkv.contiguous()?.apply_op1(op).map(Some)
+}
 
 /// `softmax(scale·q·kᵀ + causal mask)·v` with heads side by side, q (b, t, H·d), k and v
 /// (b, t, G·d) (column slices of a fused projection are fine), with a backward, for f32 CPU
@@ -62,23 +73,42 @@ impl CustomOp3 for TrainAttention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, t, c) = q.dims3()?;
         let ck = k.dim(2)?;
-        let g = g.contiguous()?;
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
         let mut dq = vec![0f32; b * t * c];
         let mut dk = vec![0f32; b * t * ck];
         let mut dv = vec![0f32; b * t * ck];
+        let outs = [(&mut dq, 0, c), (&mut dk, 0, ck), (&mut dv, 0, ck)].map(|(v, col, ld)| Dst {
+            ptr: Ptr(v[col..].as_mut_ptr()),
+            batch: t * ld,
+            ld,
+        });
+        let ins = [operand(&qs, ql)?, operand(&ks, kl)?, operand(&vs, vl)?];
+        self.backward(ins, g, outs)?;
+        Ok((
+            Some(new_f32(dq, (b, t, c))?),
+            Some(new_f32(dk, (b, t, ck))?),
+            Some(new_f32(dv, (b, t, ck))?),
+        ))
+    }
+}
+
+impl TrainAttention {
+    /// Fills ∂q, ∂K, ∂V (zeroed) from q, K, V and ∂y.
+    fn backward(&self, [q, k, v]: [(&[f32], View); 3], g: &Tensor, [dq, dk, dv]: [Dst; 3]) -> Result<()> {
+        let (b, t, c) = g.dims3()?;
+        let g = g.contiguous()?;
+        let (gs, gl) = g.storage_and_layout();
         let job = Job {
-            q: operand(&qs, ql)?,
-            k: operand(&ks, kl)?,
-            v: operand(&vs, vl)?,
+            q,
+            k,
+            v,
             g: operand(&gs, gl)?,
-            dq: Ptr(dq.as_mut_ptr()),
-            dk: Ptr(dk.as_mut_ptr()),
-            dv: Ptr(dv.as_mut_ptr()),
-            dims: (t, c, ck, c / self.heads.n_head),
+            dq,
+            dk,
+            dv,
+            dims: (t, c / self.heads.n_head),
             group: self.heads.group(),
             scale: self.scale,
         };
@@ -90,11 +120,52 @@ impl CustomOp3 for TrainAttention {
                 unsafe { job.run(task / g_heads, task % g_heads, &mut s.borrow_mut()) }
             })
         });
-        Ok((
-            Some(new_f32(dq, (b, t, c))?),
-            Some(new_f32(dk, (b, t, ck))?),
-            Some(new_f32(dv, (b, t, ck))?),
-        ))
+        Ok(())
+    }
+}
+
+/// [`TrainAttention`] on one fused (b, t, H·d + 2·G·d) input, and the head dimension.
+struct FusedQkv(TrainAttention, usize);
+
+impl FusedQkv {
+    /// Column widths of the query and of the key (= value) slices.
+    fn widths(&self) -> (usize, usize) {
+        let (h, d) = (self.0.heads, self.1);
+        (h.n_head * d, h.n_kv * d)
+    }
+}
+
+impl CustomOp1 for FusedQkv {
+    fn name(&self) -> &'static str {
+        "causal-attention-qkv-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (qw, kw) = self.widths();
+        if l.shape().dims3()?.2 != qw + 2 * kw {
+            candle_core::bail!("attention: qkv {:?} for widths {qw} + 2·{kw}", l.shape());
+        }
+        let (lq, lk, lv) = (l.narrow(2, 0, qw)?, l.narrow(2, qw, kw)?, l.narrow(2, qw + kw, kw)?);
+        self.0.cpu_fwd(s, &lq, s, &lk, s, &lv)
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (b, t, w) = qkv.dims3()?;
+        let (qw, kw) = self.widths();
+        let (s, l) = qkv.storage_and_layout();
+        let ins = [
+            operand(&s, &l.narrow(2, 0, qw)?)?,
+            operand(&s, &l.narrow(2, qw, kw)?)?,
+            operand(&s, &l.narrow(2, qw + kw, kw)?)?,
+        ];
+        let mut dqkv = vec![0f32; b * t * w];
+        let outs = [0, qw, qw + kw].map(|col| Dst {
+            ptr: Ptr(dqkv[col..].as_mut_ptr()),
+            batch: t * w,
+            ld: w,
+        });
+        self.0.backward(ins, g, outs)?;
+        new_f32(dqkv, (b, t, w)).map(Some)
     }
 }
 
@@ -103,6 +174,22 @@ fn operand<'a>(s: &'a Storage, l: &Layout) -> Result<(&'a [f32], View)> {
     match s {
         Storage::Cpu(CpuStorage::F32(v)) => Ok((v, View::of(l)?)),
         _ => candle_core::bail!("attention backward: f32 CPU tensors only"),
+    }
+}
+
+/// Where a gradient goes: element (bi, i, col) of a head at `ptr + bi·batch + i·ld + col`.
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: Ptr,
+    batch: usize,
+    ld: usize,
+}
+
+impl Dst {
+    /// Row 0 of sequence `bi`, column `col`, and the row stride.
+    fn at(self, bi: usize, col: usize) -> (*mut f32, usize) {
+        // SAFETY (of the callers' writes): in bounds of the buffer for bi < b, col < width.
+        (unsafe { self.ptr.0.add(bi * self.batch + col) }, self.ld)
     }
 }
 
@@ -117,12 +204,11 @@ struct Job<'a> {
     k: (&'a [f32], View),
     v: (&'a [f32], View),
     g: (&'a [f32], View),
-    /// Contiguous (b, t, C), (b, t, G·d), (b, t, G·d).
-    dq: Ptr,
-    dk: Ptr,
-    dv: Ptr,
-    /// (t, C, G·d, d)
-    dims: (usize, usize, usize, usize),
+    dq: Dst,
+    dk: Dst,
+    dv: Dst,
+    /// (t, d)
+    dims: (usize, usize),
     group: usize,
     scale: f32,
 }
@@ -149,17 +235,16 @@ impl Job<'_> {
     /// # Safety
     /// Only this task writes those columns of the outputs.
     unsafe fn run(&self, bi: usize, kvh: usize, s: &mut Scratch) {
-        let (t, c, ck, d) = self.dims;
+        let (t, d) = self.dims;
         let (kp, ks) = rows(self.k, bi, kvh * d);
         let (vp, vs) = rows(self.v, bi, kvh * d);
-        let dk = (self.dk.0.add(bi * t * ck + kvh * d), ck);
-        let dv = (self.dv.0.add(bi * t * ck + kvh * d), ck);
+        let (dk, dv) = (self.dk.at(bi, kvh * d), self.dv.at(bi, kvh * d));
         s.p.resize(BLOCK.min(t) * t, 0.0);
         s.dp.resize(BLOCK.min(t) * t, 0.0);
         for hh in kvh * self.group..(kvh + 1) * self.group {
             let (qp, qs) = rows(self.q, bi, hh * d);
             let (gp, gs) = rows(self.g, bi, hh * d);
-            let dq = self.dq.0.add(bi * t * c + hh * d);
+            let (dq, dqs) = self.dq.at(bi, hh * d);
             for i0 in (0..t).step_by(BLOCK) {
                 let (m, keys) = ((i0 + BLOCK).min(t) - i0, (i0 + BLOCK).min(t));
                 let (p, dp) = (&mut s.p[..m * keys], &mut s.dp[..m * keys]);
@@ -176,7 +261,7 @@ impl Job<'_> {
                     }
                 }
                 // ∂q rows = ∂S·K; ∂K += ∂Sᵀ·q rows; ∂V += Pᵀ·∂y rows.
-                matmul(m, d, keys, dq.add(i0 * c), c, (dp.as_ptr(), keys, 1), (kp, ks, 1));
+                matmul(m, d, keys, dq.add(i0 * dqs), dqs, (dp.as_ptr(), keys, 1), (kp, ks, 1));
                 matmul_into(keys, d, m, dk, (dp.as_ptr(), 1, keys), (qb, qs, 1), true);
                 matmul_into(keys, d, m, dv, (p.as_ptr(), 1, keys), (gb, gs, 1), true);
             }
@@ -191,6 +276,12 @@ mod tests {
     use crate::model::grad::tests::max_diff;
     use candle_core::{Device, Var};
 
+    enum Path {
+        Slices,
+        Fused,
+        Composed,
+    }
+
     #[test]
     fn gradients_match_autograd_through_the_composed_version() {
         let dev = Device::Cpu;
@@ -200,20 +291,24 @@ mod tests {
             let heads = Heads { n_head: h, n_kv: g };
             let qkv = Var::randn(0f32, 1.0, (b, t, c + 2 * ck), &dev).unwrap();
             let r = Tensor::randn(0f32, 1.0, (b, t, c), &dev).unwrap();
-            let run = |fused: bool| {
+            let run = |path: Path| {
                 let x = qkv.as_tensor();
                 let (q, k, v) = (x.narrow(2, 0, c).unwrap(), x.narrow(2, c, ck).unwrap(), x.narrow(2, c + ck, ck).unwrap());
-                let y = match fused {
-                    true => causal_attention(&q, &k, &v, heads, 0.37).unwrap().unwrap(),
-                    false => causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap(),
+                let y = match path {
+                    Path::Slices => causal_attention(&q, &k, &v, heads, 0.37).unwrap().unwrap(),
+                    Path::Fused => causal_attention_qkv(x, heads, d, 0.37).unwrap().unwrap(),
+                    Path::Composed => causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap(),
                 };
                 let store = (y.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 (y, store.get(x).unwrap().clone())
             };
-            let ((yf, gf), (yc, gc)) = (run(true), run(false));
+            let ((yf, gf), (yc, gc)) = (run(Path::Slices), run(Path::Composed));
             assert!(max_diff(&yf, &yc) < 1e-5, "forward b={b} t={t} g={g}");
             let diff = max_diff(&gf, &gc);
             assert!(diff < 1e-4, "b={b} t={t} h={h} g={g}: {diff:e}");
+            let (yq, gq) = run(Path::Fused);
+            assert!(max_diff(&yq, &yf) == 0.0, "fused-qkv forward b={b} t={t} g={g}");
+            assert!(max_diff(&gq, &gf) == 0.0, "fused-qkv gradient b={b} t={t} g={g}");
         }
     }
 }
