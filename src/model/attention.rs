@@ -55,14 +55,14 @@ impl Attention {
             self.heads.n_head * self.head_dim,
             self.heads.n_kv * self.head_dim,
         );
-        let qkv = self.qkv.forward(x)?.reshape((b, t, qw + 2 * kw))?;
+        let qkv = self.qkv.forward(x)?; // (b·t, H·d + 2·G·d)
         if mode == Mode::Differentiable && cache.is_none() && self.rope.is_none() {
-            let fused = grad::causal_attention_qkv(&qkv, self.heads, self.head_dim, self.scale)?;
+            let fused = grad::causal_attention_qkv(&qkv, (b, t), self.heads, self.head_dim, self.scale)?;
             if let Some(y) = fused {
-                let y = y.reshape((b * t, qw))?;
                 return self.out.forward_fused(&y, None, residual.map(|r| (Combine::Add, r)));
             }
         }
+        let qkv = qkv.reshape((b, t, qw + 2 * kw))?;
         let mut q = qkv.narrow(2, 0, qw)?; // (b, t, H·d), heads side by side
         let mut k = qkv.narrow(2, qw, kw)?; // (b, t, G·d)
         let mut v = qkv.narrow(2, qw + kw, kw)?; // (b, t, G·d)

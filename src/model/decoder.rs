@@ -6,6 +6,7 @@
 //! The same pass runs fast (fused kernels) or differentiable (autograd ops, with probes
 //! for autograd): a [`Mode`], not a second forward.
 
+use crate::model::grad::reshaped;
 use crate::model::linear::Linear;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -255,8 +256,9 @@ impl CausalLm for Decoder {
         if let Some(last) = out_shape.last_mut() {
             *last = self.info.vocab_size;
         }
-        let flat = hidden.reshape(((), e))?; // (n, E)
+        // No-op reshapes are skipped: in autograd each would cost a pass over the logits.
+        let flat = reshaped(hidden, &[hidden.elem_count() / e.max(1), e])?; // (n, E)
         let head = Linear::new(self.lm_head.clone(), None);
-        head.forward(&flat)?.reshape(out_shape) // (…, vocab)
+        reshaped(&head.forward(&flat)?, &out_shape) // (…, vocab)
     }
 }

@@ -56,7 +56,7 @@ pub fn gradients(tr: &Trainable, batches: &[Tensor]) -> Result<Gradients> {
         let (x, y) = (batch.narrow(1, 0, t)?, batch.narrow(1, 1, t)?);
         let mut tracer = Tracer::differentiable();
         let hidden = model.forward_hidden(&x, None, Some(&mut tracer))?;
-        let logits = model.logits_from_hidden(&hidden)?.flatten_to(1)?; // (b·t, vocab)
+        let logits = model.logits_from_hidden(&hidden.flatten_to(1)?)?; // (b·t, vocab)
         let loss = crate::model::grad::loss::cross_entropy(&logits, &y.flatten_all()?)?;
         let loss = (loss / k)?;
         loss_sum += loss.to_scalar::<f32>()? as f64;

@@ -16,14 +16,26 @@ use crate::kernels::attention::{matmul, matmul_into, softmax_row_in_place, Fused
 /// Queries per block in the backward.
 const BLOCK: usize = 64;
 
-/// [`causal_attention`] of the fused projection `qkv` (b, t, H·d + 2·G·d): query columns,
-/// then key, then value columns. One op, so the backward writes ∂qkv in one buffer (three
-/// column slices would each cost a padded copy and a sum in autograd).
-pub fn causal_attention_qkv(qkv: &Tensor, heads: Heads, head_dim: usize, scale: f64) -> Result<Option<Tensor>> {
+/// [`causal_attention`] of the fused projection `qkv` (b·t, H·d + 2·G·d) of `b` sequences
+/// of `t`: query columns, then key, then value columns; (b·t, H·d) out. One op, so the
+/// backward writes ∂qkv in one buffer (three column slices would each cost a padded copy and
+/// a sum in autograd, and each reshape another sum).
+pub fn causal_attention_qkv(
+    qkv: &Tensor,
+    (b, t): (usize, usize),
+    heads: Heads,
+    head_dim: usize,
+    scale: f64,
+) -> Result<Option<Tensor>> {
     if !cpu_f32(&[qkv]) {
         return Ok(None);
     }
-    let op = FusedQkv(TrainAttention { heads, scale: scale as f32 }, head_dim);
+    let op = FusedQkv {
+        att: TrainAttention { heads, scale: scale as f32 },
+        head_dim,
+        b,
+        t,
+    };
     qkv.contiguous()?.apply_op1(op).map(Some)
 }
 
@@ -85,7 +97,7 @@ impl CustomOp3 for TrainAttention {
             ld,
         });
         let ins = [operand(&qs, ql)?, operand(&ks, kl)?, operand(&vs, vl)?];
-        self.backward(ins, g, outs)?;
+        self.backward(ins, g, (b, t), outs)?;
         Ok((
             Some(new_f32(dq, (b, t, c))?),
             Some(new_f32(dk, (b, t, ck))?),
@@ -95,16 +107,22 @@ impl CustomOp3 for TrainAttention {
 }
 
 impl TrainAttention {
-    /// Fills ∂q, ∂K, ∂V (zeroed) from q, K, V and ∂y.
-    fn backward(&self, [q, k, v]: [(&[f32], View); 3], g: &Tensor, [dq, dk, dv]: [Dst; 3]) -> Result<()> {
-        let (b, t, c) = g.dims3()?;
+    /// Fills ∂q, ∂K, ∂V (zeroed) from q, K, V and ∂y, (b, t, H·d) or (b·t, H·d).
+    fn backward(
+        &self,
+        [q, k, v]: [(&[f32], View); 3],
+        g: &Tensor,
+        (b, t): (usize, usize),
+        [dq, dk, dv]: [Dst; 3],
+    ) -> Result<()> {
+        let c = g.dims().last().copied().unwrap_or(0);
         let g = g.contiguous()?;
         let (gs, gl) = g.storage_and_layout();
         let job = Job {
             q,
             k,
             v,
-            g: operand(&gs, gl)?,
+            g: operand(&gs, &Layout::contiguous_with_offset((b, t, c), gl.start_offset()))?,
             dq,
             dk,
             dv,
@@ -124,14 +142,30 @@ impl TrainAttention {
     }
 }
 
-/// [`TrainAttention`] on one fused (b, t, H·d + 2·G·d) input, and the head dimension.
-struct FusedQkv(TrainAttention, usize);
+/// [`TrainAttention`] on one fused (b·t, H·d + 2·G·d) input.
+struct FusedQkv {
+    att: TrainAttention,
+    head_dim: usize,
+    b: usize,
+    t: usize,
+}
 
 impl FusedQkv {
     /// Column widths of the query and of the key (= value) slices.
     fn widths(&self) -> (usize, usize) {
-        let (h, d) = (self.0.heads, self.1);
+        let (h, d) = (self.att.heads, self.head_dim);
         (h.n_head * d, h.n_kv * d)
+    }
+
+    /// The (b, t, ·) layouts of the query, key and value columns of a contiguous input.
+    fn views(&self, l: &Layout) -> Result<[Layout; 3]> {
+        let (qw, kw) = self.widths();
+        let w = qw + 2 * kw;
+        if l.shape().dims() != [self.b * self.t, w] {
+            candle_core::bail!("attention: qkv {:?} for ({}·{}, {w})", l.shape(), self.b, self.t);
+        }
+        let l3 = Layout::contiguous_with_offset((self.b, self.t, w), l.start_offset());
+        Ok([l3.narrow(2, 0, qw)?, l3.narrow(2, qw, kw)?, l3.narrow(2, qw + kw, kw)?])
     }
 }
 
@@ -141,31 +175,25 @@ impl CustomOp1 for FusedQkv {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (qw, kw) = self.widths();
-        if l.shape().dims3()?.2 != qw + 2 * kw {
-            candle_core::bail!("attention: qkv {:?} for widths {qw} + 2·{kw}", l.shape());
-        }
-        let (lq, lk, lv) = (l.narrow(2, 0, qw)?, l.narrow(2, qw, kw)?, l.narrow(2, qw + kw, kw)?);
-        self.0.cpu_fwd(s, &lq, s, &lk, s, &lv)
+        let [lq, lk, lv] = self.views(l)?;
+        let (y, _) = self.att.cpu_fwd(s, &lq, s, &lk, s, &lv)?;
+        Ok((y, Shape::from((self.b * self.t, self.widths().0))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let (b, t, w) = qkv.dims3()?;
+        let (bt, w) = qkv.dims2()?;
         let (qw, kw) = self.widths();
         let (s, l) = qkv.storage_and_layout();
-        let ins = [
-            operand(&s, &l.narrow(2, 0, qw)?)?,
-            operand(&s, &l.narrow(2, qw, kw)?)?,
-            operand(&s, &l.narrow(2, qw + kw, kw)?)?,
-        ];
-        let mut dqkv = vec![0f32; b * t * w];
+        let [lq, lk, lv] = self.views(l)?;
+        let ins = [operand(&s, &lq)?, operand(&s, &lk)?, operand(&s, &lv)?];
+        let mut dqkv = vec![0f32; bt * w];
         let outs = [0, qw, qw + kw].map(|col| Dst {
             ptr: Ptr(dqkv[col..].as_mut_ptr()),
-            batch: t * w,
+            batch: self.t * w,
             ld: w,
         });
-        self.0.backward(ins, g, outs)?;
-        new_f32(dqkv, (b, t, w)).map(Some)
+        self.att.backward(ins, g, (self.b, self.t), outs)?;
+        new_f32(dqkv, (bt, w)).map(Some)
     }
 }
 
@@ -296,7 +324,11 @@ mod tests {
                 let (q, k, v) = (x.narrow(2, 0, c).unwrap(), x.narrow(2, c, ck).unwrap(), x.narrow(2, c + ck, ck).unwrap());
                 let y = match path {
                     Path::Slices => causal_attention(&q, &k, &v, heads, 0.37).unwrap().unwrap(),
-                    Path::Fused => causal_attention_qkv(x, heads, d, 0.37).unwrap().unwrap(),
+                    Path::Fused => {
+                        let flat = x.reshape((b * t, c + 2 * ck)).unwrap();
+                        let y = causal_attention_qkv(&flat, (b, t), heads, d, 0.37).unwrap().unwrap();
+                        y.reshape((b, t, c)).unwrap()
+                    }
                     Path::Composed => causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap(),
                 };
                 let store = (y.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();

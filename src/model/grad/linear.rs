@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{column_sums, cpu_f32, f32s, new_f32, tensor_f32s, transpose};
+use super::{column_sums, cpu_f32, reshaped, f32s, new_f32, tensor_f32s, transpose};
 use crate::kernels::convert::{Out, Src};
 use crate::kernels::gemm::{self, Dims, Epilogue};
 use crate::kernels::Isa;
@@ -24,35 +24,34 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tens
         Some(last) if *last == k => *last = m,
         _ => candle_core::bail!("linear: input {:?} for weight ({m}, {k})", x.dims()),
     }
-    let x2 = x.reshape(((), k))?.contiguous()?;
+    let x2 = reshaped(x, &[x.elem_count() / k.max(1), k])?.contiguous()?;
     let (w, op) = (w.contiguous()?, LinearOp);
     let y = match b {
         Some(b) => x2.apply_op3(&w, &b.contiguous()?, op)?,
         None => x2.apply_op2(&w, op)?,
     };
-    y.reshape(shape).map(Some)
+    reshaped(&y, &shape).map(Some)
 }
 
 struct LinearOp;
 
 /// `x (n, k) · w (m, k)ᵀ (+ bias)` into a new (n, m) buffer.
 fn product(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: Dims) -> Vec<f32> {
-    let mut out = vec![0f32; d.n * d.m];
+    let len = d.n * d.m;
+    if d.k == 0 {
+        return (0..len).map(|i| bias.map_or(0.0, |b| b[i % d.m])).collect();
+    }
     let epi = Epilogue {
         bias: bias.map(Src::F32),
         ..Epilogue::default()
     };
-    // SAFETY: `out` holds n·m elements and nothing else touches it.
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: with k > 0 the kernel writes all n·m elements, through a pointer to the
+    // buffer's capacity that nothing else touches; only then is the length set.
     unsafe {
-        gemm::linear(
-            Isa::get(),
-            Src::F32(x),
-            Src::F32(w),
-            d,
-            &epi,
-            Out::F32(out.as_mut_ptr()),
-        )
-    };
+        gemm::linear(Isa::get(), Src::F32(x), Src::F32(w), d, &epi, Out::F32(out.as_mut_ptr()));
+        out.set_len(len);
+    }
     out
 }
 

@@ -21,10 +21,22 @@ pub mod norm;
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::elementwise::simd;
+
 /// Whether every tensor is an f32 tensor on the CPU (the fused ops' domain).
 pub fn cpu_f32(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `t` with shape `dims`, the same tensor when it has it already: a reshape is a node of
+/// autograd's graph, which costs a zeroed buffer and a sum in the backward pass.
+pub fn reshaped(t: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    if t.dims() == dims {
+        Ok(t.clone())
+    } else {
+        t.reshape(dims)
+    }
 }
 
 /// The elements of a contiguous f32 CPU storage.
@@ -55,21 +67,27 @@ fn new_f32(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
 fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 16;
     let mut out = vec![0f32; rows * cols];
-    // Each task owns TILE rows of the output (TILE columns of src), written row by row of src.
+    // Each task owns TILE rows of the output (TILE columns of src) and moves TILE × TILE
+    // squares through a scratch tile, so reads and writes both run along rows.
     out.par_chunks_mut(TILE * rows)
         .enumerate()
         .for_each(|(jb, dst)| {
             let (j0, width) = (jb * TILE, dst.len() / rows);
-            // TILE rows of src at a time, so each output row gets TILE values in a run.
-            for i0 in (0..rows).step_by(TILE) {
-                let i1 = (i0 + TILE).min(rows);
-                for j in 0..width {
-                    let out = &mut dst[j * rows + i0..j * rows + i1];
-                    for (o, i) in out.iter_mut().zip(i0..i1) {
-                        *o = src[i * cols + j0 + j];
+            let mut tile = [[0f32; TILE]; TILE];
+            simd(|| {
+                for i0 in (0..rows).step_by(TILE) {
+                    let h = TILE.min(rows - i0);
+                    for (r, row) in tile.iter_mut().enumerate().take(h) {
+                        row[..width].copy_from_slice(&src[(i0 + r) * cols + j0..][..width]);
+                    }
+                    for j in 0..width {
+                        let out = &mut dst[j * rows + i0..][..h];
+                        for (r, o) in out.iter_mut().enumerate() {
+                            *o = tile[r][j];
+                        }
                     }
                 }
-            }
+            })
         });
     out
 }
@@ -92,6 +110,24 @@ fn column_sums(src: &[f32], cols: usize) -> Vec<f32> {
 #[cfg(test)]
 pub(crate) mod tests {
     use candle_core::Tensor;
+
+    #[test]
+    fn transpose_and_column_sums_match_plain_loops() {
+        for (rows, cols) in [(1, 1), (3, 40), (37, 17), (64, 160)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let t = super::transpose(&src, rows, cols);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(t[j * rows + i], src[i * cols + j], "({rows}, {cols}) at ({i}, {j})");
+                }
+            }
+            let sums = super::column_sums(&src, cols);
+            for (j, s) in sums.iter().enumerate() {
+                let want: f32 = (0..rows).map(|i| src[i * cols + j]).sum();
+                assert!((s - want).abs() <= 1e-4 * want.abs().max(1.0), "column {j}: {s} vs {want}");
+            }
+        }
+    }
 
     /// max |a − b| over every element.
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, f32s, new_f32, tensor_f32s};
+use super::{cpu_f32, reshaped, f32s, new_f32, tensor_f32s};
 use crate::kernels::elementwise::simd;
 use crate::kernels::reductions::{sum, sum_pairs};
 
@@ -28,13 +28,13 @@ pub fn forward(x: &Tensor, kind: Kind, w: &Tensor, b: Option<&Tensor>, eps: f64)
         return Ok(None);
     }
     let c = w.dim(0)?;
-    let x2 = x.reshape(((), c))?.contiguous()?;
+    let x2 = reshaped(x, &[x.elem_count() / c.max(1), c])?.contiguous()?;
     let op = NormOp { kind, eps: eps as f32 };
     let y = match b {
         Some(b) => x2.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?,
         None => x2.apply_op2(&w.contiguous()?, op)?,
     };
-    y.reshape(x.dims()).map(Some)
+    reshaped(&y, x.dims()).map(Some)
 }
 
 #[derive(Clone, Copy)]
