@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::convert::{self, Out, Src};
 use super::decode;
+use super::gemm::small::{product, Mat};
 use super::isa::Isa;
 use super::math::exp;
 use super::reductions::{max, sum};
@@ -294,15 +295,9 @@ impl HeadJob<'_> {
             let (m, keys) = (i1 - i0, offset + i1);
             let s = &mut buf.scores[..m * keys];
             // Scores (m, keys) = q rows · k rowsᵀ.
-            matmul(
-                m,
-                keys,
-                d,
-                s.as_mut_ptr(),
-                keys,
-                (qp.add(i0 * qs), qs, 1),
-                (kp, 1, ks),
-            );
+            let q_rows = Mat { ptr: qp.add(i0 * qs), rs: qs, cs: 1 };
+            let k_cols = Mat { ptr: kp, rs: 1, cs: ks };
+            product(self.isa, (m, keys, d), q_rows, k_cols, (s.as_mut_ptr(), keys), false);
             for (r, row) in s.chunks_mut(keys).enumerate() {
                 let visible = offset + i0 + r + 1;
                 softmax_row_in_place(&mut row[..visible], self.scale);
@@ -317,7 +312,9 @@ impl HeadJob<'_> {
                 }
             };
             // Output rows (m, d) = probabilities · v rows.
-            matmul(m, d, keys, dst, ld, (s.as_ptr(), keys, 1), (vp, vs, 1));
+            let probs = Mat { ptr: s.as_ptr(), rs: keys, cs: 1 };
+            let v_rows = Mat { ptr: vp, rs: vs, cs: 1 };
+            product(self.isa, (m, d, keys), probs, v_rows, (dst, ld), false);
             if !matches!(self.out, Out::F32(_)) {
                 for (r, row) in buf.out.chunks_exact(d).enumerate() {
                     convert::store(self.isa, row, self.out, first + r * c);
@@ -390,59 +387,6 @@ fn head_rows<'a>(
         stride: view.row,
         d,
     }
-}
-
-/// `dst (m, n) = A (m, k) · B (k, n)`, single-threaded; each operand as (pointer, row stride,
-/// column stride).
-///
-/// # Safety
-/// The pointers must address the elements the shapes and strides describe.
-pub(crate) unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    ld: usize,
-    a: (*const f32, usize, usize),
-    b: (*const f32, usize, usize),
-) {
-    matmul_into(m, n, k, (dst, ld), a, b, false)
-}
-
-/// [`matmul`], adding the product to `dst` when `accumulate`.
-///
-/// # Safety
-/// As [`matmul`].
-pub(crate) unsafe fn matmul_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    (dst, ld): (*mut f32, usize),
-    (a, a_rs, a_cs): (*const f32, usize, usize),
-    (b, b_rs, b_cs): (*const f32, usize, usize),
-    accumulate: bool,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        ld as isize,
-        accumulate,
-        a,
-        a_cs as isize,
-        a_rs as isize,
-        b,
-        b_cs as isize,
-        b_rs as isize,
-        if accumulate { 1.0 } else { 0.0 },
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
 }
 
 pub(crate) fn softmax_row_in_place(x: &mut [f32], scale: f32) {

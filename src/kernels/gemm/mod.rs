@@ -14,6 +14,7 @@ mod epilogue;
 mod gemv;
 mod micro;
 mod pack;
+pub mod small;
 
 use super::convert::{self, Out, Src};
 use super::isa::Isa;

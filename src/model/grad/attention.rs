@@ -11,7 +11,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Stora
 use rayon::prelude::*;
 
 use super::{cpu_f32, new_f32};
-use crate::kernels::attention::{matmul, matmul_into, softmax_row_in_place, FusedAttention, Heads, View};
+use crate::kernels::attention::{softmax_row_in_place, FusedAttention, Heads, View};
+use crate::kernels::gemm::small::{product, Mat};
+use crate::kernels::Isa;
 
 /// Queries per block in the backward.
 const BLOCK: usize = 64;
@@ -269,6 +271,8 @@ impl Job<'_> {
         let (dk, dv) = (self.dk.at(bi, kvh * d), self.dv.at(bi, kvh * d));
         s.p.resize(BLOCK.min(t) * t, 0.0);
         s.dp.resize(BLOCK.min(t) * t, 0.0);
+        let isa = Isa::get();
+        let a = |ptr: *const f32, rs: usize, cs: usize| Mat { ptr, rs, cs };
         for hh in kvh * self.group..(kvh + 1) * self.group {
             let (qp, qs) = rows(self.q, bi, hh * d);
             let (gp, gs) = rows(self.g, bi, hh * d);
@@ -277,8 +281,9 @@ impl Job<'_> {
                 let (m, keys) = ((i0 + BLOCK).min(t) - i0, (i0 + BLOCK).min(t));
                 let (p, dp) = (&mut s.p[..m * keys], &mut s.dp[..m * keys]);
                 let (qb, gb) = (qp.add(i0 * qs), gp.add(i0 * gs));
-                matmul(m, keys, d, p.as_mut_ptr(), keys, (qb, qs, 1), (kp, 1, ks));
-                matmul(m, keys, d, dp.as_mut_ptr(), keys, (gb, gs, 1), (vp, 1, vs));
+                // Scores q·Kᵀ and ∂P = ∂y·Vᵀ, (m, keys).
+                product(isa, (m, keys, d), a(qb, qs, 1), a(kp, 1, ks), (p.as_mut_ptr(), keys), false);
+                product(isa, (m, keys, d), a(gb, gs, 1), a(vp, 1, vs), (dp.as_mut_ptr(), keys), false);
                 for (r, (pr, dr)) in p.chunks_mut(keys).zip(dp.chunks_mut(keys)).enumerate() {
                     let visible = i0 + r + 1;
                     softmax_row_in_place(&mut pr[..visible], self.scale);
@@ -289,9 +294,10 @@ impl Job<'_> {
                     }
                 }
                 // ∂q rows = ∂S·K; ∂K += ∂Sᵀ·q rows; ∂V += Pᵀ·∂y rows.
-                matmul(m, d, keys, dq.add(i0 * dqs), dqs, (dp.as_ptr(), keys, 1), (kp, ks, 1));
-                matmul_into(keys, d, m, dk, (dp.as_ptr(), 1, keys), (qb, qs, 1), true);
-                matmul_into(keys, d, m, dv, (p.as_ptr(), 1, keys), (gb, gs, 1), true);
+                let (dsp, pp) = (dp.as_ptr(), p.as_ptr());
+                product(isa, (m, d, keys), a(dsp, keys, 1), a(kp, ks, 1), (dq.add(i0 * dqs), dqs), false);
+                product(isa, (keys, d, m), a(dsp, 1, keys), a(qb, qs, 1), dk, true);
+                product(isa, (keys, d, m), a(pp, 1, keys), a(gb, gs, 1), dv, true);
             }
         }
     }

@@ -78,7 +78,13 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
                 for i0 in (0..rows).step_by(TILE) {
                     let h = TILE.min(rows - i0);
                     for (r, row) in tile.iter_mut().enumerate().take(h) {
-                        row[..width].copy_from_slice(&src[(i0 + r) * cols + j0..][..width]);
+                        let from = &src[(i0 + r) * cols + j0..];
+                        if width == TILE {
+                            // A constant length: inline moves, not a call to memmove.
+                            *row = from[..TILE].try_into().expect("a full tile");
+                        } else {
+                            row[..width].copy_from_slice(&from[..width]);
+                        }
                     }
                     for j in 0..width {
                         let out = &mut dst[j * rows + i0..][..h];
