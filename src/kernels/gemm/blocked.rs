@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::epilogue::finish;
 use super::micro::{Kernel, Run};
 use super::pack::{self, Packed, Rows};
-use super::{Dims, Epilogue, Job, A_BUDGET, B_BUDGET, KC, MC, NC_MAX};
+use super::{Dims, Epilogue, Job, Trans, A_BUDGET, B_BUDGET, KC, MC, NC_MAX};
 use crate::kernels::convert::{self, Src};
 
 /// Per-thread buffers, kept between calls.
@@ -53,7 +53,7 @@ pub(super) unsafe fn run(job: &Job) {
     let kern = Kernel::for_isa(job.isa, bf16);
     // Few rows and many columns (an LM head over a chunk of positions): packing W would cost
     // as much as the product, so compute Yᵀ = W·xᵀ with W read in place (or staged) instead.
-    if job.d.n * 8 <= job.d.m && kern.direct.is_some() {
+    if job.d.n * 8 <= job.d.m && kern.direct.is_some() && job.trans == Trans::NONE {
         transposed(job, &kern);
     } else {
         plain(job, &kern, Finish::Rows);
@@ -100,7 +100,7 @@ enum XMode {
 }
 
 fn x_mode(job: &Job, kern: &Kernel) -> XMode {
-    if kern.direct.is_none() {
+    if kern.direct.is_none() || job.trans.x {
         return XMode::Packed;
     }
     let (k, elem) = (job.d.k, if kern.pairs { 2 } else { 4 });
@@ -143,7 +143,11 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
         for j0 in (0..d.m).step_by(slab) {
             let cols = j0..(j0 + slab).min(d.m);
             let mut b = Packed::new(&mut bufs.b, kern.nr, kern.pairs);
-            pack::pack_all(job.isa, Rows::of(job.w, d.k, cols.clone()), &mut b);
+            let w_rows = match job.trans.w {
+                true => Rows::of_transposed(job.w, d.k, d.m, cols.clone()),
+                false => Rows::of(job.w, d.k, cols.clone()),
+            };
+            pack::pack_all(job.isa, w_rows, &mut b);
             for i0 in (0..d.n).step_by(block) {
                 let rows = i0..(i0 + block).min(d.n);
                 let mut a = Packed::new(&mut bufs.a, kern.mr, kern.pairs);
@@ -156,7 +160,11 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
                         stage(job, kern, rows.clone(), ld, &mut bufs.f32s, &mut bufs.bf16s)
                     }
                     XMode::Packed => {
-                        pack::pack_all(job.isa, Rows::of(job.x, d.k, rows.clone()), &mut a);
+                        let x_rows = match job.trans.x {
+                            true => Rows::of_transposed(job.x, d.k, d.n, rows.clone()),
+                            false => Rows::of(job.x, d.k, rows.clone()),
+                        };
+                        pack::pack_all(job.isa, x_rows, &mut a);
                         ASide::Packed(&a)
                     }
                 };
@@ -323,6 +331,7 @@ impl Tile<'_> {
             k: self.job.d.k,
             row0: self.rows.end - last,
             rows: last,
+            transposed: false,
         };
         local.resize(pack::steps(kc, self.kern.pairs) * mr, 0);
         pack::pack_panel(self.job.isa, src, 0, (k0, kc), mr, self.kern.pairs, local);

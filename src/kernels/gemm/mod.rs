@@ -80,25 +80,63 @@ pub unsafe fn linear(isa: Isa, x: Src, w: Src, d: Dims, epi: &Epilogue, out: Out
     if d.n == 0 || d.m == 0 {
         return;
     }
+    let job = Job {
+        isa,
+        x,
+        w,
+        d,
+        trans: Trans::NONE,
+        epi,
+        out,
+    };
     if d.n <= GEMV_MAX_ROWS {
-        gemv::run(&Job {
-            isa,
-            x,
-            w,
-            d,
-            epi,
-            out,
-        });
+        gemv::run(&job);
     } else {
-        blocked::run(&Job {
-            isa,
-            x,
-            w,
-            d,
-            epi,
-            out,
-        });
+        blocked::run(&job);
     }
+}
+
+/// Which operands of [`linear_transposed`] are stored transposed: x as (k, n), W as (k, m).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trans {
+    pub x: bool,
+    pub w: bool,
+}
+
+impl Trans {
+    pub const NONE: Trans = Trans { x: false, w: false };
+}
+
+/// [`linear`] with either operand stored transposed (f32 only: for the backward products of
+/// training, `∂x = ∂y·W` and `∂W = ∂yᵀ·x`, without transposing a matrix first). The packing
+/// reads the transposed operand a run of a row at a time.
+///
+/// # Safety
+/// As [`linear`]. Panics if a transposed operand is not f32.
+pub unsafe fn linear_transposed(isa: Isa, x: Src, w: Src, d: Dims, trans: Trans, epi: &Epilogue, out: Out) {
+    if trans == Trans::NONE {
+        return linear(isa, x, w, d, epi, out);
+    }
+    assert!(
+        (!trans.x || matches!(x, Src::F32(_))) && (!trans.w || matches!(w, Src::F32(_))),
+        "linear_transposed: transposed operands must be f32"
+    );
+    assert!(
+        x.len() >= d.n * d.k && w.len() >= d.m * d.k,
+        "linear: operands too short"
+    );
+    if d.n == 0 || d.m == 0 {
+        return;
+    }
+    blocked::run(&Job {
+        isa,
+        x,
+        w,
+        d,
+        trans,
+        epi,
+        out,
+    });
 }
 
 /// One product and where it goes, shared by the tasks that compute it.
@@ -108,6 +146,7 @@ pub(crate) struct Job<'a> {
     pub x: Src<'a>,
     pub w: Src<'a>,
     pub d: Dims,
+    pub trans: Trans,
     pub epi: &'a Epilogue<'a>,
     pub out: Out,
 }
@@ -124,6 +163,7 @@ pub unsafe fn linear_reference(x: Src, w: Src, d: Dims, epi: &Epilogue, out: Out
         x,
         w,
         d,
+        trans: Trans::NONE,
         epi,
         out,
     };

@@ -55,7 +55,8 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// The source of a pack: `rows` rows of `src` from `row0`, each `k` long and `ld` apart.
+/// The source of a pack: `rows` rows of `src` from `row0`, each `k` long and `ld` apart —
+/// or, when `transposed` (f32 only), columns: element (r, p) at `p·ld + row0 + r`.
 #[derive(Clone, Copy)]
 pub(crate) struct Rows<'a> {
     pub src: Src<'a>,
@@ -63,6 +64,7 @@ pub(crate) struct Rows<'a> {
     pub k: usize,
     pub row0: usize,
     pub rows: usize,
+    pub transposed: bool,
 }
 
 impl<'a> Rows<'a> {
@@ -74,6 +76,19 @@ impl<'a> Rows<'a> {
             k,
             row0: rows.start,
             rows: rows.len(),
+            transposed: false,
+        }
+    }
+
+    /// Rows `rows` of a matrix of `k` columns stored transposed, (k, ld).
+    pub fn of_transposed(src: Src<'a>, k: usize, ld: usize, rows: std::ops::Range<usize>) -> Self {
+        Self {
+            src,
+            ld,
+            k,
+            row0: rows.start,
+            rows: rows.len(),
+            transposed: true,
         }
     }
 }
@@ -128,6 +143,9 @@ pub(crate) fn pack_panel(
     pairs: bool,
     out: &mut [u32],
 ) {
+    if src.transposed {
+        return pack_columns(src, first, (k0, kc), width, out);
+    }
     let s = steps(kc, pairs);
     for lane in 0..width {
         let r = first + lane;
@@ -147,6 +165,22 @@ pub(crate) fn pack_panel(
             }),
             (true, _) => unreachable!("pair packing is for bf16 only"),
         }
+    }
+}
+
+/// [`pack_panel`] from a transposed f32 source: each step of the panel is a run of the
+/// source's row.
+fn pack_columns(src: Rows, first: usize, (k0, kc): (usize, usize), width: usize, out: &mut [u32]) {
+    let Src::F32(v) = src.src else {
+        unreachable!("transposed operands are f32")
+    };
+    let real = src.rows.saturating_sub(first).min(width);
+    for (p, step) in out.chunks_exact_mut(width).take(kc).enumerate() {
+        let at = (k0 + p) * src.ld + src.row0 + first;
+        for (o, &x) in step.iter_mut().zip(&v[at..at + real]) {
+            *o = x.to_bits();
+        }
+        step[real..].fill(0);
     }
 }
 

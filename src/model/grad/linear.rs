@@ -5,9 +5,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{column_sums, cpu_f32, reshaped, f32s, new_f32, tensor_f32s, transpose};
+use super::{column_sums, cpu_f32, f32s, new_f32, reshaped, tensor_f32s};
 use crate::kernels::convert::{Out, Src};
-use crate::kernels::gemm::{self, Dims, Epilogue};
+use crate::kernels::gemm::{self, Dims, Epilogue, Trans};
 use crate::kernels::Isa;
 
 /// `x (…, k) · wᵀ (m, k) + b (m,)` with a backward, for f32 CPU tensors; `None` elsewhere
@@ -35,8 +35,9 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tens
 
 struct LinearOp;
 
-/// `x (n, k) · w (m, k)ᵀ (+ bias)` into a new (n, m) buffer.
-fn product(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: Dims) -> Vec<f32> {
+/// `x (n, k) · w (m, k)ᵀ (+ bias)` into a new (n, m) buffer, either operand stored
+/// transposed as `trans` says.
+fn product(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: Dims, trans: Trans) -> Vec<f32> {
     let len = d.n * d.m;
     if d.k == 0 {
         return (0..len).map(|i| bias.map_or(0.0, |b| b[i % d.m])).collect();
@@ -49,7 +50,8 @@ fn product(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: Dims) -> Vec<f32> {
     // SAFETY: with k > 0 the kernel writes all n·m elements, through a pointer to the
     // buffer's capacity that nothing else touches; only then is the length set.
     unsafe {
-        gemm::linear(Isa::get(), Src::F32(x), Src::F32(w), d, &epi, Out::F32(out.as_mut_ptr()));
+        let out_ptr = Out::F32(out.as_mut_ptr());
+        gemm::linear_transposed(Isa::get(), Src::F32(x), Src::F32(w), d, trans, &epi, out_ptr);
         out.set_len(len);
     }
     out
@@ -61,7 +63,7 @@ fn fwd(x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), b: Option<(&CpuStor
     let xs = f32s(x.0, x.1, "linear")?;
     let ws = f32s(w.0, w.1, "linear")?;
     let bs = b.map(|(s, l)| f32s(s, l, "linear")).transpose()?;
-    let y = product(xs, ws, bs, Dims { n, k, m });
+    let y = product(xs, ws, bs, Dims { n, k, m }, Trans::NONE);
     Ok((CpuStorage::F32(y), Shape::from((n, m))))
 }
 
@@ -78,10 +80,14 @@ fn bwd(x: &Tensor, w: &Tensor, g: &Tensor, bias: bool) -> Result<(Tensor, Tensor
         tensor_f32s(&ws, wl, "linear backward")?,
         tensor_f32s(&gs, gl, "linear backward")?,
     );
-    // ∂x (n, k) = ∂y (n, m) · W (m, k): the kernel's W operand is Wᵀ (k, m).
-    let dx = product(gv, &transpose(wv, m, k), None, Dims { n, k: m, m: k });
-    // ∂W (m, k) = ∂yᵀ (m, n) · x (n, k): operands ∂yᵀ (m, n) and xᵀ (k, n).
-    let dw = product(&transpose(gv, n, m), &transpose(xv, n, k), None, Dims { n: m, k: n, m: k });
+    // ∂x (n, k) = ∂y (n, m) · W (m, k): the kernel's W operand is Wᵀ (k, m), which W is,
+    // stored transposed.
+    let w_t = Trans { x: false, w: true };
+    let dx = product(gv, wv, None, Dims { n, k: m, m: k }, w_t);
+    // ∂W (m, k) = ∂yᵀ (m, n) · x (n, k): operands ∂yᵀ (m, n) and xᵀ (k, n), which ∂y and x
+    // are, stored transposed.
+    let both = Trans { x: true, w: true };
+    let dw = product(gv, xv, None, Dims { n: m, k: n, m: k }, both);
     let db = bias.then(|| column_sums(gv, m));
     Ok((
         new_f32(dx, (n, k))?,
