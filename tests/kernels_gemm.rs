@@ -151,3 +151,47 @@ fn fused_epilogues_match_reference() {
         }
     }
 }
+
+/// `m` rows of `cols` stored transposed: (cols, rows).
+fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows)
+        .map(|i| v[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+#[test]
+fn transposed_operands_give_the_same_product_on_every_level() {
+    use gemm::Trans;
+    for isa in Isa::supported() {
+        for (n, k, m) in SHAPES {
+            let d = Dims { n, k, m };
+            let (x, w, b) = (values(n * k, 5), values(m * k, 6), values(m, 7));
+            let epi = Epilogue {
+                bias: Some(Src::F32(&b)),
+                ..Epilogue::default()
+            };
+            let mut want = vec![0f32; n * m];
+            // SAFETY: the output holds n·m elements.
+            unsafe { gemm::linear_reference(Src::F32(&x), Src::F32(&w), d, &epi, Out::F32(want.as_mut_ptr())) };
+            let (xt, wt) = (transposed(&x, n, k), transposed(&w, m, k));
+            for (tx, tw) in [(true, false), (false, true), (true, true)] {
+                let xs = if tx { &xt } else { &x };
+                let ws = if tw { &wt } else { &w };
+                let mut got = vec![f32::NAN; n * m];
+                let trans = Trans { x: tx, w: tw };
+                // SAFETY: as above.
+                unsafe {
+                    gemm::linear_transposed(isa, Src::F32(xs), Src::F32(ws), d, trans, &epi, Out::F32(got.as_mut_ptr()))
+                };
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 4e-7 * k as f32 + 1e-6,
+                        "{isa} {d:?} {trans:?}: [{}, {}] {g} vs {w}",
+                        idx / m,
+                        idx % m
+                    );
+                }
+            }
+        }
+    }
+}
