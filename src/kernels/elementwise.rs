@@ -73,7 +73,7 @@ where
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {
-            simd(|| {
+            simd(#[inline(always)] || {
                 for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                     *o = f(a, b);
                 }
@@ -84,7 +84,8 @@ where
 
 /// Runs `f` compiled for AVX2+FMA when the CPU has them, else for the baseline: for a
 /// kernel's inner loops written as plain Rust (`f` and what it calls inline are compiled
-/// twice, once per level).
+/// twice, once per level). Mark the closure `#[inline(always)]`: a closure compiled as a
+/// function of its own gets the baseline's instructions whoever calls it.
 #[inline(always)]
 pub fn simd<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]

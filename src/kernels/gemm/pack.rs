@@ -175,9 +175,26 @@ fn pack_columns(src: Rows, first: usize, (k0, kc): (usize, usize), width: usize,
         unreachable!("transposed operands are f32")
     };
     let real = src.rows.saturating_sub(first).min(width);
+    let at = |p: usize| (k0 + p) * src.ld + src.row0 + first;
+    // Full panels of the kernels' widths copy a constant number of values per step.
+    macro_rules! full {
+        ($($w:literal),*) => {
+            match width {
+                $($w if real == $w => {
+                    for (p, step) in out.chunks_exact_mut($w).take(kc).enumerate() {
+                        let run: &[f32; $w] = v[at(p)..at(p) + $w].try_into().expect("a full run");
+                        let step: &mut [u32; $w] = step.try_into().expect("a full step");
+                        *step = run.map(f32::to_bits);
+                    }
+                    return;
+                })*
+                _ => {}
+            }
+        };
+    }
+    full!(4, 6, 8, 12, 16, 24, 32);
     for (p, step) in out.chunks_exact_mut(width).take(kc).enumerate() {
-        let at = (k0 + p) * src.ld + src.row0 + first;
-        for (o, &x) in step.iter_mut().zip(&v[at..at + real]) {
+        for (o, &x) in step.iter_mut().zip(&v[at(p)..at(p) + real]) {
             *o = x.to_bits();
         }
         step[real..].fill(0);

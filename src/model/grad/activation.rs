@@ -98,7 +98,7 @@ pub fn backward_map_f32(xs: &[f32], gs: &[f32], act: Activation) -> Vec<f32> {
     macro_rules! each {
         ($($v:ident),*) => {
             match act {
-                $(Activation::$v => elementwise::zip_map_f32(xs, gs, |x, g| g * base_derivative(Activation::$v, x)),)*
+                $(Activation::$v => elementwise::zip_map_f32(xs, gs, #[inline(always)] |x, g| g * base_derivative(Activation::$v, x)),)*
                 Activation::Affine(af) => {
                     let a = af.a();
                     let base = af.base();
@@ -110,7 +110,7 @@ pub fn backward_map_f32(xs: &[f32], gs: &[f32], act: Activation) -> Vec<f32> {
     macro_rules! each_base {
         ($base:expr, $a:expr, $($v:ident),*) => {
             match $base {
-                $(Activation::$v => elementwise::zip_map_f32(xs, gs, move |x, g| g * $a * base_derivative(Activation::$v, x)),)*
+                $(Activation::$v => elementwise::zip_map_f32(xs, gs, #[inline(always)] move |x, g| g * $a * base_derivative(Activation::$v, x)),)*
                 Activation::Affine(_) => unreachable!("an affine's base is a base activation"),
             }
         };

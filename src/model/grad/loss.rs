@@ -79,7 +79,7 @@ impl CustomOp2 for CrossEntropy {
         dx.par_chunks_mut(ROWS * vocab)
             .zip(x.par_chunks(ROWS * vocab).zip(t.par_chunks(ROWS)))
             .for_each(|(ds, (rows, ts))| {
-                simd(|| {
+                simd(#[inline(always)] || {
                     for ((d, row), &t) in ds.chunks_exact_mut(vocab).zip(rows.chunks_exact(vocab)).zip(ts) {
                         let lse = logsumexp_row_generic(row);
                         for (o, &v) in d.iter_mut().zip(row) {

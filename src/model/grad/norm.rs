@@ -65,7 +65,7 @@ impl NormOp {
         y.par_chunks_mut(ROWS * c)
             .zip(x.par_chunks(ROWS * c))
             .for_each(|(ys, xs)| {
-                simd(|| {
+                simd(#[inline(always)] || {
                     for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
                         let (mean, r) = self.stats(xr);
                         for ((o, &v), &wi) in yr.iter_mut().zip(xr).zip(w) {
@@ -91,7 +91,7 @@ impl NormOp {
             .map(|(dxs, (xs, gs))| {
                 let (mut dw, mut db) = zero();
                 let (mut xhat, mut gw) = (vec![0f32; c], vec![0f32; c]);
-                simd(|| {
+                simd(#[inline(always)] || {
                     let rows = dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(gs.chunks_exact(c));
                     for ((dr, xr), gr) in rows {
                         self.row_bwd(xr, gr, w, (&mut xhat, &mut gw), dr);
