@@ -17,9 +17,13 @@ A benchmark, not a test: it prints figures and asserts nothing about them.
    embeddings), ``get_cosine_schedule_with_warmup``, ``clip_grad_norm_(1.0)``; each step is
    zero_grad, forward on B random crops of T + 1 tokens of the same training text, mean
    cross-entropy, backward, clip, step, timed with ``time.perf_counter``.
-3. Both: the first ``--skip`` steps (default 2) are warm-up and not counted; tokens/s =
-   B·T·(counted steps) / (their summed seconds). Prints both, the ratio (gpt-ablate /
-   PyTorch) and the machine's load average; ``--json-out FILE`` saves every figure.
+3. Both, ``--rounds R`` times (default 3), alternating (gpt-ablate, PyTorch, gpt-ablate, …),
+   so that a slow spell of a shared machine falls on both tools: the first ``--skip`` steps
+   of each run (default 2) are warm-up and not counted; tokens/s = B·T / (the median of every
+   counted step's seconds, over all rounds). Also printed: the mean-based rate
+   (B·T·steps / summed seconds) and each round's ratio. Prints both tools, the ratio
+   (gpt-ablate / PyTorch) and the machine's load average; ``--json-out FILE`` saves every
+   figure.
 
 Examples::
 
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -101,9 +106,17 @@ def torch_child(args) -> None:
                       "attention": model.config._attn_implementation}))
 
 
-def rate(secs: list, tokens_per_step: int, skip: int) -> float:
-    counted = secs[skip:]
-    return tokens_per_step * len(counted) / sum(counted)
+def counted(runs: list, skip: int) -> list:
+    """Every counted step's seconds, over all rounds."""
+    return [s for run in runs for s in run[skip:]]
+
+
+def mean_rate(secs: list, tokens_per_step: int) -> float:
+    return tokens_per_step * len(secs) / sum(secs)
+
+
+def median_rate(secs: list, tokens_per_step: int) -> float:
+    return tokens_per_step / statistics.median(secs)
 
 
 def main() -> int:
@@ -114,6 +127,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each tool (default 3)")
     ap.add_argument("--workdir", default="/tmp/gpt-ablate-bench-train")
     ap.add_argument("--json-out")
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
@@ -122,25 +136,37 @@ def main() -> int:
         torch_child(args)
         return 0
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    rust = rust_run(args)
     child = [sys.executable, __file__, "--torch-child", "--model", args.model, "--steps", str(args.steps),
              "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--threads", str(args.threads)]
-    res = subprocess.run(child, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.exit(f"PyTorch failed:\n{res.stderr}")
-    pt = json.loads(res.stdout.strip().splitlines()[-1])
+    rusts, pts = [], []
+    for _ in range(args.rounds):
+        rusts.append(rust_run(args))
+        res = subprocess.run(child, capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(f"PyTorch failed:\n{res.stderr}")
+        pts.append(json.loads(res.stdout.strip().splitlines()[-1]))
     tps = args.batch_size * args.seq_len
-    r, p = rate(rust["step_seconds"], tps, args.skip), rate(pt["step_seconds"], tps, args.skip)
+    rs = counted([x["step_seconds"] for x in rusts], args.skip)
+    ps = counted([x["step_seconds"] for x in pts], args.skip)
+    r, p = median_rate(rs, tps), median_rate(ps, tps)
+    rounds = [mean_rate(a["step_seconds"][args.skip:], tps) / mean_rate(b["step_seconds"][args.skip:], tps)
+              for a, b in zip(rusts, pts)]
+    pt = pts[0]
     print(f"model {args.model}, batch {args.batch_size} x {args.seq_len}, {args.threads} threads, f32, "
-          f"{args.steps} steps ({args.skip} warm-up not counted); load average {os.getloadavg()[0]:.1f}")
-    print(f"{'tool':<26}{'tokens/s':>10}{'s/step':>9}")
-    print(f"{'gpt-ablate train':<26}{r:>10.0f}{tps / r:>9.3f}")
-    print(f"{'PyTorch + transformers':<26}{p:>10.0f}{tps / p:>9.3f}   (torch {pt['torch']}, {pt['attention']} attention)")
-    print(f"ratio (gpt-ablate / PyTorch): {r / p:.2f}")
+          f"{args.rounds} rounds of {args.steps} steps ({args.skip} warm-up not counted per run); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'tool':<26}{'tokens/s':>10}{'s/step':>9}{'mean-based tok/s':>18}")
+    print(f"{'gpt-ablate train':<26}{r:>10.0f}{tps / r:>9.3f}{mean_rate(rs, tps):>18.0f}")
+    print(f"{'PyTorch + transformers':<26}{p:>10.0f}{tps / p:>9.3f}{mean_rate(ps, tps):>18.0f}"
+          f"   (torch {pt['torch']}, {pt['attention']} attention)")
+    print(f"ratio (gpt-ablate / PyTorch), medians: {r / p:.2f}; mean-based: "
+          f"{mean_rate(rs, tps) / mean_rate(ps, tps):.2f}; per round: {', '.join(f'{x:.2f}' for x in rounds)}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"args": vars(args), "gpt_ablate": rust, "pytorch": pt,
+        Path(args.json_out).write_text(json.dumps({"args": vars(args), "gpt_ablate": rusts, "pytorch": pts,
                                                    "gpt_ablate_tokens_per_second": r,
                                                    "pytorch_tokens_per_second": p, "ratio": r / p,
+                                                   "ratio_mean_based": mean_rate(rs, tps) / mean_rate(ps, tps),
+                                                   "ratio_per_round": rounds,
                                                    "loadavg": os.getloadavg()}, indent=1) + "\n")
     return 0
 
