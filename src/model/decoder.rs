@@ -178,11 +178,11 @@ impl Decoder {
             }
             if let Some(tr) = tracer.as_deref_mut() {
                 if tr.differentiable {
-                    if !x.track_op() {
-                        let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
-                        x = (&x + probe.as_tensor())?;
-                    }
-                    tr.probes.push(x.clone());
+                    // Autograd keeps the gradients of variables only, so the block input's
+                    // is read from a zero-valued variable added to it.
+                    let probe = Var::zeros(x.dims(), x.dtype(), x.device())?;
+                    x = (&x + probe.as_tensor())?;
+                    tr.probes.push(probe.as_tensor().clone());
                 }
                 tr.residuals.push(x.clone());
             }

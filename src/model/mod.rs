@@ -100,9 +100,9 @@ pub struct Tracer {
     /// The residual stream entering each block, then the last block's output (before any
     /// final norm): `n_layer + 1` tensors of shape (b·t, C).
     pub residuals: Vec<Tensor>,
-    /// Per block, the tensor whose gradient is ∂loss/∂(the block's input) (differentiable
-    /// only): the input itself, or a zero-valued variable added to it where nothing before
-    /// the block is tracked (the first block when the embeddings are constants).
+    /// Per block, a zero-valued variable added to the block's input, whose gradient is
+    /// ∂loss/∂(the block's input) (differentiable only; autograd keeps the gradients of
+    /// variables only).
     pub probes: Vec<Tensor>,
     /// Each block's first feed-forward weight (`c_fc`, `fc1`, `dense_h_to_4h` or
     /// `gate_proj`), (inner, C), as a variable (differentiable only).
