@@ -17,8 +17,15 @@ use crate::model::CausalLm;
 
 pub use super::plan::{windows, Window};
 
-/// Rows of LM-head logits computed at once: 128 × 50,257 × 4 B ≈ 26 MB.
-const HEAD_CHUNK: usize = 128;
+/// Rows of LM-head logits computed at once: 128 × 50,257 × 4 B ≈ 26 MB in f32; half as many
+/// rows in bf16 and f16, whose weights are half the size, so that the logits stay as small a
+/// part of the peak memory (each chunk streams the LM head once: fewer rows, more passes).
+fn head_chunk(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 | DType::F64 => 128,
+        _ => 64,
+    }
+}
 
 /// How to slide over the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -302,7 +309,7 @@ fn visit_window(
     let seq = &plan.sequences[w.seq];
     let mut t0 = w.score_from;
     while t0 < w.score_end {
-        let n = HEAD_CHUNK.min(w.score_end - t0);
+        let n = head_chunk(models[0].dtype()).min(w.score_end - t0);
         let row = t0 - 1 - w.begin;
         let rows = hidden
             .iter()
