@@ -172,7 +172,15 @@ fn transposed_operands_give_the_same_product_on_every_level() {
             };
             let mut want = vec![0f32; n * m];
             // SAFETY: the output holds n·m elements.
-            unsafe { gemm::linear_reference(Src::F32(&x), Src::F32(&w), d, &epi, Out::F32(want.as_mut_ptr())) };
+            unsafe {
+                gemm::linear_reference(
+                    Src::F32(&x),
+                    Src::F32(&w),
+                    d,
+                    &epi,
+                    Out::F32(want.as_mut_ptr()),
+                )
+            };
             let (xt, wt) = (transposed(&x, n, k), transposed(&w, m, k));
             for (tx, tw) in [(true, false), (false, true), (true, true)] {
                 let xs = if tx { &xt } else { &x };
@@ -181,7 +189,15 @@ fn transposed_operands_give_the_same_product_on_every_level() {
                 let trans = Trans { x: tx, w: tw };
                 // SAFETY: as above.
                 unsafe {
-                    gemm::linear_transposed(isa, Src::F32(xs), Src::F32(ws), d, trans, &epi, Out::F32(got.as_mut_ptr()))
+                    gemm::linear_transposed(
+                        isa,
+                        Src::F32(xs),
+                        Src::F32(ws),
+                        d,
+                        trans,
+                        &epi,
+                        Out::F32(got.as_mut_ptr()),
+                    )
                 };
                 for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(

@@ -295,9 +295,24 @@ impl HeadJob<'_> {
             let (m, keys) = (i1 - i0, offset + i1);
             let s = &mut buf.scores[..m * keys];
             // Scores (m, keys) = q rows · k rowsᵀ.
-            let q_rows = Mat { ptr: qp.add(i0 * qs), rs: qs, cs: 1 };
-            let k_cols = Mat { ptr: kp, rs: 1, cs: ks };
-            product(self.isa, (m, keys, d), q_rows, k_cols, (s.as_mut_ptr(), keys), false);
+            let q_rows = Mat {
+                ptr: qp.add(i0 * qs),
+                rs: qs,
+                cs: 1,
+            };
+            let k_cols = Mat {
+                ptr: kp,
+                rs: 1,
+                cs: ks,
+            };
+            product(
+                self.isa,
+                (m, keys, d),
+                q_rows,
+                k_cols,
+                (s.as_mut_ptr(), keys),
+                false,
+            );
             for (r, row) in s.chunks_mut(keys).enumerate() {
                 let visible = offset + i0 + r + 1;
                 softmax_row_in_place(&mut row[..visible], self.scale);
@@ -312,8 +327,16 @@ impl HeadJob<'_> {
                 }
             };
             // Output rows (m, d) = probabilities · v rows.
-            let probs = Mat { ptr: s.as_ptr(), rs: keys, cs: 1 };
-            let v_rows = Mat { ptr: vp, rs: vs, cs: 1 };
+            let probs = Mat {
+                ptr: s.as_ptr(),
+                rs: keys,
+                cs: 1,
+            };
+            let v_rows = Mat {
+                ptr: vp,
+                rs: vs,
+                cs: 1,
+            };
             product(self.isa, (m, d, keys), probs, v_rows, (dst, ld), false);
             if !matches!(self.out, Out::F32(_)) {
                 for (r, row) in buf.out.chunks_exact(d).enumerate() {

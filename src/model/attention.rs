@@ -57,9 +57,12 @@ impl Attention {
         );
         let qkv = self.qkv.forward(x)?; // (b·t, H·d + 2·G·d)
         if mode == Mode::Differentiable && cache.is_none() && self.rope.is_none() {
-            let fused = grad::causal_attention_qkv(&qkv, (b, t), self.heads, self.head_dim, self.scale)?;
+            let fused =
+                grad::causal_attention_qkv(&qkv, (b, t), self.heads, self.head_dim, self.scale)?;
             if let Some(y) = fused {
-                return self.out.forward_fused(&y, None, residual.map(|r| (Combine::Add, r)));
+                return self
+                    .out
+                    .forward_fused(&y, None, residual.map(|r| (Combine::Add, r)));
             }
         }
         let qkv = qkv.reshape((b, t, qw + 2 * kw))?;

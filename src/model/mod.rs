@@ -10,13 +10,13 @@
 //!   config, its weight names, and how its blocks are wired.
 
 pub mod activation;
-pub mod grad;
 pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod export;
 pub mod ffn;
 pub mod gpt2;
+pub mod grad;
 pub mod inspect;
 pub mod linear;
 pub mod llama;

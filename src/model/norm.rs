@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
 use crate::kernels::norm;
-use crate::model::grad::norm as grad;
 use crate::model::decoder::Mode;
+use crate::model::grad::norm as grad;
 use crate::model::params::Params;
 use crate::weights::LoadError;
 

@@ -113,7 +113,15 @@ impl Trans {
 ///
 /// # Safety
 /// As [`linear`]. Panics if a transposed operand is not f32.
-pub unsafe fn linear_transposed(isa: Isa, x: Src, w: Src, d: Dims, trans: Trans, epi: &Epilogue, out: Out) {
+pub unsafe fn linear_transposed(
+    isa: Isa,
+    x: Src,
+    w: Src,
+    d: Dims,
+    trans: Trans,
+    epi: &Epilogue,
+    out: Out,
+) {
     if trans == Trans::NONE {
         return linear(isa, x, w, d, epi, out);
     }

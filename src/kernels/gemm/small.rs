@@ -41,14 +41,27 @@ pub unsafe fn product(
     (c, ldc): (*mut f32, usize),
     accumulate: bool,
 ) {
-    let g = Args { m, a, b, c, ldc, accumulate };
+    let g = Args {
+        m,
+        a,
+        b,
+        c,
+        ldc,
+        accumulate,
+    };
     let mut panel = [0f32; KC * NR];
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
         for j0 in (0..n).step_by(NR) {
             let nr = NR.min(n - j0);
             g.pack(p0, kc, j0, nr, &mut panel);
-            let block = Block { p0, kc, j0, nr, panel: &panel };
+            let block = Block {
+                p0,
+                kc,
+                j0,
+                nr,
+                panel: &panel,
+            };
             #[cfg(target_arch = "x86_64")]
             match isa {
                 Isa::Avx512 | Isa::Avx512Bf16 => {
@@ -246,22 +259,43 @@ mod tests {
                 (9, 40, 300, false, false),
                 (5, 17, 260, true, true),
             ] {
-                let av: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
-                let bv: Vec<f32> = (0..k * n).map(|i| ((i * 53) % 97) as f32 / 40.0 - 1.2).collect();
+                let av: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                    .collect();
+                let bv: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 53) % 97) as f32 / 40.0 - 1.2)
+                    .collect();
                 let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
                 let (rs, cs) = if trans { (1, m) } else { (k, 1) };
                 // B transposed whenever A is not.
                 let (brs, bcs) = if trans { (n, 1) } else { (1, k) };
                 let mut c = c0.clone();
-                let a = Mat { ptr: av.as_ptr(), rs, cs };
-                let b = Mat { ptr: bv.as_ptr(), rs: brs, cs: bcs };
+                let a = Mat {
+                    ptr: av.as_ptr(),
+                    rs,
+                    cs,
+                };
+                let b = Mat {
+                    ptr: bv.as_ptr(),
+                    rs: brs,
+                    cs: bcs,
+                };
                 unsafe { product(isa, (m, n, k), a, b, (c.as_mut_ptr(), n), accumulate) };
                 for i in 0..m {
                     for j in 0..n {
-                        let s: f64 = (0..k).map(|p| av[i * rs + p * cs] as f64 * bv[p * brs + j * bcs] as f64).sum();
-                        let want = s + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
+                        let s: f64 = (0..k)
+                            .map(|p| av[i * rs + p * cs] as f64 * bv[p * brs + j * bcs] as f64)
+                            .sum();
+                        let want = s + if accumulate {
+                            c0[i * n + j] as f64
+                        } else {
+                            0.0
+                        };
                         let got = c[i * n + j] as f64;
-                        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{isa} ({m},{n},{k}) [{i},{j}]: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                            "{isa} ({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                        );
                     }
                 }
             }

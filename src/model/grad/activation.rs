@@ -156,7 +156,11 @@ impl CustomOp1 for DifferentiableOp {
         let (xs, xl) = arg.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
         let what = "activation backward";
-        let dx = backward_map_f32(tensor_f32s(&xs, xl, what)?, tensor_f32s(&gs, gl, what)?, self.0);
+        let dx = backward_map_f32(
+            tensor_f32s(&xs, xl, what)?,
+            tensor_f32s(&gs, gl, what)?,
+            self.0,
+        );
         new_f32(dx, arg.dims()).map(Some)
     }
 }

@@ -33,7 +33,10 @@ pub fn causal_attention_qkv(
         return Ok(None);
     }
     let op = FusedQkv {
-        att: TrainAttention { heads, scale: scale as f32 },
+        att: TrainAttention {
+            heads,
+            scale: scale as f32,
+        },
         head_dim,
         b,
         t,
@@ -44,13 +47,30 @@ pub fn causal_attention_qkv(
 /// `softmax(scale·q·kᵀ + causal mask)·v` with heads side by side, q (b, t, H·d), k and v
 /// (b, t, G·d) (column slices of a fused projection are fine), with a backward, for f32 CPU
 /// tensors; `None` elsewhere.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, scale: f64) -> Result<Option<Tensor>> {
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: Heads,
+    scale: f64,
+) -> Result<Option<Tensor>> {
     if !cpu_f32(&[q, k, v]) || q.dims3()?.1 != k.dims3()?.1 {
         return Ok(None);
     }
-    let row_major = |t: &Tensor| if t.stride()[2] == 1 { Ok(t.clone()) } else { t.contiguous() };
-    let op = TrainAttention { heads, scale: scale as f32 };
-    row_major(q)?.apply_op3(&row_major(k)?, &row_major(v)?, op).map(Some)
+    let row_major = |t: &Tensor| {
+        if t.stride()[2] == 1 {
+            Ok(t.clone())
+        } else {
+            t.contiguous()
+        }
+    };
+    let op = TrainAttention {
+        heads,
+        scale: scale as f32,
+    };
+    row_major(q)?
+        .apply_op3(&row_major(k)?, &row_major(v)?, op)
+        .map(Some)
 }
 
 struct TrainAttention {
@@ -73,7 +93,10 @@ impl CustomOp3 for TrainAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = FusedAttention { heads: self.heads, scale: self.scale };
+        let op = FusedAttention {
+            heads: self.heads,
+            scale: self.scale,
+        };
         candle_core::CustomOp3::cpu_fwd(&op, s1, l1, s2, l2, s3, l3)
     }
 
@@ -124,7 +147,10 @@ impl TrainAttention {
             q,
             k,
             v,
-            g: operand(&gs, &Layout::contiguous_with_offset((b, t, c), gl.start_offset()))?,
+            g: operand(
+                &gs,
+                &Layout::contiguous_with_offset((b, t, c), gl.start_offset()),
+            )?,
             dq,
             dk,
             dv,
@@ -164,10 +190,19 @@ impl FusedQkv {
         let (qw, kw) = self.widths();
         let w = qw + 2 * kw;
         if l.shape().dims() != [self.b * self.t, w] {
-            candle_core::bail!("attention: qkv {:?} for ({}·{}, {w})", l.shape(), self.b, self.t);
+            candle_core::bail!(
+                "attention: qkv {:?} for ({}·{}, {w})",
+                l.shape(),
+                self.b,
+                self.t
+            );
         }
         let l3 = Layout::contiguous_with_offset((self.b, self.t, w), l.start_offset());
-        Ok([l3.narrow(2, 0, qw)?, l3.narrow(2, qw, kw)?, l3.narrow(2, qw + kw, kw)?])
+        Ok([
+            l3.narrow(2, 0, qw)?,
+            l3.narrow(2, qw, kw)?,
+            l3.narrow(2, qw + kw, kw)?,
+        ])
     }
 }
 
@@ -256,7 +291,10 @@ thread_local! {
 
 /// Pointer to row 0 of sequence `bi`, column `col`, and the row stride.
 fn rows((data, view): (&[f32], View), bi: usize, col: usize) -> (*const f32, usize) {
-    (data[view.offset + bi * view.batch + col..].as_ptr(), view.row)
+    (
+        data[view.offset + bi * view.batch + col..].as_ptr(),
+        view.row,
+    )
 }
 
 impl Job<'_> {
@@ -282,20 +320,45 @@ impl Job<'_> {
                 let (p, dp) = (&mut s.p[..m * keys], &mut s.dp[..m * keys]);
                 let (qb, gb) = (qp.add(i0 * qs), gp.add(i0 * gs));
                 // Scores q·Kᵀ and ∂P = ∂y·Vᵀ, (m, keys).
-                product(isa, (m, keys, d), a(qb, qs, 1), a(kp, 1, ks), (p.as_mut_ptr(), keys), false);
-                product(isa, (m, keys, d), a(gb, gs, 1), a(vp, 1, vs), (dp.as_mut_ptr(), keys), false);
+                product(
+                    isa,
+                    (m, keys, d),
+                    a(qb, qs, 1),
+                    a(kp, 1, ks),
+                    (p.as_mut_ptr(), keys),
+                    false,
+                );
+                product(
+                    isa,
+                    (m, keys, d),
+                    a(gb, gs, 1),
+                    a(vp, 1, vs),
+                    (dp.as_mut_ptr(), keys),
+                    false,
+                );
                 for (r, (pr, dr)) in p.chunks_mut(keys).zip(dp.chunks_mut(keys)).enumerate() {
                     let visible = i0 + r + 1;
                     softmax_row_in_place(&mut pr[..visible], self.scale);
                     pr[visible..].fill(0.0);
-                    let dot: f32 = pr[..visible].iter().zip(&dr[..visible]).map(|(a, b)| a * b).sum();
+                    let dot: f32 = pr[..visible]
+                        .iter()
+                        .zip(&dr[..visible])
+                        .map(|(a, b)| a * b)
+                        .sum();
                     for (g, &pv) in dr.iter_mut().zip(pr.iter()) {
                         *g = pv * (*g - dot) * self.scale;
                     }
                 }
                 // ∂q rows = ∂S·K; ∂K += ∂Sᵀ·q rows; ∂V += Pᵀ·∂y rows.
                 let (dsp, pp) = (dp.as_ptr(), p.as_ptr());
-                product(isa, (m, d, keys), a(dsp, keys, 1), a(kp, ks, 1), (dq.add(i0 * dqs), dqs), false);
+                product(
+                    isa,
+                    (m, d, keys),
+                    a(dsp, keys, 1),
+                    a(kp, ks, 1),
+                    (dq.add(i0 * dqs), dqs),
+                    false,
+                );
                 product(isa, (keys, d, m), a(dsp, 1, keys), a(qb, qs, 1), dk, true);
                 product(isa, (keys, d, m), a(pp, 1, keys), a(gb, gs, 1), dv, true);
             }
@@ -320,24 +383,42 @@ mod tests {
     fn gradients_match_autograd_through_the_composed_version() {
         let dev = Device::Cpu;
         // (batch, t, heads, kv heads, head dim): one and several blocks, grouped heads.
-        for (b, t, h, g, d) in [(1, 7, 2, 2, 4), (2, 150, 3, 3, 8), (2, 70, 4, 2, 8), (1, 65, 6, 1, 4)] {
+        for (b, t, h, g, d) in [
+            (1, 7, 2, 2, 4),
+            (2, 150, 3, 3, 8),
+            (2, 70, 4, 2, 8),
+            (1, 65, 6, 1, 4),
+        ] {
             let (c, ck) = (h * d, g * d);
             let heads = Heads { n_head: h, n_kv: g };
             let qkv = Var::randn(0f32, 1.0, (b, t, c + 2 * ck), &dev).unwrap();
             let r = Tensor::randn(0f32, 1.0, (b, t, c), &dev).unwrap();
             let run = |path: Path| {
                 let x = qkv.as_tensor();
-                let (q, k, v) = (x.narrow(2, 0, c).unwrap(), x.narrow(2, c, ck).unwrap(), x.narrow(2, c + ck, ck).unwrap());
+                let (q, k, v) = (
+                    x.narrow(2, 0, c).unwrap(),
+                    x.narrow(2, c, ck).unwrap(),
+                    x.narrow(2, c + ck, ck).unwrap(),
+                );
                 let y = match path {
                     Path::Slices => causal_attention(&q, &k, &v, heads, 0.37).unwrap().unwrap(),
                     Path::Fused => {
                         let flat = x.reshape((b * t, c + 2 * ck)).unwrap();
-                        let y = causal_attention_qkv(&flat, (b, t), heads, d, 0.37).unwrap().unwrap();
+                        let y = causal_attention_qkv(&flat, (b, t), heads, d, 0.37)
+                            .unwrap()
+                            .unwrap();
                         y.reshape((b, t, c)).unwrap()
                     }
-                    Path::Composed => causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap(),
+                    Path::Composed => {
+                        causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap()
+                    }
                 };
-                let store = (y.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let store = (y.clone() * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
                 (y, store.get(x).unwrap().clone())
             };
             let ((yf, gf), (yc, gc)) = (run(Path::Slices), run(Path::Composed));
@@ -345,8 +426,14 @@ mod tests {
             let diff = max_diff(&gf, &gc);
             assert!(diff < 1e-4, "b={b} t={t} h={h} g={g}: {diff:e}");
             let (yq, gq) = run(Path::Fused);
-            assert!(max_diff(&yq, &yf) == 0.0, "fused-qkv forward b={b} t={t} g={g}");
-            assert!(max_diff(&gq, &gf) == 0.0, "fused-qkv gradient b={b} t={t} g={g}");
+            assert!(
+                max_diff(&yq, &yf) == 0.0,
+                "fused-qkv forward b={b} t={t} g={g}"
+            );
+            assert!(
+                max_diff(&gq, &gf) == 0.0,
+                "fused-qkv gradient b={b} t={t} g={g}"
+            );
         }
     }
 }

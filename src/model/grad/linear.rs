@@ -51,13 +51,25 @@ fn product(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: Dims, trans: Trans) ->
     // buffer's capacity that nothing else touches; only then is the length set.
     unsafe {
         let out_ptr = Out::F32(out.as_mut_ptr());
-        gemm::linear_transposed(Isa::get(), Src::F32(x), Src::F32(w), d, trans, &epi, out_ptr);
+        gemm::linear_transposed(
+            Isa::get(),
+            Src::F32(x),
+            Src::F32(w),
+            d,
+            trans,
+            &epi,
+            out_ptr,
+        );
         out.set_len(len);
     }
     out
 }
 
-fn fwd(x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), b: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+fn fwd(
+    x: (&CpuStorage, &Layout),
+    w: (&CpuStorage, &Layout),
+    b: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
     let (n, k) = x.1.shape().dims2()?;
     let m = w.1.shape().dims2()?.0;
     let xs = f32s(x.0, x.1, "linear")?;
@@ -101,11 +113,23 @@ impl CustomOp2 for LinearOp {
         "linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         fwd((s1, l1), (s2, l2), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = bwd(x, w, g, false)?;
         Ok((Some(dx), Some(dw)))
     }
@@ -151,7 +175,12 @@ mod tests {
     #[test]
     fn gradients_match_candle_autograd() {
         let dev = Device::Cpu;
-        for (n, k, m, bias) in [(7, 5, 3, true), (300, 160, 640, true), (96, 33, 1000, false), (2, 8, 4, true)] {
+        for (n, k, m, bias) in [
+            (7, 5, 3, true),
+            (300, 160, 640, true),
+            (96, 33, 1000, false),
+            (2, 8, 4, true),
+        ] {
             let x = Var::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let w = Var::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let b = Var::randn(0f32, 1.0, m, &dev).unwrap();
@@ -159,13 +188,20 @@ mod tests {
             let grads = |fused: bool| {
                 let bias = bias.then_some(b.as_tensor());
                 let y = if fused {
-                    forward(x.as_tensor(), w.as_tensor(), bias).unwrap().unwrap()
+                    forward(x.as_tensor(), w.as_tensor(), bias)
+                        .unwrap()
+                        .unwrap()
                 } else {
                     candle_nn::Linear::new(w.as_tensor().clone(), bias.cloned())
                         .forward(x.as_tensor())
                         .unwrap()
                 };
-                let store = (y.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let store = (y.clone() * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
                 let mut out = vec![y];
                 for v in [&x, &w, &b] {
                     if let Some(g) = store.get(v.as_tensor()) {
@@ -177,9 +213,19 @@ mod tests {
             let (fused, composed) = (grads(true), grads(false));
             assert_eq!(fused.len(), composed.len());
             for (f, c) in fused.iter().zip(&composed) {
-                let scale = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                let scale = c
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .max(1.0);
                 let diff = crate::model::grad::tests::max_diff(f, c);
-                assert!(diff <= 1e-5 * scale * (k.max(n) as f32).sqrt(), "n={n} k={k} m={m}: {diff:e}");
+                assert!(
+                    diff <= 1e-5 * scale * (k.max(n) as f32).sqrt(),
+                    "n={n} k={k} m={m}: {diff:e}"
+                );
             }
         }
     }

@@ -19,7 +19,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (n, vocab) = logits.dims2()?;
     let targets = targets.to_dtype(DType::U32)?.contiguous()?;
     if targets.dims() != [n] {
-        candle_core::bail!("cross_entropy: targets {:?} for logits ({n}, {vocab})", targets.dims());
+        candle_core::bail!(
+            "cross_entropy: targets {:?} for logits ({n}, {vocab})",
+            targets.dims()
+        );
     }
     logits.contiguous()?.apply_op2(&targets, CrossEntropy)
 }
@@ -36,10 +39,11 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
     }
 }
 
-
 fn check(targets: &[u32], vocab: usize) -> Result<()> {
     match targets.iter().find(|&&t| t as usize >= vocab) {
-        Some(t) => candle_core::bail!("cross_entropy: target {t} outside the vocabulary of {vocab}"),
+        Some(t) => {
+            candle_core::bail!("cross_entropy: target {t} outside the vocabulary of {vocab}")
+        }
         None => Ok(()),
     }
 }
@@ -49,7 +53,13 @@ impl CustomOp2 for CrossEntropy {
         "cross-entropy"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, vocab) = l1.shape().dims2()?;
         let (x, t) = (f32s(s1, l1, self.name())?, u32s(s2, l2)?);
         check(t, vocab)?;
@@ -65,11 +75,21 @@ impl CustomOp2 for CrossEntropy {
             .collect();
         // Blocks added in order: the same bits whatever the threads.
         let total: f64 = partial.iter().sum();
-        let mean = if n == 0 { f32::NAN } else { (total / n as f64) as f32 };
+        let mean = if n == 0 {
+            f32::NAN
+        } else {
+            (total / n as f64) as f32
+        };
         Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
     }
 
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, vocab) = logits.dims2()?;
         let scale = g.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
         let (xs, xl) = logits.storage_and_layout();
@@ -79,15 +99,22 @@ impl CustomOp2 for CrossEntropy {
         dx.par_chunks_mut(ROWS * vocab)
             .zip(x.par_chunks(ROWS * vocab).zip(t.par_chunks(ROWS)))
             .for_each(|(ds, (rows, ts))| {
-                simd(#[inline(always)] || {
-                    for ((d, row), &t) in ds.chunks_exact_mut(vocab).zip(rows.chunks_exact(vocab)).zip(ts) {
-                        let lse = logsumexp_row_generic(row);
-                        for (o, &v) in d.iter_mut().zip(row) {
-                            *o = exp(v - lse) * scale;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((d, row), &t) in ds
+                            .chunks_exact_mut(vocab)
+                            .zip(rows.chunks_exact(vocab))
+                            .zip(ts)
+                        {
+                            let lse = logsumexp_row_generic(row);
+                            for (o, &v) in d.iter_mut().zip(row) {
+                                *o = exp(v - lse) * scale;
+                            }
+                            d[t as usize] -= scale;
                         }
-                        d[t as usize] -= scale;
-                    }
-                })
+                    },
+                )
             });
         Ok((Some(new_f32(dx, (n, vocab))?), None))
     }
@@ -112,7 +139,12 @@ mod tests {
                     false => candle_nn::loss::cross_entropy(x.as_tensor(), &t).unwrap(),
                 };
                 let loss3 = (&loss * 3.0).unwrap();
-                let g = loss3.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+                let g = loss3
+                    .backward()
+                    .unwrap()
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .clone();
                 (loss.to_scalar::<f32>().unwrap(), g)
             };
             let ((lf, gf), (lc, gc)) = (run(true), run(false));
@@ -126,6 +158,9 @@ mod tests {
         let x = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
         let t = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
         let err = cross_entropy(&x, &t).unwrap_err().to_string();
-        assert!(err.contains("target 4 outside the vocabulary of 4"), "{err}");
+        assert!(
+            err.contains("target 4 outside the vocabulary of 4"),
+            "{err}"
+        );
     }
 }

@@ -87,7 +87,10 @@ pub(crate) mod tests {
             let sums = super::column_sums(&src, cols);
             for (j, s) in sums.iter().enumerate() {
                 let want: f32 = (0..rows).map(|i| src[i * cols + j]).sum();
-                assert!((s - want).abs() <= 1e-4 * want.abs().max(1.0), "column {j}: {s} vs {want}");
+                assert!(
+                    (s - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "column {j}: {s} vs {want}"
+                );
             }
         }
     }

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, reshaped, f32s, new_f32, tensor_f32s};
+use super::{cpu_f32, f32s, new_f32, reshaped, tensor_f32s};
 use crate::kernels::elementwise::simd;
 use crate::kernels::reductions::{sum, sum_pairs};
 
@@ -21,7 +21,13 @@ pub enum Kind {
 
 /// The normalisation of `x` (…, c) with weight `w` (c,) and, for LayerNorm, an optional
 /// bias, with a backward, for f32 CPU tensors; `None` elsewhere.
-pub fn forward(x: &Tensor, kind: Kind, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Option<Tensor>> {
+pub fn forward(
+    x: &Tensor,
+    kind: Kind,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    eps: f64,
+) -> Result<Option<Tensor>> {
     let mut all = vec![x, w];
     all.extend(b);
     if !cpu_f32(&all) {
@@ -29,7 +35,10 @@ pub fn forward(x: &Tensor, kind: Kind, w: &Tensor, b: Option<&Tensor>, eps: f64)
     }
     let c = w.dim(0)?;
     let x2 = reshaped(x, &[x.elem_count() / c.max(1), c])?.contiguous()?;
-    let op = NormOp { kind, eps: eps as f32 };
+    let op = NormOp {
+        kind,
+        eps: eps as f32,
+    };
     let y = match b {
         Some(b) => x2.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?,
         None => x2.apply_op2(&w.contiguous()?, op)?,
@@ -65,17 +74,20 @@ impl NormOp {
         y.par_chunks_mut(ROWS * c)
             .zip(x.par_chunks(ROWS * c))
             .for_each(|(ys, xs)| {
-                simd(#[inline(always)] || {
-                    for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
-                        let (mean, r) = self.stats(xr);
-                        for ((o, &v), &wi) in yr.iter_mut().zip(xr).zip(w) {
-                            *o = (v - mean) * r * wi;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                            let (mean, r) = self.stats(xr);
+                            for ((o, &v), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                                *o = (v - mean) * r * wi;
+                            }
+                            if let Some(b) = b {
+                                yr.iter_mut().zip(b).for_each(|(o, &bi)| *o += bi);
+                            }
                         }
-                        if let Some(b) = b {
-                            yr.iter_mut().zip(b).for_each(|(o, &bi)| *o += bi);
-                        }
-                    }
-                })
+                    },
+                )
             });
         y
     }
@@ -91,16 +103,22 @@ impl NormOp {
             .map(|(dxs, (xs, gs))| {
                 let (mut dw, mut db) = zero();
                 let (mut xhat, mut gw) = (vec![0f32; c], vec![0f32; c]);
-                simd(#[inline(always)] || {
-                    let rows = dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(gs.chunks_exact(c));
-                    for ((dr, xr), gr) in rows {
-                        self.row_bwd(xr, gr, w, (&mut xhat, &mut gw), dr);
-                        for i in 0..c {
-                            dw[i] += gr[i] * xhat[i];
-                            db[i] += gr[i];
+                simd(
+                    #[inline(always)]
+                    || {
+                        let rows = dxs
+                            .chunks_exact_mut(c)
+                            .zip(xs.chunks_exact(c))
+                            .zip(gs.chunks_exact(c));
+                        for ((dr, xr), gr) in rows {
+                            self.row_bwd(xr, gr, w, (&mut xhat, &mut gw), dr);
+                            for i in 0..c {
+                                dw[i] += gr[i] * xhat[i];
+                                db[i] += gr[i];
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 (dw, db)
             })
             .collect();
@@ -115,7 +133,14 @@ impl NormOp {
 
     /// ∂x of one row into `dr`, leaving x̂ and g·w in the scratch rows.
     #[inline(always)]
-    fn row_bwd(self, xr: &[f32], gr: &[f32], w: &[f32], (xhat, gw): (&mut [f32], &mut [f32]), dr: &mut [f32]) {
+    fn row_bwd(
+        self,
+        xr: &[f32],
+        gr: &[f32],
+        w: &[f32],
+        (xhat, gw): (&mut [f32], &mut [f32]),
+        dr: &mut [f32],
+    ) {
         let c = w.len() as f32;
         let (mean, r) = self.stats(xr);
         for i in 0..w.len() {
@@ -132,7 +157,12 @@ impl NormOp {
         }
     }
 
-    fn cpu(self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), b: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+    fn cpu(
+        self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let xs = f32s(x.0, x.1, "norm")?;
         let ws = f32s(w.0, w.1, "norm")?;
         let bs = b.map(|(s, l)| f32s(s, l, "norm")).transpose()?;
@@ -160,11 +190,23 @@ impl CustomOp2 for NormOp {
         "norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.cpu((s1, l1), (s2, l2), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.grads(x, w, g)?;
         Ok((Some(dx), Some(dw)))
     }
@@ -210,7 +252,11 @@ mod tests {
     #[test]
     fn gradients_match_candle_autograd() {
         let dev = Device::Cpu;
-        for (kind, bias) in [(Kind::Layer, true), (Kind::Layer, false), (Kind::Rms, false)] {
+        for (kind, bias) in [
+            (Kind::Layer, true),
+            (Kind::Layer, false),
+            (Kind::Rms, false),
+        ] {
             for (n, c) in [(3, 5), (100, 160), (65, 64)] {
                 let x = Var::randn(0.3f32, 2.0, (n, c), &dev).unwrap();
                 let w = Var::randn(1f32, 0.5, c, &dev).unwrap();
@@ -223,13 +269,23 @@ mod tests {
                         (true, _) => forward(xt, kind, wt, bt, 1e-5).unwrap().unwrap(),
                         (false, Kind::Layer) => {
                             let zero = wt.zeros_like().unwrap();
-                            candle_nn::ops::layer_norm_slow(xt, wt, bt.unwrap_or(&zero), 1e-5).unwrap()
+                            candle_nn::ops::layer_norm_slow(xt, wt, bt.unwrap_or(&zero), 1e-5)
+                                .unwrap()
                         }
                         (false, Kind::Rms) => candle_nn::ops::rms_norm_slow(xt, wt, 1e-5).unwrap(),
                     };
-                    let store = (y.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let store = (y.clone() * &r)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
                     let mut out = vec![y];
-                    out.extend([&x, &w].iter().map(|v| store.get(v.as_tensor()).unwrap().clone()));
+                    out.extend(
+                        [&x, &w]
+                            .iter()
+                            .map(|v| store.get(v.as_tensor()).unwrap().clone()),
+                    );
                     if bias {
                         out.push(store.get(b.as_tensor()).unwrap().clone());
                     }
