@@ -1,7 +1,7 @@
 //! `y = x·Wᵀ + b` for training: the forward on the crate's GEMM (the inference kernel,
 //! bias fused), the backward as two more products on the same kernel — `∂x = ∂y·W` and
-//! `∂W = ∂yᵀ·x`, operands transposed once into the kernel's row-major layout — and `∂b` the
-//! column sums of `∂y`.
+//! `∂W = ∂yᵀ·x`, the transposed operands read as such while packing (no transposed copies)
+//! — and `∂b` the column sums of `∂y`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 

@@ -5,12 +5,15 @@
 //! - [`activation`]: the activation, with f′ from a fused kernel.
 //! - [`linear`]: `x·Wᵀ + b` on the crate's GEMM, forward and backward.
 //! - [`norm`]: LayerNorm and RMSNorm, one pass forward, two backward.
-//! - [`attention`]: causal attention; the backward recomputes each query block's
-//!   probabilities instead of keeping the (b, h, t, t) tensor.
+//! - [`attention`]: causal attention on the fused q|k|v projection; the backward recomputes
+//!   each query block's probabilities instead of keeping the (b, h, t, t) tensor.
 //! - [`loss`]: mean next-token cross-entropy from the logits, log-softmax fused.
 //!
 //! Every op has a composed candle-ops reference that autograd differentiates, used on other
-//! devices and dtypes; the tests compare the gradients of the two.
+//! devices and dtypes; the tests compare the gradients of the two. The ops skip no-op
+//! reshapes ([`reshaped`]): in candle's autograd every node costs a zeroed buffer and a sum.
+//! Sums across parallel blocks are added in block order, so a step's result does not depend
+//! on how rayon split the work (resumed runs end bit-identical).
 
 pub mod activation;
 pub mod attention;
