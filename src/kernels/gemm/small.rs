@@ -49,6 +49,11 @@ pub unsafe fn product(
         ldc,
         accumulate,
     };
+    if k == 0 && !accumulate {
+        for i in 0..m {
+            std::ptr::write_bytes(g.c_at(i, 0), 0, n);
+        }
+    }
     let mut panel = [0f32; KC * NR];
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
@@ -252,6 +257,7 @@ mod tests {
             // (m, n, k), A transposed or not, accumulate: edges below and above a block.
             for (m, n, k, trans, accumulate) in [
                 (1, 1, 1, false, false),
+                (3, 5, 0, false, false),
                 (4, 16, 8, false, false),
                 (7, 33, 5, true, true),
                 (64, 32, 200, false, true),
