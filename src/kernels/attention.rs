@@ -49,13 +49,6 @@ pub fn causal_attention(
     let same = [k, v].iter().all(|t| t.dtype() == dtype);
     let fused = matches!(dtype, DType::F32 | DType::BF16 | DType::F16);
     if q.device().is_cpu() && same && fused {
-        let row_major = |t: &Tensor| -> Result<Tensor> {
-            if t.stride()[2] == 1 {
-                Ok(t.clone())
-            } else {
-                t.contiguous()
-            }
-        };
         let op = FusedAttention {
             heads,
             scale: scale as f32,
@@ -63,6 +56,16 @@ pub fn causal_attention(
         return row_major(q)?.apply_op3_no_bwd(&row_major(k)?, &row_major(v)?, &op);
     }
     causal_attention_composed(q, k, v, heads, scale, false)
+}
+
+/// `t` (b, t, C) with unit stride along C: itself (a column slice of a fused projection is
+/// fine), else a contiguous copy.
+pub(crate) fn row_major(t: &Tensor) -> Result<Tensor> {
+    if t.stride()[2] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
 }
 
 /// Query heads and key/value heads (`n_kv` divides `n_head`).

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Stora
 use rayon::prelude::*;
 
 use super::{cpu_f32, new_f32};
-use crate::kernels::attention::{softmax_row_in_place, FusedAttention, Heads, View};
+use crate::kernels::attention::{row_major, softmax_row_in_place, FusedAttention, Heads, View};
 use crate::kernels::gemm::small::{product, Mat};
 use crate::kernels::Isa;
 
@@ -57,13 +57,6 @@ pub fn causal_attention(
     if !cpu_f32(&[q, k, v]) || q.dims3()?.1 != k.dims3()?.1 {
         return Ok(None);
     }
-    let row_major = |t: &Tensor| {
-        if t.stride()[2] == 1 {
-            Ok(t.clone())
-        } else {
-            t.contiguous()
-        }
-    };
     let op = TrainAttention {
         heads,
         scale: scale as f32,
