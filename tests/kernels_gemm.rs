@@ -108,7 +108,7 @@ fn check(isa: Isa, ty: Ty, d: Dims, bias: bool, act: bool, with: Option<Combine>
     }
 }
 
-const SHAPES: [(usize, usize, usize); 13] = [
+const SHAPES: [(usize, usize, usize); 14] = [
     (1, 7, 5),
     (2, 33, 70),
     (3, 64, 129),
@@ -121,6 +121,8 @@ const SHAPES: [(usize, usize, usize); 13] = [
     // Rows 4 KiB apart (f32) crowd one L1 set: x is restaged to another stride.
     (20, 1024, 70),
     (6, 1024, 1000),
+    // W over the 8 MiB packing budget in f32: packed and multiplied in two slabs.
+    (100, 2100, 1100),
     // Few rows, many columns: the product runs with the operands swapped.
     (6, 96, 3000),
     (7, 64, 9000),

@@ -31,7 +31,7 @@ const NC_MAX: usize = 512;
 /// Most bytes of packed x at once: rows are packed and multiplied in super-blocks.
 const A_BUDGET: usize = 4 << 20;
 /// Most bytes of packed W at once: columns are packed and multiplied in slabs.
-const B_BUDGET: usize = 16 << 20;
+const B_BUDGET: usize = 8 << 20;
 
 /// How the result is combined with a second (n, m) tensor after bias and activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
