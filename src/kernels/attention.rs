@@ -25,9 +25,9 @@ const FEW_QUERIES: usize = 4;
 /// Returns (b, tq, H·d). The inputs may be column slices of a fused qkv output.
 ///
 /// On CPU (f32, bf16 or f16, computed in f32 and rounded once) this is one fused kernel:
-/// heads run in parallel, each with single-threaded gemm calls on query blocks and a scratch
-/// buffer for scores, so the (b, h, t, t) score tensor never exists. Elsewhere the same maths
-/// is composed from candle ops.
+/// heads run in parallel, each with single-threaded products ([`super::gemm::small`]) on
+/// query blocks and a scratch buffer for scores, so the (b, h, t, t) score tensor never
+/// exists. Elsewhere the same maths is composed from candle ops.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,

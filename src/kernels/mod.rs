@@ -5,7 +5,8 @@
 //! - [`isa`]: which level (portable, AVX2, AVX-512, AVX-512 + bf16) runs, chosen at run time.
 //! - [`convert`]: f32 / bf16 / f16 slices and their conversions.
 //! - [`gemm`]: `x·Wᵀ` with a fused epilogue (bias, activation, residual or gate), for many
-//!   rows (packed, blocked) and few (streaming, for decoding).
+//!   rows (packed, blocked; either operand may be stored transposed) and few (streaming, for
+//!   decoding); `gemm::small`, one attention head's products.
 //! - [`math`]: branch-free scalar `exp`, `tanh`, `erf`, GELUs (imports nothing from the crate).
 //! - [`elementwise`]: parallel, runtime-dispatched (AVX2+FMA or baseline) maps.
 //! - [`attention`]: fused causal attention with grouped-query heads; [`decode`]: its
