@@ -3,9 +3,9 @@
 //! `∂W = ∂yᵀ·x`, the transposed operands read as such while packing (no transposed copies)
 //! — and `∂b` the column sums of `∂y`.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 
-use super::{column_sums, cpu_f32, f32s, new_f32, reshaped, tensor_f32s};
+use super::{apply_weight_op, column_sums, cpu_f32, reshaped, Gradients, Operand, WeightOp};
 use crate::kernels::convert::{Out, Src};
 use crate::kernels::gemm::{self, Dims, Epilogue, Trans};
 use crate::kernels::Isa;
@@ -24,16 +24,39 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tens
         Some(last) if *last == k => *last = m,
         _ => candle_core::bail!("linear: input {:?} for weight ({m}, {k})", x.dims()),
     }
-    let x2 = reshaped(x, &[x.elem_count() / k.max(1), k])?.contiguous()?;
-    let (w, op) = (w.contiguous()?, LinearOp);
-    let y = match b {
-        Some(b) => x2.apply_op3(&w, &b.contiguous()?, op)?,
-        None => x2.apply_op2(&w, op)?,
-    };
+    let x2 = reshaped(x, &[x.elem_count() / k.max(1), k])?;
+    let y = apply_weight_op(LinearOp, &x2, w, b)?;
     reshaped(&y, &shape).map(Some)
 }
 
+#[derive(Clone, Copy)]
 struct LinearOp;
+
+impl WeightOp for LinearOp {
+    const NAME: &'static str = "linear";
+
+    fn forward(self, x: Operand, w: Operand, b: Option<&[f32]>) -> Result<(Vec<f32>, Shape)> {
+        let ((n, k), m) = (dims2(x)?, dims2(w)?.0);
+        let y = product(x.data, w.data, b, Dims { n, k, m }, Trans::NONE);
+        Ok((y, Shape::from((n, m))))
+    }
+
+    /// ∂x = ∂y·W and ∂W = ∂yᵀ·x with the transposed operands read as such, ∂b the column
+    /// sums of ∂y.
+    fn backward(self, x: Operand, w: Operand, g: &[f32], bias: bool) -> Gradients {
+        // Two-dimensional: `forward` checked them.
+        let (n, k, m) = (x.dims[0], x.dims[1], w.dims[0]);
+        // ∂x (n, k) = ∂y (n, m) · W (m, k): the kernel's W operand is Wᵀ (k, m), which W is,
+        // stored transposed.
+        let w_t = Trans { x: false, w: true };
+        let dx = product(g, w.data, None, Dims { n, k: m, m: k }, w_t);
+        // ∂W (m, k) = ∂yᵀ (m, n) · x (n, k): operands ∂yᵀ (m, n) and xᵀ (k, n), which ∂y and
+        // x are, stored transposed.
+        let both = Trans { x: true, w: true };
+        let dw = product(g, x.data, None, Dims { n: m, k: n, m: k }, both);
+        (dx, dw, bias.then(|| column_sums(g, m)))
+    }
+}
 
 /// `x (n, k) · w (m, k)ᵀ (+ bias)` into a new (n, m) buffer, either operand stored
 /// transposed as `trans` says.
@@ -65,107 +88,13 @@ fn product(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: Dims, trans: Trans) ->
     out
 }
 
-fn fwd(
-    x: (&CpuStorage, &Layout),
-    w: (&CpuStorage, &Layout),
-    b: Option<(&CpuStorage, &Layout)>,
-) -> Result<(CpuStorage, Shape)> {
-    let (n, k) = x.1.shape().dims2()?;
-    let m = w.1.shape().dims2()?.0;
-    let xs = f32s(x.0, x.1, "linear")?;
-    let ws = f32s(w.0, w.1, "linear")?;
-    let bs = b.map(|(s, l)| f32s(s, l, "linear")).transpose()?;
-    let y = product(xs, ws, bs, Dims { n, k, m }, Trans::NONE);
-    Ok((CpuStorage::F32(y), Shape::from((n, m))))
-}
-
-/// (∂x, ∂W, ∂b) for `y = x·Wᵀ + b` given ∂y.
-fn bwd(x: &Tensor, w: &Tensor, g: &Tensor, bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let (n, k) = x.dims2()?;
-    let m = w.dim(0)?;
-    let g = g.contiguous()?;
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (gs, gl) = g.storage_and_layout();
-    let (xv, wv, gv) = (
-        tensor_f32s(&xs, xl, "linear backward")?,
-        tensor_f32s(&ws, wl, "linear backward")?,
-        tensor_f32s(&gs, gl, "linear backward")?,
-    );
-    // ∂x (n, k) = ∂y (n, m) · W (m, k): the kernel's W operand is Wᵀ (k, m), which W is,
-    // stored transposed.
-    let w_t = Trans { x: false, w: true };
-    let dx = product(gv, wv, None, Dims { n, k: m, m: k }, w_t);
-    // ∂W (m, k) = ∂yᵀ (m, n) · x (n, k): operands ∂yᵀ (m, n) and xᵀ (k, n), which ∂y and x
-    // are, stored transposed.
-    let both = Trans { x: true, w: true };
-    let dw = product(gv, xv, None, Dims { n: m, k: n, m: k }, both);
-    let db = bias.then(|| column_sums(gv, m));
-    Ok((
-        new_f32(dx, (n, k))?,
-        new_f32(dw, (m, k))?,
-        db.map(|v| new_f32(v, m)).transpose()?,
-    ))
-}
-
-impl CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fwd((s1, l1), (s2, l2), None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = bwd(x, w, g, false)?;
-        Ok((Some(dx), Some(dw)))
+/// (rows, columns) of a 2-D operand.
+fn dims2(o: Operand) -> Result<(usize, usize)> {
+    match o.dims {
+        &[r, c] => Ok((r, c)),
+        d => candle_core::bail!("linear: expected a matrix, got {d:?}"),
     }
 }
-
-impl CustomOp3 for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear-bias"
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fwd((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = bwd(x, w, g, true)?;
-        Ok((Some(dx), Some(dw), db))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

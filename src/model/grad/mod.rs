@@ -21,7 +21,9 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 /// Whether every tensor is an f32 tensor on the CPU (the fused ops' domain).
@@ -37,6 +39,149 @@ pub fn reshaped(t: &Tensor, dims: &[usize]) -> Result<Tensor> {
         Ok(t.clone())
     } else {
         t.reshape(dims)
+    }
+}
+
+/// An op on an input x and a weight w, with or without a bias b, on contiguous f32 slices:
+/// [`apply_weight_op`] runs it as candle's two- or three-input custom op, so the linear layer
+/// and the norms are each written once for both.
+trait WeightOp: Copy + Send + Sync + 'static {
+    const NAME: &'static str;
+
+    /// y and its shape.
+    fn forward(self, x: Operand, w: Operand, b: Option<&[f32]>) -> Result<(Vec<f32>, Shape)>;
+
+    /// (∂x, ∂w, and ∂b when `bias`) given ∂y (contiguous, y's shape).
+    fn backward(self, x: Operand, w: Operand, g: &[f32], bias: bool) -> Gradients;
+}
+
+/// A contiguous f32 operand and its dims.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    dims: &'a [usize],
+}
+
+/// ∂x, ∂w and (with a bias) ∂b, shaped like x, w and w's first dimension.
+type Gradients = (Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+
+/// `op` on x, w and, when given, b, with its backward.
+fn apply_weight_op<T: WeightOp>(
+    op: T,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, AsCustomOp(op)),
+        None => x.apply_op2(&w, AsCustomOp(op)),
+    }
+}
+
+/// A [`WeightOp`] as candle's custom op.
+struct AsCustomOp<T>(T);
+
+impl<T: WeightOp> AsCustomOp<T> {
+    fn fwd(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = Operand {
+            data: f32s(xs, xl, T::NAME)?,
+            dims: xl.dims(),
+        };
+        let w = Operand {
+            data: f32s(ws, wl, T::NAME)?,
+            dims: wl.dims(),
+        };
+        let b = b.map(|(s, l)| f32s(s, l, T::NAME)).transpose()?;
+        let (y, shape) = self.0.forward(x, w, b)?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, g: &Tensor, bias: bool) -> Result<[Option<Tensor>; 3]> {
+        let g = g.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let operand = |s, l, dims| -> Result<Operand> {
+            Ok(Operand {
+                data: tensor_f32s(s, l, T::NAME)?,
+                dims,
+            })
+        };
+        let (dx, dw, db) = self.0.backward(
+            operand(&xs, xl, x.dims())?,
+            operand(&ws, wl, w.dims())?,
+            tensor_f32s(&gs, gl, T::NAME)?,
+            bias,
+        );
+        Ok([
+            Some(new_f32(dx, x.dims())?),
+            Some(new_f32(dw, w.dims())?),
+            db.map(|v| new_f32(v, w.dim(0)?)).transpose()?,
+        ])
+    }
+}
+
+impl<T: WeightOp> CustomOp2 for AsCustomOp<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.bwd(x, w, g, false)?;
+        Ok((dx, dw))
+    }
+}
+
+impl<T: WeightOp> CustomOp3 for AsCustomOp<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, db] = self.bwd(x, w, g, true)?;
+        Ok((dx, dw, db))
     }
 }
 

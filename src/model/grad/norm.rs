@@ -3,10 +3,10 @@
 //! `∂x = r·(g·w − mean(g·w) − x̂·mean(g·w·x̂))` (RMSNorm without the mean term), with
 //! `∂w = Σ g·x̂` and `∂b = Σ g` summed per block of rows, then across blocks.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, f32s, new_f32, reshaped, tensor_f32s};
+use super::{apply_weight_op, cpu_f32, reshaped, Gradients, Operand, WeightOp};
 use crate::kernels::elementwise::simd;
 use crate::kernels::reductions::{sum, sum_pairs};
 
@@ -34,15 +34,16 @@ pub fn forward(
         return Ok(None);
     }
     let c = w.dim(0)?;
-    let x2 = reshaped(x, &[x.elem_count() / c.max(1), c])?.contiguous()?;
-    let op = NormOp {
-        kind,
-        eps: eps as f32,
-    };
-    let y = match b {
-        Some(b) => x2.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?,
-        None => x2.apply_op2(&w.contiguous()?, op)?,
-    };
+    let x2 = reshaped(x, &[x.elem_count() / c.max(1), c])?;
+    let y = apply_weight_op(
+        NormOp {
+            kind,
+            eps: eps as f32,
+        },
+        &x2,
+        w,
+        b,
+    )?;
     reshaped(&y, x.dims()).map(Some)
 }
 
@@ -156,90 +157,18 @@ impl NormOp {
             dr[i] = r * (gw[i] - a - xhat[i] * m);
         }
     }
-
-    fn cpu(
-        self,
-        x: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
-        b: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let xs = f32s(x.0, x.1, "norm")?;
-        let ws = f32s(w.0, w.1, "norm")?;
-        let bs = b.map(|(s, l)| f32s(s, l, "norm")).transpose()?;
-        Ok((CpuStorage::F32(self.fwd(xs, ws, bs)), x.1.shape().clone()))
-    }
-
-    fn grads(self, x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let g = g.contiguous()?;
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
-        let what = "norm backward";
-        let (dx, dw, db) = self.bwd(
-            tensor_f32s(&xs, xl, what)?,
-            tensor_f32s(&ws, wl, what)?,
-            tensor_f32s(&gs, gl, what)?,
-        );
-        let c = dw.len();
-        Ok((new_f32(dx, x.dims())?, new_f32(dw, c)?, new_f32(db, c)?))
-    }
 }
 
-impl CustomOp2 for NormOp {
-    fn name(&self) -> &'static str {
-        "norm"
+impl WeightOp for NormOp {
+    const NAME: &'static str = "norm";
+
+    fn forward(self, x: Operand, w: Operand, b: Option<&[f32]>) -> Result<(Vec<f32>, Shape)> {
+        Ok((self.fwd(x.data, w.data, b), Shape::from(x.dims)))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.cpu((s1, l1), (s2, l2), None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.grads(x, w, g)?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-impl CustomOp3 for NormOp {
-    fn name(&self) -> &'static str {
-        "norm-bias"
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.cpu((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.grads(x, w, g)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+    fn backward(self, x: Operand, w: Operand, g: &[f32], bias: bool) -> Gradients {
+        let (dx, dw, db) = self.bwd(x.data, w.data, g);
+        (dx, dw, bias.then_some(db))
     }
 }
 
