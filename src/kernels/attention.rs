@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::convert::{self, Out, Src};
 use super::decode;
+use super::elementwise::simd;
 use super::gemm::small::{product, Mat};
 use super::isa::Isa;
 use super::math::exp;
@@ -416,19 +417,10 @@ fn head_rows<'a>(
 }
 
 pub(crate) fn softmax_row_in_place(x: &mut [f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { softmax_row_avx2(x, scale) };
-        return;
-    }
-    softmax_row_generic(x, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(x: &mut [f32], scale: f32) {
-    softmax_row_generic(x, scale)
+    simd(
+        #[inline(always)]
+        || softmax_row_generic(x, scale),
+    )
 }
 
 /// softmax(scale·x) in place.

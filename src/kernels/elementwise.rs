@@ -1,6 +1,7 @@
 //! Elementwise maps over f32 slices, in parallel, compiled twice (baseline x86-64 and
 //! AVX2+FMA) and picked at run time. The function is a generic parameter, so each caller's
-//! closure gets its own vectorised loop.
+//! closure gets its own vectorised loop. [`simd`] is the one place that picks the level; the
+//! row kernels elsewhere (softmax, log-sum-exp, the training ops' loops) go through it too.
 
 use rayon::prelude::*;
 
@@ -21,45 +22,24 @@ where
 }
 
 fn map_chunk<F: Fn(f32) -> f32 + Copy>(x: &[f32], o: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { map_chunk_avx2(x, o, f) };
-        return;
-    }
-    map_chunk_generic(x, o, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_chunk_avx2<F: Fn(f32) -> f32 + Copy>(x: &[f32], o: &mut [f32], f: F) {
-    map_chunk_generic(x, o, f)
-}
-
-#[inline(always)]
-fn map_chunk_generic<F: Fn(f32) -> f32 + Copy>(x: &[f32], o: &mut [f32], f: F) {
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o = f(x);
-    }
+    simd(
+        #[inline(always)]
+        || {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        },
+    )
 }
 
 /// `f` applied in place to every element of `xs` (one thread: for runs inside a kernel),
 /// with the best instruction set available.
 #[inline]
 pub fn map_in_place<F: Fn(f32) -> f32 + Copy>(xs: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { map_in_place_avx2(xs, f) };
-        return;
-    }
-    xs.iter_mut().for_each(|x| *x = f(*x));
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_in_place_avx2<F: Fn(f32) -> f32 + Copy>(xs: &mut [f32], f: F) {
-    xs.iter_mut().for_each(|x| *x = f(*x));
+    simd(
+        #[inline(always)]
+        || xs.iter_mut().for_each(|x| *x = f(*x)),
+    )
 }
 
 /// `f(a, b)` for every pair of elements, in parallel, with the best instruction set

@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::elementwise::simd;
 use super::math::exp;
 
 /// Lanes of the multi-accumulator reductions below: independent partial results let LLVM
@@ -168,18 +169,10 @@ impl CustomOp1 for LogSumExp {
 }
 
 pub(crate) fn logsumexp_row(x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { logsumexp_row_avx2(x) };
-    }
-    logsumexp_row_generic(x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn logsumexp_row_avx2(x: &[f32]) -> f32 {
-    logsumexp_row_generic(x)
+    simd(
+        #[inline(always)]
+        || logsumexp_row_generic(x),
+    )
 }
 
 #[inline(always)]
