@@ -50,19 +50,32 @@ impl Attention {
         mode: Mode,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?; // (b·t, H·d + 2·G·d)
+        let y = self
+            .heads_output(&qkv, rows, cache, mode)?
+            .to_dtype(x.dtype())?; // (b·t, H·d)
+        self.out
+            .forward_fused(&y, None, residual.map(|r| (Combine::Add, r)))
+    }
+
+    /// The heads' outputs side by side, (b·t, H·d), from the fused projection.
+    fn heads_output(
+        &self,
+        qkv: &Tensor,
+        rows: Rows,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let (b, t) = (rows.b, rows.t);
         let (qw, kw) = (
             self.heads.n_head * self.head_dim,
             self.heads.n_kv * self.head_dim,
         );
-        let qkv = self.qkv.forward(x)?; // (b·t, H·d + 2·G·d)
         if mode == Mode::Differentiable && cache.is_none() && self.rope.is_none() {
             let fused =
-                grad::causal_attention_qkv(&qkv, (b, t), self.heads, self.head_dim, self.scale)?;
+                grad::causal_attention_qkv(qkv, (b, t), self.heads, self.head_dim, self.scale)?;
             if let Some(y) = fused {
-                return self
-                    .out
-                    .forward_fused(&y, None, residual.map(|r| (Combine::Add, r)));
+                return Ok(y);
             }
         }
         let qkv = qkv.reshape((b, t, qw + 2 * kw))?;
@@ -97,8 +110,6 @@ impl Attention {
                 Ok,
             )?,
         }; // (b, t, H·d)
-        let y = y.to_dtype(x.dtype())?.reshape((b * t, qw))?;
-        self.out
-            .forward_fused(&y, None, residual.map(|r| (Combine::Add, r)))
+        y.reshape((b * t, qw))
     }
 }
