@@ -7,7 +7,7 @@
 mod common;
 
 use assert_cmd::Command;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs_diff, run_json, tensor_max_diff};
 use gpt_ablate::data::read_text;
 use gpt_ablate::eval::diagnose::diagnose;
@@ -451,6 +451,78 @@ fn a_pass_resumed_from_a_kept_residual_equals_the_full_pass() {
                 tensor_max_diff(&full, &full_base) > 0.0,
                 "{name}: swap had an effect"
             );
+        }
+    }
+}
+
+/// Scoring reads the final hidden states of a window's last positions only, so the last
+/// block computes just those (and every position's keys and values): the rows equal the full
+/// pass's to the bit, for every family's wiring, whether the pass starts from the tokens or
+/// from a kept residual, and however many rows are asked for.
+#[test]
+fn the_last_positions_alone_equal_the_full_pass_to_the_bit() {
+    use gpt_ablate::model::Partial;
+    for (name, dtype) in [
+        "../tiny-gpt2",
+        "pythia-parallel",
+        "neox-sequential",
+        "opt-pre",
+        "opt-post",
+        "llama-gqa",
+        "qwen2-bias",
+    ]
+    .into_iter()
+    .flat_map(|name| [(name, DType::F32), (name, DType::BF16)])
+    {
+        let options = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        let loaded = load(&fixture(&format!("families/{name}")), &options)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let model = &loaded.model;
+        let n = model.info().n_layer;
+        let vocab = model.info().vocab_size as u32;
+        let tokens: Vec<u32> = (0..2 * 24).map(|i| (i * 31 + 5) % vocab).collect();
+        let input = Tensor::from_vec(tokens, (2, 24), &Device::Cpu).unwrap();
+        let mut kept = Vec::new();
+        let taps = [n - 1];
+        let keep = Partial {
+            keep: &taps,
+            ..Partial::default()
+        };
+        model
+            .hidden_states_partial(&input, keep, &mut kept)
+            .unwrap();
+        // The residual entering the last block, and the one leaving it (no block left to run).
+        let stream = model.residual_stream(&input).unwrap();
+        let after = stream[n].flatten_to(1).unwrap();
+        for start in [None, Some((n - 1, &kept[0])), Some((n, &after))] {
+            let from = Partial {
+                start,
+                ..Partial::default()
+            };
+            let full = model
+                .hidden_states_partial(&input, from, &mut Vec::new())
+                .unwrap();
+            for tail in [1, 4, 5, 6, 13, 23, 24] {
+                let want = full.narrow(1, 24 - tail, tail).unwrap();
+                let partial = Partial {
+                    start,
+                    tail: Some(tail),
+                    ..Partial::default()
+                };
+                let got = model
+                    .hidden_states_partial(&input, partial, &mut Vec::new())
+                    .unwrap();
+                assert_eq!(got.dims(), want.dims(), "{name}: tail {tail}");
+                assert_eq!(
+                    tensor_max_diff(&got, &want),
+                    0.0,
+                    "{name} {dtype:?}: tail {tail} from {:?}",
+                    start.map(|s| s.0)
+                );
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::plan::{ScoringPlan, Sequence};
 use crate::kernels;
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Partial};
 
 pub use super::plan::{windows, Window};
 
@@ -242,13 +242,26 @@ pub fn score_windows(
     progress: &mut dyn FnMut(usize, usize),
     visit: &mut dyn FnMut(ScoredChunk<'_>) -> Result<(), PplError>,
 ) -> Result<(), PplError> {
-    let mut hidden = |_: usize, m: &dyn CausalLm, input: &Tensor| m.hidden_states(input);
+    let mut hidden = |_: usize, m: &dyn CausalLm, input: &Tensor, tail: usize| {
+        let partial = Partial {
+            tail: Some(tail),
+            ..Partial::default()
+        };
+        m.hidden_states_partial(input, partial, &mut Vec::new())
+    };
     score_windows_with(models, plan, batch_size, progress, &mut hidden, visit)
 }
 
-/// The hidden states (b, t, C) of model `m` for batch `index`'s input (b, t).
+/// The hidden states (b, tail, C) of the last `tail` positions of model `m` for batch
+/// `index`'s input (b, t): `(index, m, input, tail)`.
 pub type HiddenSource<'h> =
-    dyn FnMut(usize, &dyn CausalLm, &Tensor) -> candle_core::Result<Tensor> + 'h;
+    dyn FnMut(usize, &dyn CausalLm, &Tensor, usize) -> candle_core::Result<Tensor> + 'h;
+
+/// Trailing positions of window `w`'s input whose hidden states are read: from the one
+/// predicting its first scored token on.
+fn tail(w: &Window) -> usize {
+    w.len() - (w.score_from - 1 - w.begin)
+}
 
 /// [`score_windows`], with each model's hidden states for each batch computed by `hidden`
 /// (the grid resumes variants from residuals it kept).
@@ -279,13 +292,15 @@ pub fn score_windows_with(
             .collect();
         let input =
             Tensor::from_vec(ids, (batch.len(), batch[0].1.len()), &device).map_err(candle)?;
+        let n = batch.iter().map(|(_, w)| tail(w)).max().unwrap_or(0);
         let hidden: Vec<Tensor> = models
             .iter()
-            .map(|&m| hidden_of(done, m, &input))
+            .map(|&m| hidden_of(done, m, &input, n))
             .collect::<candle_core::Result<_>>()
-            .map_err(candle)?; // per model (b, len, C)
+            .map_err(candle)?; // per model (b, n, C)
         for (bi, &(window, w)) in batch.iter().enumerate() {
-            visit_window(models, plan, &hidden, bi, window, w, visit)?;
+            let first = w.len() - n; // the position of hidden row 0
+            visit_window(models, plan, (&hidden, first), bi, window, w, visit)?;
         }
         progress(done + 1, batches.len());
     }
@@ -296,7 +311,7 @@ pub fn score_windows_with(
 fn visit_window(
     models: &[&dyn CausalLm],
     plan: &ScoringPlan,
-    hidden: &[Tensor],
+    (hidden, first): (&[Tensor], usize),
     bi: usize,
     window: usize,
     w: Window,
@@ -310,7 +325,7 @@ fn visit_window(
     let mut t0 = w.score_from;
     while t0 < w.score_end {
         let n = head_chunk(models[0].dtype()).min(w.score_end - t0);
-        let row = t0 - 1 - w.begin;
+        let row = t0 - 1 - w.begin - first;
         let rows = hidden
             .iter()
             .map(|h| h.i(bi)?.narrow(0, row, n)) // (n, C)

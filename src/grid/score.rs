@@ -66,14 +66,15 @@ fn hidden_source<'h>(
     ctx: &'h CellContext,
     base: &'h dyn CausalLm,
     residuals: &'h mut Vec<Vec<Tensor>>,
-) -> impl FnMut(usize, &dyn CausalLm, &Tensor) -> candle_core::Result<Tensor> + 'h {
+) -> impl FnMut(usize, &dyn CausalLm, &Tensor, usize) -> candle_core::Result<Tensor> + 'h {
     residuals.resize_with(ctx.taps.len(), Vec::new);
     let same =
         |m: &dyn CausalLm| std::ptr::addr_eq(m as *const dyn CausalLm, base as *const dyn CausalLm);
-    move |batch, m, input| {
+    move |batch, m, input, tail| {
         let partial = match (same(m), ctx.prefix) {
             (true, _) if ctx.fill => Partial {
                 keep: ctx.taps,
+                tail: Some(tail),
                 ..Partial::default()
             },
             (false, Some((l, xs))) => Partial {
@@ -83,9 +84,13 @@ fn hidden_source<'h>(
                         candle_core::Error::Msg(format!("no kept residual for batch {batch}"))
                     })?,
                 )),
+                tail: Some(tail),
                 ..Partial::default()
             },
-            _ => return m.hidden_states(input),
+            _ => Partial {
+                tail: Some(tail),
+                ..Partial::default()
+            },
         };
         partial_pass(m, input, partial, residuals)
     }
@@ -301,12 +306,14 @@ pub(crate) fn baseline_hidden(
 ) -> Result<Filled, PplError> {
     let mut residuals = vec![Vec::new(); taps.len()];
     let mut chunks = Vec::new();
-    let keep = Partial {
-        keep: taps,
-        ..Partial::default()
+    let mut hidden = |_: usize, m: &dyn CausalLm, input: &Tensor, tail: usize| {
+        let keep = Partial {
+            keep: taps,
+            tail: Some(tail),
+            ..Partial::default()
+        };
+        partial_pass(m, input, keep, &mut residuals)
     };
-    let mut hidden =
-        |_: usize, m: &dyn CausalLm, input: &Tensor| partial_pass(m, input, keep, &mut residuals);
     score_windows_with(
         &[base],
         plan,

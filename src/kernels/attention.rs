@@ -17,7 +17,7 @@ use super::reductions::{max, sum};
 const QUERY_BLOCK: usize = 128;
 
 /// Queries at or below which each head reads the cache in place, query by query.
-const FEW_QUERIES: usize = 4;
+pub const FEW_QUERIES: usize = 4;
 
 /// Causal multi-head attention `softmax(scale·q·kᵀ + mask)·v`, heads side by side in the last
 /// dimension: `q` (b, tq, H·d), `k` and `v` (b, tk, G·d) with `tk ≥ tq`, where query `i` sees
@@ -490,6 +490,34 @@ mod tests {
             let mha = causal_attention_composed(&q, &kr, &vr, Heads::mha(h), 0.37, false).unwrap();
             let worst = max_abs(&fast, &mha);
             assert!(worst < 1e-5, "grouped heads g={g}: max abs diff {worst:e}");
+        }
+    }
+
+    /// The last queries alone (the decoder's trimmed last block) give the rows of the full
+    /// result to the bit, whatever the split across query blocks.
+    #[test]
+    fn trailing_queries_equal_the_full_result_to_the_bit() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::BF16] {
+            for (b, t, h, g, d) in [(2, 300, 3, 3, 8), (1, 260, 4, 2, 16)] {
+                let (c, ck) = (h * d, g * d);
+                let heads = Heads { n_head: h, n_kv: g };
+                let qkv = Tensor::randn(0f32, 1.0, (b, t, c + 2 * ck), &dev)
+                    .and_then(|x| x.to_dtype(dtype))
+                    .unwrap();
+                let q = qkv.narrow(2, 0, c).unwrap();
+                let k = qkv.narrow(2, c, ck).unwrap();
+                let v = qkv.narrow(2, c + ck, ck).unwrap();
+                let full = causal_attention(&q, &k, &v, heads, 0.37).unwrap();
+                for tail in [FEW_QUERIES + 1, 100, 128, 129, 170, t - 1] {
+                    let last = q.narrow(1, t - tail, tail).unwrap();
+                    let got = causal_attention(&last, &k, &v, heads, 0.37).unwrap();
+                    let want = full.narrow(1, t - tail, tail).unwrap();
+                    let f32 = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
+                    let diff = max_abs(&f32(&got), &f32(&want));
+                    assert_eq!(diff, 0.0, "{dtype:?} b={b} t={t} tail={tail}");
+                }
+            }
         }
     }
 }

@@ -36,12 +36,40 @@ pub struct Rows {
     pub t: usize,
     /// Position of each sequence's first row.
     pub start: usize,
+    /// Trailing positions of each sequence whose outputs are wanted (`t` for all): the
+    /// others only give keys and values.
+    pub out: usize,
+}
+
+impl Rows {
+    /// All `t` positions of `b` sequences starting at `start`.
+    pub fn all(b: usize, t: usize, start: usize) -> Self {
+        Self {
+            b,
+            t,
+            start,
+            out: t,
+        }
+    }
+
+    /// The last `out` rows of each sequence of `x` (b·t, C): (b·out, C).
+    pub fn tail(&self, x: &Tensor) -> Result<Tensor> {
+        if self.out == self.t {
+            return Ok(x.clone());
+        }
+        let (b, t, out) = (self.b, self.t, self.out);
+        x.reshape((b, t, ()))?
+            .narrow(1, t - out, out)?
+            .contiguous()?
+            .reshape((b * out, ()))
+    }
 }
 
 impl Attention {
-    /// `x`: (b·t, C) → (b·t, C), plus `residual` (b·t, C) when given (added in the output
-    /// projection's epilogue). With a cache, the new keys and values are appended to it and
-    /// the queries attend to every cached position too.
+    /// `x`: (b·t, C) → (b·out, C) for the last `rows.out` positions of each sequence, plus
+    /// `residual` (b·out, C) when given (added in the output projection's epilogue). With a
+    /// cache, the new keys and values are appended to it and the queries attend to every
+    /// cached position too.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -53,12 +81,12 @@ impl Attention {
         let qkv = self.qkv.forward(x)?; // (b·t, H·d + 2·G·d)
         let y = self
             .heads_output(&qkv, rows, cache, mode)?
-            .to_dtype(x.dtype())?; // (b·t, H·d)
+            .to_dtype(x.dtype())?; // (b·out, H·d)
         self.out
             .forward_fused(&y, None, residual.map(|r| (Combine::Add, r)))
     }
 
-    /// The heads' outputs side by side, (b·t, H·d), from the fused projection.
+    /// The heads' outputs side by side, (b·out, H·d), from the fused projection.
     fn heads_output(
         &self,
         qkv: &Tensor,
@@ -71,7 +99,8 @@ impl Attention {
             self.heads.n_head * self.head_dim,
             self.heads.n_kv * self.head_dim,
         );
-        if mode == Mode::Differentiable && cache.is_none() && self.rope.is_none() {
+        let all = rows.out == t;
+        if mode == Mode::Differentiable && all && cache.is_none() && self.rope.is_none() {
             let fused =
                 grad::causal_attention_qkv(qkv, (b, t), self.heads, self.head_dim, self.scale)?;
             if let Some(y) = fused {
@@ -85,6 +114,9 @@ impl Attention {
         if let Some(rope) = &self.rope {
             q = rope.apply(&q, self.heads.n_head, rows.start, mode)?;
             k = rope.apply(&k, self.heads.n_kv, rows.start, mode)?;
+        }
+        if !all {
+            q = q.narrow(1, t - rows.out, rows.out)?; // the last queries
         }
         let cached = cache.is_some();
         if let Some(cache) = cache {
@@ -101,7 +133,7 @@ impl Attention {
         }
         let y = match mode {
             Mode::Fast => causal_attention(&q, &k, &v, self.heads, self.scale)?,
-            Mode::Differentiable => match cached {
+            Mode::Differentiable => match cached || !all {
                 false => grad::causal_attention(&q, &k, &v, self.heads, self.scale)?,
                 true => None,
             }
@@ -109,7 +141,7 @@ impl Attention {
                 || causal_attention_composed(&q, &k, &v, self.heads, self.scale, true),
                 Ok,
             )?,
-        }; // (b, t, H·d)
-        y.reshape((b * t, qw))
+        }; // (b, out, H·d)
+        y.reshape((b * rows.out, qw))
     }
 }

@@ -6,6 +6,8 @@
 //! The same pass runs fast (fused kernels) or differentiable (autograd ops, with probes
 //! for autograd): a [`Mode`], not a second forward.
 
+use crate::kernels::attention::FEW_QUERIES;
+use crate::kernels::gemm::GEMV_MAX_ROWS;
 use crate::model::grad::reshaped;
 use crate::model::linear::Linear;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -44,7 +46,8 @@ pub struct Block {
 }
 
 impl Block {
-    /// `x`: (b·t, C) → (b·t, C).
+    /// `x`: (b·t, C) → (b·out, C), the last `rows.out` positions of each sequence (the others
+    /// only give the attention its keys and values).
     fn forward(
         &self,
         x: &Tensor,
@@ -54,20 +57,26 @@ impl Block {
         tracer: Option<&mut Tracer>,
     ) -> Result<Tensor> {
         let ffn = &self.ffn;
+        let x_out = rows.tail(x)?; // (b·out, C)
         match self.residual {
             Residual::PreNorm => {
                 let ln1 = self.ln1.forward(x, mode)?;
-                let h = self.attn.forward(&ln1, rows, cache, mode, Some(x))?;
+                let h = self.attn.forward(&ln1, rows, cache, mode, Some(&x_out))?;
                 let ln2 = self.ln2.forward(&h, mode)?;
                 ffn.forward(&ln2, mode, tracer, Some(&h))
             }
             Residual::Parallel => {
                 let ln1 = self.ln1.forward(x, mode)?;
-                let attn_x = self.attn.forward(&ln1, rows, cache, mode, Some(x))?;
-                ffn.forward(&self.ln2.forward(x, mode)?, mode, tracer, Some(&attn_x))
+                let attn_x = self.attn.forward(&ln1, rows, cache, mode, Some(&x_out))?;
+                ffn.forward(
+                    &self.ln2.forward(&x_out, mode)?,
+                    mode,
+                    tracer,
+                    Some(&attn_x),
+                )
             }
             Residual::PostNorm => {
-                let h = self.attn.forward(x, rows, cache, mode, Some(x))?;
+                let h = self.attn.forward(x, rows, cache, mode, Some(&x_out))?;
                 let h = self.ln1.forward(&h, mode)?;
                 let out = ffn.forward(&h, mode, tracer, Some(&h))?;
                 self.ln2.forward(&out, mode)
@@ -162,7 +171,8 @@ impl Decoder {
     ) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let rows = Rows { b, t, start };
+        let rows = Rows::all(b, t, start);
+        let out = partial.tail.unwrap_or(t).min(t);
         let mode = match tracer.as_deref().is_some_and(|t| t.differentiable) {
             true => Mode::Differentiable,
             false => Mode::Fast,
@@ -187,8 +197,14 @@ impl Decoder {
                 tr.residuals.push(x.clone());
             }
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let last = l + 1 == self.blocks.len();
+            let rows = match last && trims(out, t) {
+                true => Rows { out, ..rows },
+                false => rows,
+            };
             x = block.forward(&x, rows, kv, mode, tracer.as_deref_mut())?;
         }
+
         if let Some(tr) = tracer {
             tr.residuals.push(x.clone());
         }
@@ -201,8 +217,18 @@ impl Decoder {
         if let Some(p) = &self.project_out {
             x = p.forward(&x)?;
         }
-        x.reshape((b, t, ()))
+        if x.dim(0)? != b * out {
+            x = Rows { out, ..rows }.tail(&x)?; // not trimmed in a block
+        }
+        x.reshape((b, out, ()))
     }
+}
+
+/// Whether the last block computes only the last `out` of `t` positions. With so few rows
+/// that its products or attention would take the decoding kernels (whose sums run in
+/// another order) it computes them all instead, so trimming never changes a result's bits.
+fn trims(out: usize, t: usize) -> bool {
+    out < t && out > GEMV_MAX_ROWS.max(FEW_QUERIES)
 }
 
 impl CausalLm for Decoder {

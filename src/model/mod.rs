@@ -90,6 +90,9 @@ pub struct Partial<'a> {
     pub start: Option<(usize, &'a Tensor)>,
     /// Blocks whose entering residual stream (b·t, C) is kept, in increasing order.
     pub keep: &'a [usize],
+    /// Only the last `n` positions of each sequence: the result is (b, n, C), and the last
+    /// block computes the other positions' keys and values only.
+    pub tail: Option<usize>,
 }
 
 /// What a traced forward pass records, filled in by the blocks. A differentiable tracer
@@ -175,8 +178,9 @@ pub trait CausalLm: Send + Sync {
 
     /// Final hidden states (b, t, C) of `tokens` (b, t) at positions `0..t`, in the fast
     /// pass, entered and tapped as `partial` says: starting at a block from a residual kept
-    /// earlier (by a model whose blocks before it are the same), and pushing the residual
-    /// entering each block of `partial.keep` onto `kept`. The arithmetic is that of
+    /// earlier (by a model whose blocks before it are the same), pushing the residual
+    /// entering each block of `partial.keep` onto `kept`, and only for the last
+    /// `partial.tail` positions ((b, n, C)). The arithmetic is that of
     /// [`CausalLm::hidden_states`], so the result is the same to the bit.
     fn hidden_states_partial(
         &self,
