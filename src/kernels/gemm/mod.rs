@@ -15,6 +15,8 @@ mod gemv;
 mod micro;
 mod pack;
 pub mod small;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 use super::convert::{self, Out, Src};
 use super::isa::Isa;

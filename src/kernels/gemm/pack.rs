@@ -10,6 +10,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::transpose;
 use super::KC;
 use crate::kernels::convert::{self, Src};
 use crate::kernels::isa::Isa;
@@ -146,6 +148,11 @@ pub(crate) fn pack_panel(
     if src.transposed {
         return pack_columns(src, first, (k0, kc), width, out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && width % 8 == 0 && by_transposes(src, first, (k0, kc), width, pairs, out)
+    {
+        return;
+    }
     let s = steps(kc, pairs);
     for lane in 0..width {
         let r = first + lane;
@@ -166,6 +173,54 @@ pub(crate) fn pack_panel(
             (true, _) => unreachable!("pair packing is for bf16 only"),
         }
     }
+}
+
+/// [`pack_panel`] from f32 rows, or bf16 rows in pair mode, eight lanes at a time by
+/// register transposes (a bf16 pair is one 32-bit value). Returns false, having done
+/// nothing, for other sources.
+#[cfg(target_arch = "x86_64")]
+fn by_transposes(
+    src: Rows,
+    first: usize,
+    (k0, kc): (usize, usize),
+    width: usize,
+    pairs: bool,
+    out: &mut [u32],
+) -> bool {
+    let (base, full) = match (pairs, src.src) {
+        (false, Src::F32(v)) => (v.as_ptr() as *const u8, kc),
+        (true, Src::Bf16(v)) => (v.as_ptr() as *const u8, kc / 2),
+        _ => return false,
+    };
+    let elem = if pairs { 2 } else { 4 };
+    let s = steps(kc, pairs);
+    assert!(out.len() >= s * width, "pack_panel: output too short");
+    for lane0 in (0..width).step_by(8) {
+        let lanes: transpose::Lanes = std::array::from_fn(|i| {
+            let r = first + lane0 + i;
+            match r < src.rows {
+                // SAFETY: row r's values k0 .. k0 + kc lie in the source (its rows are `k`
+                // long, `ld` apart, and k0 + kc ≤ k).
+                true => unsafe { base.add(((src.row0 + r) * src.ld + k0) * elem) as *const u32 },
+                false => std::ptr::null(),
+            }
+        });
+        // SAFETY: AVX2 (checked by the caller); each lane reads `full` 32-bit values, within
+        // its row's kc values; out holds s·width ≥ full·width values.
+        unsafe { transpose::transpose8(&lanes, full, out[lane0..].as_mut_ptr(), width) };
+        if full < s {
+            // An odd kc in pair mode: the last step holds one bf16, its pair's high half 0.
+            for (i, lane) in lanes.iter().enumerate() {
+                let last = match lane.is_null() {
+                    true => 0,
+                    // SAFETY: the row's value kc − 1 is in the source (see above).
+                    false => u32::from(unsafe { *(*lane as *const u16).add(kc - 1) }),
+                };
+                out[full * width + lane0 + i] = last;
+            }
+        }
+    }
+    true
 }
 
 /// [`pack_panel`] from a transposed f32 source: each step of the panel is a run of the
