@@ -149,7 +149,9 @@ pub(crate) fn pack_panel(
         return pack_columns(src, first, (k0, kc), width, out);
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && width % 8 == 0 && by_transposes(src, first, (k0, kc), width, pairs, out)
+    if isa >= Isa::Avx2
+        && width.is_multiple_of(8)
+        && by_transposes(src, first, (k0, kc), width, pairs, out)
     {
         return;
     }
