@@ -4,7 +4,9 @@
 //!
 //! A window feeds `seq[begin..end]` and scores each target `t` in `score_from..score_end`
 //! from the logits at `t − 1`. Only the positions that are scored go through the LM head, in
-//! chunks, so the 50k-vocabulary logits never exist for a whole window at once.
+//! chunks, so the 50k-vocabulary logits never exist for a whole window at once; and only
+//! from the first of them on through the last block (the earlier positions there give keys
+//! and values only — the same numbers to the bit, see [`crate::model::Partial::tail`]).
 
 use std::time::Instant;
 

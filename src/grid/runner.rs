@@ -223,6 +223,8 @@ const CACHE_FLOOR_BYTES: u64 = 256 << 20;
 struct BaselineCache {
     pair: (usize, usize),
     chunks: Vec<Tensor>,
+    /// The baseline's per-token NLLs per chunk, when its scored pass filled the cache.
+    nlls: Vec<Vec<f64>>,
     taps: Vec<usize>,
     residuals: Vec<Vec<Tensor>>,
 }
@@ -232,6 +234,7 @@ impl BaselineCache {
         Self {
             pair,
             chunks: filled.chunks,
+            nlls: filled.nlls,
             taps,
             residuals: filled.residuals,
         }
@@ -330,6 +333,7 @@ impl Run<'_> {
             tokenizer: &self.inputs.models[cell.model].tokenizer,
             bytes: dataset.covered_bytes[cell.model],
             cache: cache.as_ref().map(|c| c.chunks.as_slice()),
+            cached_nlls: cache.as_ref().map_or(&[], |c| c.nlls.as_slice()),
             fill,
             taps: &taps,
             prefix: cache

@@ -40,6 +40,9 @@ pub(crate) struct CellContext<'a> {
     /// The baseline's hidden states for this model × dataset, when cached: the baseline's
     /// logits then come from them and the pass runs the variant alone.
     pub cache: Option<&'a [Tensor]>,
+    /// The baseline's per-token NLLs, chunk by chunk, when the cache holds them (empty
+    /// otherwise): a variant then reads them instead of recomputing them from the logits.
+    pub cached_nlls: &'a [Vec<f64>],
     /// Return the baseline's hidden states, to fill the cache.
     pub fill: bool,
     /// When filling: the blocks whose entering residual stream to keep too, per batch.
@@ -58,6 +61,9 @@ pub(crate) struct CellContext<'a> {
 pub(crate) struct Filled {
     pub chunks: Vec<Tensor>,
     pub residuals: Vec<Vec<Tensor>>,
+    /// The baseline's per-token NLLs per chunk (from a scored pass; empty from
+    /// [`baseline_hidden`], which runs no LM head).
+    pub nlls: Vec<Vec<f64>>,
 }
 
 /// Hidden states for [`score_windows_with`]: the baseline pass keeps the residuals `taps`
@@ -150,7 +156,7 @@ pub(crate) fn score_cell(
     let mut index = 0usize;
     let batch = ctx.grid.batch_size;
     let mut hidden = hidden_source(ctx, ctx.base, &mut filled.residuals);
-    let mut chunks = Vec::new();
+    let (mut chunks, mut nlls) = (Vec::new(), Vec::new());
     score_windows_with(
         &models,
         ctx.plan,
@@ -159,6 +165,7 @@ pub(crate) fn score_cell(
         &mut hidden,
         &mut |chunk| {
             let base_logits = baseline_logits(ctx, &chunk, index).map_err(|e| chunk.fail(e))?;
+            let cached_nll = ctx.cached_nlls.get(index).map(Vec::as_slice);
             index += 1;
             if ctx.fill {
                 // A compact copy: `copy` would keep the whole batch's storage alive.
@@ -169,7 +176,10 @@ pub(crate) fn score_cell(
                 );
             }
             let variant_of = variant.is_some().then_some(models.len() - 1);
-            let (var_nll, base_nll) = totals.add(&chunk, &base_logits, variant_of)?;
+            let (var_nll, base_nll) = totals.add(&chunk, &base_logits, variant_of, cached_nll)?;
+            if ctx.fill {
+                nlls.push(base_nll.clone());
+            }
             match records.as_deref_mut() {
                 Some(w) => write_records(w, &chunk, &var_nll, &base_nll, ctx.tokenizer),
                 None => Ok(()),
@@ -178,6 +188,7 @@ pub(crate) fn score_cell(
     )?;
     drop(hidden);
     filled.chunks = chunks;
+    filled.nlls = nlls;
     Ok((totals.row(ctx, cell, key), filled))
 }
 
@@ -231,17 +242,22 @@ struct Totals {
 }
 
 impl Totals {
-    /// Adds one chunk: the baseline's logits, and the variant's (model `variant` of the pass)
-    /// when the cell has one — else the baseline is the variant, agreeing with itself.
-    /// Returns the variant's and the baseline's per-token NLLs.
+    /// Adds one chunk: the baseline's logits (and its per-token NLLs when cached), and the
+    /// variant's (model `variant` of the pass) when the cell has one — else the baseline is
+    /// the variant, agreeing with itself. Returns the variant's and the baseline's per-token
+    /// NLLs.
     fn add(
         &mut self,
         chunk: &ScoredChunk,
         base_logits: &Tensor,
         variant: Option<usize>,
+        cached_nll: Option<&[f64]>,
     ) -> Result<(Vec<f64>, Vec<f64>), PplError> {
         let fail = |source| chunk.fail(source);
-        let base_nll = token_nlls(base_logits, chunk.targets).map_err(fail)?;
+        let base_nll = match cached_nll {
+            Some(nll) if nll.len() == chunk.targets.len() => nll.to_vec(),
+            _ => token_nlls(base_logits, chunk.targets).map_err(fail)?,
+        };
         let var_nll = if let Some(i) = variant {
             let var_logits = chunk.logits(i).map_err(fail)?;
             let (k, a) = kernels::kl_and_agreement(base_logits, &var_logits).map_err(fail)?;
@@ -329,7 +345,11 @@ pub(crate) fn baseline_hidden(
             Ok(())
         },
     )?;
-    Ok(Filled { chunks, residuals })
+    Ok(Filled {
+        chunks,
+        residuals,
+        nlls: Vec::new(),
+    })
 }
 
 /// Per-layer diagnostics of a cell's plan, summarised for its row.

@@ -2,11 +2,13 @@
 //! with the layer's epilogue fused: `+ bias`, an activation, then `+ r` or `· r` with another
 //! (n, m) tensor, rounded once to the output dtype. Sums are in f32.
 //!
-//! - Many rows ([`gemm`]): BLIS-style blocking. Each parallel task owns a block of rows and
-//!   columns of y; it packs its columns of W for the whole reduction once, then, per block of
-//!   `MC` rows and `KC` of the reduction, packs x and runs the level's micro-kernel
-//!   ([`micro`]) into an f32 tile, which the epilogue writes out. With `avx512_bf16`, bf16
-//!   operands stay bf16 (`vdpbf16ps`); otherwise they are converted to f32 while packing.
+//! - Many rows ([`blocked`]): BLIS-style blocking. W is packed, a slab of columns at a time,
+//!   into panels for the whole reduction (eight rows at a time by register transposes,
+//!   [`transpose`]); x is read in place by the AVX-512 kernels (converted first when its
+//!   dtype is not the kernel's) or packed by blocks of rows; parallel tiles of `MC` rows run
+//!   the level's micro-kernel ([`micro`]) over `KC` of the reduction at a time into an f32
+//!   tile, which the epilogue writes out. With `avx512_bf16`, bf16 operands stay bf16
+//!   (`vdpbf16ps`); otherwise they are converted to f32 while packing.
 //! - A few rows ([`gemv`], decoding): W streamed once, row by row, at memory speed.
 
 mod blocked;
