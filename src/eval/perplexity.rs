@@ -351,6 +351,19 @@ fn visit_window(
 /// per row of a (rows, vocab) tensor (f32, or bf16/f16 read in place), returned in f64.
 pub fn token_nlls(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Vec<f64>> {
     let lse: Vec<f32> = kernels::logsumexp_last_dim(logits)?.to_vec1()?;
+    token_nlls_with_lse(logits, &lse, targets)
+}
+
+/// [`token_nlls`] with each row's log-sum-exp already known (as
+/// [`kernels::logsumexp_last_dim`] gives it).
+pub fn token_nlls_with_lse(
+    logits: &Tensor,
+    lse: &[f32],
+    targets: &[u32],
+) -> candle_core::Result<Vec<f64>> {
+    if lse.len() != targets.len() {
+        candle_core::bail!("{} log-sum-exps for {} targets", lse.len(), targets.len());
+    }
     let idx = Tensor::from_slice(targets, (targets.len(), 1), logits.device())?;
     let z: Vec<f32> = logits
         .gather(&idx, 1)?

@@ -14,7 +14,9 @@ use crate::eval::bootstrap::{bootstrap, WindowSums};
 use crate::eval::diagnose::{Diagnosis, LayerStats};
 use crate::eval::lm_eval::lm_eval_metrics;
 use crate::eval::nll_output::{chunk_records, NllWriter};
-use crate::eval::perplexity::{score_windows_with, token_nlls, PplError, ScoredChunk};
+use crate::eval::perplexity::{
+    score_windows_with, token_nlls, token_nlls_with_lse, PplError, ScoredChunk,
+};
 use crate::eval::plan::ScoringPlan;
 use crate::eval::protocol::Protocol;
 use crate::grid::cells::Cell;
@@ -260,10 +262,10 @@ impl Totals {
         };
         let var_nll = if let Some(i) = variant {
             let var_logits = chunk.logits(i).map_err(fail)?;
-            let (k, a) = kernels::kl_and_agreement(base_logits, &var_logits).map_err(fail)?;
-            self.kl += k.iter().sum::<f64>();
-            self.agree += a.iter().filter(|&&x| x).count();
-            token_nlls(&var_logits, chunk.targets).map_err(fail)?
+            let rows = kernels::kl_and_agreement(base_logits, &var_logits).map_err(fail)?;
+            self.kl += rows.kl.iter().sum::<f64>();
+            self.agree += rows.agree.iter().filter(|&&x| x).count();
+            token_nlls_with_lse(&var_logits, &rows.lse_q, chunk.targets).map_err(fail)?
         } else {
             self.agree += base_nll.len();
             base_nll.clone()

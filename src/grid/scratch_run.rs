@@ -13,7 +13,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::data::read_data;
-use crate::eval::perplexity::{score_windows, token_nlls};
+use crate::eval::perplexity::{score_windows, token_nlls, token_nlls_with_lse};
 use crate::eval::plan::ScoringPlan;
 use crate::eval::protocol::Protocol;
 use crate::grid::charts::write_charts;
@@ -269,13 +269,13 @@ fn score_cell(
                 chunk.logits(0).map_err(fail)?,
                 chunk.logits(1).map_err(fail)?,
             );
-            let (kl, agree) = kernels::kl_and_agreement(&lb, &lv).map_err(fail)?;
+            let rows = kernels::kl_and_agreement(&lb, &lv).map_err(fail)?;
             let (nb, nv) = (
                 token_nlls(&lb, chunk.targets).map_err(fail)?,
-                token_nlls(&lv, chunk.targets).map_err(fail)?,
+                token_nlls_with_lse(&lv, &rows.lse_q, chunk.targets).map_err(fail)?,
             );
-            t.kl += kl.iter().sum::<f64>();
-            t.agree += agree.iter().filter(|&&a| a).count();
+            t.kl += rows.kl.iter().sum::<f64>();
+            t.agree += rows.agree.iter().filter(|&&a| a).count();
             t.nll_base += nb.iter().sum::<f64>();
             t.nll += nv.iter().sum::<f64>();
             t.n += nv.len();

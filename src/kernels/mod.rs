@@ -28,4 +28,4 @@ pub mod rope;
 
 pub use attention::{causal_attention, causal_attention_composed};
 pub use isa::Isa;
-pub use reductions::{kl_and_agreement, logsumexp_last_dim};
+pub use reductions::{kl_and_agreement, logsumexp_last_dim, KlRows};

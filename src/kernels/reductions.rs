@@ -195,10 +195,21 @@ pub(crate) fn logsumexp_row_generic(x: &[f32]) -> f32 {
     m + s.ln() as f32
 }
 
-/// Per row of two (rows, vocab) f32 logits tensors `p` (reference) and `q`: the KL
-/// divergence `KL(softmax(p) ‖ softmax(q))` in f64, and whether their argmaxes (first index
-/// on ties, like `torch.argmax`) agree.
-pub fn kl_and_agreement(p: &Tensor, q: &Tensor) -> Result<(Vec<f64>, Vec<bool>)> {
+/// Per row of two (rows, vocab) logits tensors `p` (reference) and `q`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KlRows {
+    /// `KL(softmax(p) ‖ softmax(q))`.
+    pub kl: Vec<f64>,
+    /// Whether the argmaxes (first index on ties, like `torch.argmax`) agree.
+    pub agree: Vec<bool>,
+    /// `ln Σ e^q`, equal to [`logsumexp_last_dim`]'s to the bit (for q's NLLs, without a
+    /// second pass over its logits).
+    pub lse_q: Vec<f32>,
+}
+
+/// [`KlRows`] of two (rows, vocab) f32 logits tensors `p` (reference) and `q`; the KL
+/// divergence is summed in f64.
+pub fn kl_and_agreement(p: &Tensor, q: &Tensor) -> Result<KlRows> {
     if p.dims() != q.dims() || p.rank() != 2 {
         candle_core::bail!("kl_and_agreement: shapes {:?} and {:?}", p.dims(), q.dims());
     }
@@ -207,16 +218,21 @@ pub fn kl_and_agreement(p: &Tensor, q: &Tensor) -> Result<(Vec<f64>, Vec<bool>)>
             .apply_op2_no_bwd(&q.contiguous()?, &KlAgreement)?
     } else {
         let (p, q) = (p.to_dtype(DType::F32)?, q.to_dtype(DType::F32)?);
+        let lse_q = logsumexp_last_dim(&q)?.unsqueeze(1)?;
         let lp = p.broadcast_sub(&logsumexp_last_dim(&p)?.unsqueeze(1)?)?;
-        let lq = q.broadcast_sub(&logsumexp_last_dim(&q)?.unsqueeze(1)?)?;
+        let lq = q.broadcast_sub(&lse_q)?;
         let kl = (lp.exp()? * (&lp - &lq)?)?.sum_keepdim(D::Minus1)?;
         let agree = p
             .argmax_keepdim(D::Minus1)?
             .eq(&q.argmax_keepdim(D::Minus1)?)?;
-        Tensor::cat(&[kl, agree.to_dtype(DType::F32)?], 1)?
+        Tensor::cat(&[kl, agree.to_dtype(DType::F32)?, lse_q], 1)?
     };
     let rows: Vec<Vec<f32>> = out.to_vec2()?;
-    Ok(rows.iter().map(|r| (r[0] as f64, r[1] > 0.5)).unzip())
+    Ok(KlRows {
+        kl: rows.iter().map(|r| r[0] as f64).collect(),
+        agree: rows.iter().map(|r| r[1] > 0.5).collect(),
+        lse_q: rows.iter().map(|r| r[2]).collect(),
+    })
 }
 
 struct KlAgreement;
@@ -242,64 +258,65 @@ impl candle_core::CustomOp2 for KlAgreement {
         };
         let ((a0, a1), (b0, b1)) = (offsets(l1)?, offsets(l2)?);
         let (rows, cols) = l1.shape().dims2()?;
-        let mut out = vec![0f32; rows * 2];
-        out.par_chunks_mut(2)
+        let mut out = vec![0f32; rows * 3];
+        out.par_chunks_mut(3)
             .zip(p[a0..a1].par_chunks(cols).zip(q[b0..b1].par_chunks(cols)))
             .for_each(|(o, (p, q))| {
-                let (kl, agree) = kl_row(p, q);
+                let (kl, agree, lse_q) = kl_row(p, q);
                 o[0] = kl as f32;
                 o[1] = if agree { 1.0 } else { 0.0 };
+                o[2] = lse_q;
             });
-        Ok((CpuStorage::F32(out), Shape::from((rows, 2))))
+        Ok((CpuStorage::F32(out), Shape::from((rows, 3))))
     }
 }
 
-fn kl_row(p: &[f32], q: &[f32]) -> (f64, bool) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { kl_row_avx2(p, q) };
-    }
-    kl_row_generic(p, q)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kl_row_avx2(p: &[f32], q: &[f32]) -> (f64, bool) {
-    kl_row_generic(p, q)
+fn kl_row(p: &[f32], q: &[f32]) -> (f64, bool, f32) {
+    simd(
+        #[inline(always)]
+        || kl_row_generic(p, q),
+    )
 }
 
 /// Vectorised passes for maxima and argmaxes, one for the sums: with `e = exp(p − max p)`,
-/// `KL = Σ e·(p − q) / Σ e − (lse(p) − lse(q))`, everything accumulated in f64.
+/// `KL = Σ e·(p − q) / Σ e − (lse(p) − lse(q))`, accumulated in f64; `Σ exp(q − max q)` is
+/// also summed exactly as [`logsumexp_row_generic`] sums it, so that the returned `lse(q)`
+/// is its result to the bit.
 #[inline(always)]
-fn kl_row_generic(p: &[f32], q: &[f32]) -> (f64, bool) {
+fn kl_row_generic(p: &[f32], q: &[f32]) -> (f64, bool, f32) {
     let ((ip, mp), (iq, mq)) = (argmax(p), argmax(q));
-    const L: usize = 8;
-    let (mut sp, mut sq, mut a) = ([0f64; L], [0f64; L], [0f64; L]);
-    let (pc, qc) = (p.chunks_exact(L), q.chunks_exact(L));
+    let (mut sp, mut sq, mut a) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
+    let mut sq32 = [0f32; LANES];
+    let (pc, qc) = (p.chunks_exact(LANES), q.chunks_exact(LANES));
     let (pt, qt) = (pc.remainder(), qc.remainder());
     for (pc, qc) in pc.zip(qc) {
-        for l in 0..L {
-            let ep = exp(pc[l] - mp);
+        for l in 0..LANES {
+            let (ep, eq) = (exp(pc[l] - mp), exp(qc[l] - mq));
             sp[l] += ep as f64;
-            sq[l] += exp(qc[l] - mq) as f64;
+            sq[l] += eq as f64;
+            sq32[l] += eq;
             a[l] += ep as f64 * (pc[l] - qc[l]) as f64;
         }
     }
-    let (mut sp, mut sq, mut a) = (
-        sp.iter().sum::<f64>(),
-        sq.iter().sum::<f64>(),
-        a.iter().sum::<f64>(),
-    );
+    let (mut sp, mut a) = (sp.iter().sum::<f64>(), a.iter().sum::<f64>());
+    let (mut sq, mut tail32) = (sq.iter().sum::<f64>(), 0f64);
     for (&pv, &qv) in pt.iter().zip(qt) {
-        let ep = exp(pv - mp) as f64;
+        let (ep, eq) = (exp(pv - mp) as f64, exp(qv - mq) as f64);
         sp += ep;
-        sq += exp(qv - mq) as f64;
+        sq += eq;
+        tail32 += eq;
         a += ep * (pv - qv) as f64;
     }
     let lse_p = mp as f64 + sp.ln();
     let lse_q = mq as f64 + sq.ln();
-    (a / sp - (lse_p - lse_q), ip == iq)
+    // As logsumexp_row_generic: the f32 lanes added in f64, then the tail.
+    let s: f64 = sq32.iter().map(|&v| v as f64).sum::<f64>() + tail32;
+    let lse_q32 = match mq.is_finite() {
+        true => mq + s.ln() as f32,
+        false if mq == f32::NEG_INFINITY => mq,
+        false => f32::NAN,
+    };
+    (a / sp - (lse_p - lse_q), ip == iq, lse_q32)
 }
 
 #[cfg(test)]
@@ -313,7 +330,9 @@ mod tests {
         let p = Tensor::randn(0f32, 3.0, (6, 1003), &dev).unwrap();
         let noise = Tensor::randn(0f32, 0.5, (6, 1003), &dev).unwrap();
         let q = (&p + noise).unwrap();
-        let (kl, agree) = kl_and_agreement(&p, &q).unwrap();
+        let KlRows { kl, agree, lse_q } = kl_and_agreement(&p, &q).unwrap();
+        let lse: Vec<f32> = logsumexp_last_dim(&q).unwrap().to_vec1().unwrap();
+        assert_eq!(lse_q, lse, "lse(q) as logsumexp_last_dim gives it");
         let (pr, qr): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (p.to_vec2().unwrap(), q.to_vec2().unwrap());
         for r in 0..6 {
             let lsm = |x: &[f32]| {
@@ -336,11 +355,12 @@ mod tests {
             assert_eq!(agree[r], am(&pr[r]) == am(&qr[r]));
         }
         // Composed path (used off-CPU) agrees too.
-        let (kl2, agree2) = kl_and_agreement(
+        let composed = kl_and_agreement(
             &p.to_dtype(DType::F64).unwrap(),
             &q.to_dtype(DType::F64).unwrap(),
         )
         .unwrap();
+        let (kl2, agree2) = (composed.kl, composed.agree);
         for r in 0..6 {
             assert!(
                 (kl[r] - kl2[r]).abs() < 1e-5,
@@ -350,8 +370,29 @@ mod tests {
             );
         }
         assert_eq!(agree, agree2);
-        let (same, all) = kl_and_agreement(&p, &p).unwrap();
-        assert!(same.iter().all(|&k| k.abs() < 1e-9) && all.iter().all(|&a| a));
+        let same = kl_and_agreement(&p, &p).unwrap();
+        assert!(same.kl.iter().all(|&k| k.abs() < 1e-9) && same.agree.iter().all(|&a| a));
+        // Rows of −∞ (log-sum-exp −∞), with +∞ or NaN (NaN), and a short row: lse(q) is
+        // still logsumexp_last_dim's, bit for bit.
+        let (ninf, inf) = (f32::NEG_INFINITY, f32::INFINITY);
+        let rows = [
+            [ninf; 5],
+            [1.0, inf, 0.0, 2.0, 3.0],
+            [1.0, f32::NAN, 0.0, 2.0, 3.0],
+            [0.5, -1.0, 7.0, 2.0, 1e-3],
+        ];
+        let q = Tensor::from_iter(rows.iter().flatten().copied(), &dev)
+            .and_then(|t| t.reshape((4, 5)))
+            .unwrap();
+        let p = Tensor::zeros((4, 5), DType::F32, &dev).unwrap();
+        let got = kl_and_agreement(&p, &q).unwrap().lse_q;
+        let want: Vec<f32> = logsumexp_last_dim(&q).unwrap().to_vec1().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{g} vs {w}"
+            );
+        }
     }
 
     #[test]
