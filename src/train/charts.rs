@@ -89,15 +89,17 @@ impl LineChart {
             .y_label_area_size(70);
         let style = |i: usize| Palette99::pick(i).stroke_width(2);
         macro_rules! body {
-            ($chart:expr) => {{
+            ($chart:expr $(, $y_label:expr)?) => {{
                 let mut chart = $chart;
-                chart
-                    .configure_mesh()
-                    .x_desc(&self.x_desc)
+                let mut mesh = chart.configure_mesh();
+                mesh.x_desc(&self.x_desc)
                     .y_desc(&self.y_desc)
-                    .label_style(("sans-serif", 13))
-                    .draw()
-                    .map_err(err)?;
+                    .label_style(("sans-serif", 13));
+                $(
+                    let label = $y_label;
+                    mesh.y_label_formatter(&label);
+                )?
+                mesh.draw().map_err(err)?;
                 for (i, s) in self.series.iter().enumerate() {
                     let line = s.points.iter().copied().filter(|p| valid(p.1));
                     chart
@@ -118,9 +120,18 @@ impl LineChart {
             }};
         }
         if self.log_y {
-            body!(builder
-                .build_cartesian_2d(0f64..x_hi, (lo * 0.95..hi * 1.05).log_scale())
-                .map_err(err)?);
+            // Our own ticks: plotters' log axis labels some values twice ("1000.0" at 1000
+            // and just above it).
+            let (lo, hi) = (lo * 0.95, hi * 1.05);
+            let (bold, light) = log_ticks(lo, hi);
+            let y = (lo..hi)
+                .log_scale()
+                .with_key_points(bold)
+                .with_light_points(light);
+            body!(
+                builder.build_cartesian_2d(0f64..x_hi, y).map_err(err)?,
+                |v: &f64| tick_text(*v)
+            );
         } else {
             let pad = (hi - lo) * 0.05;
             body!(builder
@@ -130,6 +141,35 @@ impl LineChart {
         root.present().map_err(err)?;
         Ok(())
     }
+}
+
+/// Ticks of a log axis over `lo..hi`: 1, 2 and 5 times each power of ten (labelled), and
+/// the other multiples (gridlines only).
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let (mut bold, mut light) = (Vec::new(), Vec::new());
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return (bold, light);
+    }
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for k in 1..10 {
+            let v = decade * k as f64;
+            if v >= lo && v <= hi {
+                match k {
+                    1 | 2 | 5 => bold.push(v),
+                    _ => light.push(v),
+                }
+            }
+        }
+        decade *= 10.0;
+    }
+    (bold, light)
+}
+
+/// A log axis tick: `2000`, `500`, `0.5` (no trailing zeros).
+fn tick_text(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// (step, value) for the records that have the value.
@@ -196,4 +236,21 @@ pub fn training_charts(log: &[LogRecord], what: &str) -> Vec<LineChart> {
             log_y: true,
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ticks_label_each_value_once() {
+        let (bold, light) = log_ticks(80.0, 2100.0);
+        assert_eq!(bold, [100.0, 200.0, 500.0, 1000.0, 2000.0]);
+        assert_eq!(light[..3], [80.0, 90.0, 300.0]);
+        assert!(light.iter().all(|v| !bold.contains(v)));
+        let labels: Vec<String> = bold.iter().map(|&v| tick_text(v)).collect();
+        assert_eq!(labels, ["100", "200", "500", "1000", "2000"]);
+        assert_eq!(tick_text(0.5), "0.5");
+        assert_eq!(log_ticks(0.0, 10.0), (vec![], vec![]));
+    }
 }
