@@ -128,10 +128,10 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
     let d = job.d;
     let mode = x_mode(job, kern);
     let per_row = 4 * pack::steps(d.k.next_multiple_of(KC), kern.pairs);
-    let slab = balanced(d.m, B_BUDGET / per_row, kern.nr);
+    let slab = balanced(d.m, B_BUDGET / widening(job.w, kern) / per_row, kern.nr);
     let block = match mode {
         XMode::InPlace => d.n,
-        _ => balanced(d.n, A_BUDGET / per_row, MC),
+        _ => balanced(d.n, A_BUDGET / widening(job.x, kern) / per_row, MC),
     };
     with_buffers(|bufs| {
         for j0 in (0..d.m).step_by(slab) {
@@ -166,6 +166,16 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
             }
         }
     });
+}
+
+/// How many times its own size an operand takes once packed or staged: 2 for bf16 or f16
+/// widened to f32, else 1. The budgets are divided by it, so that a half-precision model's
+/// buffers stay in proportion to its weights (peak memory within 1.3× the weight file).
+fn widening(src: Src, kern: &Kernel) -> usize {
+    match (src, kern.pairs) {
+        (Src::F32(_), _) | (Src::Bf16(_), true) => 1,
+        _ => 2,
+    }
 }
 
 /// Rows `rows` of x in the kernel's dtype, `ld` apart (the padding zeroed), in parallel.
