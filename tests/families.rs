@@ -391,6 +391,16 @@ fn grids_swap_and_sweep_every_family() {
     }
 }
 
+/// One fixture per way of wiring a block (residual layout, norms, rotary, grouped heads).
+const WIRINGS: [&str; 6] = [
+    "pythia-parallel",
+    "neox-sequential",
+    "opt-pre",
+    "opt-post",
+    "llama-gqa",
+    "qwen2-bias",
+];
+
 /// The grid's layer-sweep shortcut: a variant that swaps blocks from `l` on, started at
 /// block `l` from the residual the unmodified model kept there, gives the same hidden states
 /// to the bit as its full pass — in every family's wiring.
@@ -398,14 +408,7 @@ fn grids_swap_and_sweep_every_family() {
 fn a_pass_resumed_from_a_kept_residual_equals_the_full_pass() {
     use gpt_ablate::model::plan::ActivationPlan;
     use gpt_ablate::model::Partial;
-    for name in [
-        "pythia-parallel",
-        "neox-sequential",
-        "opt-pre",
-        "opt-post",
-        "llama-gqa",
-        "qwen2-bias",
-    ] {
+    for name in WIRINGS {
         let loaded = load(
             &fixture(&format!("families/{name}")),
             &LoadOptions::default(),
@@ -462,18 +465,8 @@ fn a_pass_resumed_from_a_kept_residual_equals_the_full_pass() {
 #[test]
 fn the_last_positions_alone_equal_the_full_pass_to_the_bit() {
     use gpt_ablate::model::Partial;
-    for (name, dtype) in [
-        "../tiny-gpt2",
-        "pythia-parallel",
-        "neox-sequential",
-        "opt-pre",
-        "opt-post",
-        "llama-gqa",
-        "qwen2-bias",
-    ]
-    .into_iter()
-    .flat_map(|name| [(name, DType::F32), (name, DType::BF16)])
-    {
+    let names = std::iter::once("../tiny-gpt2").chain(WIRINGS);
+    for (name, dtype) in names.flat_map(|name| [(name, DType::F32), (name, DType::BF16)]) {
         let options = LoadOptions {
             dtype,
             ..LoadOptions::default()

@@ -108,7 +108,7 @@ fn check(isa: Isa, ty: Ty, d: Dims, bias: bool, act: bool, with: Option<Combine>
     }
 }
 
-const SHAPES: [(usize, usize, usize); 14] = [
+const SHAPES: [(usize, usize, usize); 15] = [
     (1, 7, 5),
     (2, 33, 70),
     (3, 64, 129),
@@ -118,11 +118,13 @@ const SHAPES: [(usize, usize, usize); 14] = [
     (37, 513, 260),
     (100, 64, 600),
     (250, 1000, 70),
-    // Rows 4 KiB apart (f32) crowd one L1 set: x is restaged to another stride.
+    // Rows 4 KiB apart (f32) crowd one L1 set: read in place all the same.
     (20, 1024, 70),
     (6, 1024, 1000),
     // W over the 8 MiB packing budget in f32: packed and multiplied in two slabs.
     (100, 2100, 1100),
+    // x over the staging/packing budget (an odd k: bf16 is staged too): blocks of rows.
+    (1100, 1030, 40),
     // Few rows, many columns: the product runs with the operands swapped.
     (6, 96, 3000),
     (7, 64, 9000),

@@ -134,38 +134,72 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
         _ => balanced(d.n, A_BUDGET / widening(job.x, kern) / per_row, MC),
     };
     with_buffers(|bufs| {
-        for j0 in (0..d.m).step_by(slab) {
-            let cols = j0..(j0 + slab).min(d.m);
-            let mut b = Packed::new(&mut bufs.b, kern.nr, kern.pairs);
-            let w_rows = match job.trans.w {
-                true => Rows::of_transposed(job.w, d.k, d.m, cols.clone()),
-                false => Rows::of(job.w, d.k, cols.clone()),
-            };
-            pack::pack_all(job.isa, w_rows, &mut b);
-            for i0 in (0..d.n).step_by(block) {
-                let rows = i0..(i0 + block).min(d.n);
-                let mut a = Packed::new(&mut bufs.a, kern.mr, kern.pairs);
-                let side = match mode {
-                    XMode::InPlace => ASide::Direct {
-                        x: job.x.slice(i0 * d.k, rows.len() * d.k),
-                        ld: d.k,
-                    },
-                    XMode::Staged { ld } => {
-                        stage(job, kern, rows.clone(), ld, &mut bufs.f32s, &mut bufs.bf16s)
-                    }
-                    XMode::Packed => {
-                        let x_rows = match job.trans.x {
-                            true => Rows::of_transposed(job.x, d.k, d.n, rows.clone()),
-                            false => Rows::of(job.x, d.k, rows.clone()),
-                        };
-                        pack::pack_all(job.isa, x_rows, &mut a);
-                        ASide::Packed(&a)
-                    }
-                };
-                multiply(job, kern, fin, (side, rows), (&b, cols.clone()));
-            }
+        let Buffers { a, b, f32s, bf16s } = bufs;
+        let mut a = Packed::new(a, kern.mr, kern.pairs);
+        if block >= d.n {
+            // One block of rows: staged or packed once, for every slab of W.
+            let side = x_side(job, kern, mode, 0..d.n, &mut a, (f32s, bf16s));
+            by_slabs(job, kern, slab, b, |bp, cols| {
+                multiply(job, kern, fin, (side, 0..d.n), (bp, cols))
+            });
+        } else {
+            by_slabs(job, kern, slab, b, |bp, cols| {
+                for i0 in (0..d.n).step_by(block) {
+                    let rows = i0..(i0 + block).min(d.n);
+                    let side = x_side(job, kern, mode, rows.clone(), &mut a, (f32s, bf16s));
+                    multiply(job, kern, fin, (side, rows), (bp, cols.clone()));
+                }
+            });
         }
     });
+}
+
+/// Packs W a slab of `slab` columns at a time into `buf` and hands each to `f`.
+fn by_slabs(
+    job: &Job,
+    kern: &Kernel,
+    slab: usize,
+    buf: &mut Vec<u32>,
+    mut f: impl FnMut(&Packed, Range<usize>),
+) {
+    let d = job.d;
+    for j0 in (0..d.m).step_by(slab) {
+        let cols = j0..(j0 + slab).min(d.m);
+        let mut b = Packed::new(buf, kern.nr, kern.pairs);
+        let w_rows = match job.trans.w {
+            true => Rows::of_transposed(job.w, d.k, d.m, cols.clone()),
+            false => Rows::of(job.w, d.k, cols.clone()),
+        };
+        pack::pack_all(job.isa, w_rows, &mut b);
+        f(&b, cols);
+    }
+}
+
+/// Where the tiles read rows `rows` of x from: in place, staged, or packed into `a`.
+fn x_side<'a>(
+    job: &Job<'a>,
+    kern: &Kernel,
+    mode: XMode,
+    rows: Range<usize>,
+    a: &'a mut Packed,
+    (f32s, bf16s): (&'a mut Vec<f32>, &'a mut Vec<bf16>),
+) -> ASide<'a> {
+    let d = job.d;
+    match mode {
+        XMode::InPlace => ASide::Direct {
+            x: job.x.slice(rows.start * d.k, rows.len() * d.k),
+            ld: d.k,
+        },
+        XMode::Staged { ld } => stage(job, kern, rows, ld, f32s, bf16s),
+        XMode::Packed => {
+            let x_rows = match job.trans.x {
+                true => Rows::of_transposed(job.x, d.k, d.n, rows),
+                false => Rows::of(job.x, d.k, rows),
+            };
+            pack::pack_all(job.isa, x_rows, a);
+            ASide::Packed(a)
+        }
+    }
 }
 
 /// How many times its own size an operand takes once packed or staged: 2 for bf16 or f16
