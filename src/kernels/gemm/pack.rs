@@ -151,7 +151,7 @@ pub(crate) fn pack_panel(
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2
         && width.is_multiple_of(8)
-        && by_transposes(src, first, (k0, kc), width, pairs, out)
+        && by_transposes(isa, src, first, (k0, kc), width, pairs, out)
     {
         return;
     }
@@ -182,6 +182,7 @@ pub(crate) fn pack_panel(
 /// nothing, for other sources.
 #[cfg(target_arch = "x86_64")]
 fn by_transposes(
+    isa: Isa,
     src: Rows,
     first: usize,
     (k0, kc): (usize, usize),
@@ -192,7 +193,8 @@ fn by_transposes(
     let (base, full) = match (pairs, src.src) {
         (false, Src::F32(v)) => (v.as_ptr() as *const u8, kc),
         (true, Src::Bf16(v)) => (v.as_ptr() as *const u8, kc / 2),
-        _ => return false,
+        (false, _) => return converted_by_transposes(isa, src, first, (k0, kc), width, out),
+        (true, _) => return false,
     };
     let elem = if pairs { 2 } else { 4 };
     let s = steps(kc, pairs);
@@ -222,6 +224,42 @@ fn by_transposes(
             }
         }
     }
+    true
+}
+
+/// [`by_transposes`] for bf16 or f16 rows packed as f32: each group of eight rows is
+/// converted into a scratch block first.
+#[cfg(target_arch = "x86_64")]
+fn converted_by_transposes(
+    isa: Isa,
+    src: Rows,
+    first: usize,
+    (k0, kc): (usize, usize),
+    width: usize,
+    out: &mut [u32],
+) -> bool {
+    assert!(out.len() >= kc * width, "pack_panel: output too short");
+    ROW.with(|scratch| {
+        let scratch = &mut *scratch.borrow_mut();
+        scratch.resize(8 * kc, 0.0);
+        for lane0 in (0..width).step_by(8) {
+            let mut lanes: transpose::Lanes = [std::ptr::null(); 8];
+            for (i, (lane, row)) in lanes
+                .iter_mut()
+                .zip(scratch.chunks_exact_mut(kc))
+                .enumerate()
+            {
+                let r = first + lane0 + i;
+                if r < src.rows {
+                    convert::load(isa, src.src, (src.row0 + r) * src.ld + k0, row);
+                    *lane = row.as_ptr() as *const u32;
+                }
+            }
+            // SAFETY: AVX2 (checked by the caller); each lane reads its kc converted values;
+            // out holds kc·width values.
+            unsafe { transpose::transpose8(&lanes, kc, out[lane0..].as_mut_ptr(), width) };
+        }
+    });
     true
 }
 
