@@ -406,12 +406,7 @@ mod tests {
                         causal_attention_composed(&q, &k, &v, heads, 0.37, true).unwrap()
                     }
                 };
-                let store = (y.clone() * &r)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let store = crate::model::grad::tests::gradients_of(&y, &r);
                 (y, store.get(x).unwrap().clone())
             };
             let ((yf, gf), (yc, gc)) = (run(Path::Slices), run(Path::Composed));

@@ -125,12 +125,7 @@ mod tests {
                         .forward(x.as_tensor())
                         .unwrap()
                 };
-                let store = (y.clone() * &r)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let store = crate::model::grad::tests::gradients_of(&y, &r);
                 let mut out = vec![y];
                 for v in [&x, &w, &b] {
                     if let Some(g) = store.get(v.as_tensor()) {

@@ -243,6 +243,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// The gradients of `Σ y·r` (r a fixed random tensor): every input's gradient as the
+    /// loss `y·r` would give it.
+    pub fn gradients_of(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradStore {
+        (y * r).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     /// max |a − b| over every element.
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

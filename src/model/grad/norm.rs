@@ -203,12 +203,7 @@ mod tests {
                         }
                         (false, Kind::Rms) => candle_nn::ops::rms_norm_slow(xt, wt, 1e-5).unwrap(),
                     };
-                    let store = (y.clone() * &r)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap();
+                    let store = crate::model::grad::tests::gradients_of(&y, &r);
                     let mut out = vec![y];
                     out.extend(
                         [&x, &w]
