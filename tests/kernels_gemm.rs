@@ -123,8 +123,9 @@ const SHAPES: [(usize, usize, usize); 15] = [
     (6, 1024, 1000),
     // W over the 8 MiB packing budget in f32: packed and multiplied in two slabs.
     (100, 2100, 1100),
-    // x over the staging/packing budget (an odd k: bf16 is staged too): blocks of rows.
-    (1100, 1030, 40),
+    // x over the staging/packing budget (an odd k: bf16 is staged too): blocks of rows; and
+    // the reduction in two blocks, the last of an odd length.
+    (1100, 1031, 40),
     // Few rows, many columns: the product runs with the operands swapped.
     (6, 96, 3000),
     (7, 64, 9000),

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::epilogue::finish;
 use super::micro::{Kernel, Run};
 use super::pack::{self, Packed, Rows};
-use super::{Dims, Epilogue, Job, Trans, A_BUDGET, B_BUDGET, KC, MC, NC_MAX};
+use super::{kc_for, Dims, Epilogue, Job, Trans, A_BUDGET, B_BUDGET, MC, NC_MAX};
 use crate::kernels::convert::{self, Src};
 use crate::kernels::isa::Isa;
 
@@ -127,7 +127,7 @@ fn x_mode(job: &Job, kern: &Kernel) -> XMode {
 unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
     let d = job.d;
     let mode = x_mode(job, kern);
-    let per_row = 4 * pack::steps(d.k.next_multiple_of(KC), kern.pairs);
+    let per_row = 4 * pack::steps(d.k.next_multiple_of(kc_for(d.k)), kern.pairs);
     let slab = balanced(d.m, B_BUDGET / widening(job.w, kern) / per_row, kern.nr);
     let block = match mode {
         XMode::InPlace => d.n,
@@ -319,8 +319,9 @@ impl Tile<'_> {
         let ncp = self.cols.len().next_multiple_of(kern.nr);
         let mcp = self.rows.len().next_multiple_of(kern.mr);
         sums.resize(mcp * ncp, 0.0);
-        for (pc, k0) in (0..k).step_by(KC).enumerate() {
-            let kc = KC.min(k - k0);
+        let kc_max = kc_for(k);
+        for (pc, k0) in (0..k).step_by(kc_max).enumerate() {
+            let kc = kc_max.min(k - k0);
             let steps = pack::steps(kc, kern.pairs);
             let partial = self.pack_partial(k0, kc, local);
             for jr in (0..ncp).step_by(kern.nr) {

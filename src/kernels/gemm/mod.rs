@@ -6,7 +6,7 @@
 //!   into panels for the whole reduction (eight rows at a time by register transposes,
 //!   [`transpose`]); x is read in place by the AVX-512 kernels (converted first when its
 //!   dtype is not the kernel's) or packed by blocks of rows; parallel tiles of `MC` rows run
-//!   the level's micro-kernel ([`micro`]) over `KC` of the reduction at a time into an f32
+//!   the level's micro-kernel ([`micro`]) over a block ([`kc_for`]) of the reduction at a time into an f32
 //!   tile, which the epilogue writes out. With `avx512_bf16`, bf16 operands stay bf16
 //!   (`vdpbf16ps`); otherwise they are converted to f32 while packing.
 //! - A few rows ([`gemv`], decoding): W streamed once, row by row, at memory speed.
@@ -18,7 +18,7 @@ mod micro;
 mod pack;
 pub mod small;
 #[cfg(target_arch = "x86_64")]
-mod transpose;
+pub(crate) mod transpose;
 
 use super::convert::{self, Out, Src};
 use super::isa::Isa;
@@ -28,8 +28,18 @@ use epilogue::finish;
 pub const GEMV_MAX_ROWS: usize = 4;
 /// Rows of x per tile (a multiple of every kernel's MR).
 const MC: usize = 96;
-/// Reduction values per packed block.
-const KC: usize = 256;
+/// Most reduction values per packed block. A reduction of `k` is cut into equal blocks of at
+/// most this many ([`kc_for`]): one block when `k` fits, so that each tile's sums are written
+/// once rather than reloaded and added to per block (measured 2–7 % faster than blocks of 256
+/// on Zen 4 for GPT-2 and SmolLM shapes).
+const KC_MAX: usize = 768;
+
+/// The block length for a reduction of `k`: `k` in the fewest blocks of at most [`KC_MAX`],
+/// equal but for the last, each a multiple of 16 (so bf16 pairs never straddle two blocks).
+pub(crate) fn kc_for(k: usize) -> usize {
+    let blocks = k.div_ceil(KC_MAX).max(1);
+    k.div_ceil(blocks).next_multiple_of(16)
+}
 /// Widest column group of a tile.
 const NC_MAX: usize = 512;
 /// Most bytes of packed x at once: rows are packed and multiplied in super-blocks.

@@ -3,16 +3,16 @@
 //! them. f32 mode converts to f32; pair mode keeps bf16 and puts two consecutive k of a row in
 //! one u32. Rows past the end and k past the end are zeros.
 //!
-//! A packed matrix is stored per block of `KC` values of k: block `pc` holds every panel
-//! of the rows for k in `pc·KC ..`, panel after panel.
+//! A packed matrix is stored per block of `kc` values of k ([`super::kc_for`]): block `pc`
+//! holds every panel of the rows for k in `pc·kc ..`, panel after panel.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::kc_for;
 #[cfg(target_arch = "x86_64")]
 use super::transpose;
-use super::KC;
 use crate::kernels::convert::{self, Src};
 use crate::kernels::isa::Isa;
 
@@ -32,6 +32,8 @@ pub(crate) struct Packed<'a> {
     pub pairs: bool,
     /// Rows, rounded up to a multiple of `width`.
     pub padded: usize,
+    /// Reduction values per block.
+    pub kc: usize,
 }
 
 impl<'a> Packed<'a> {
@@ -42,12 +44,13 @@ impl<'a> Packed<'a> {
             width,
             pairs,
             padded: 0,
+            kc: 0,
         }
     }
 
     /// Values per block of k.
     fn block(&self) -> usize {
-        self.padded * steps(KC, self.pairs)
+        self.padded * steps(self.kc, self.pairs)
     }
 
     /// The start of panel `panel` in block `pc` (whose reduction is `kc` long).
@@ -118,12 +121,13 @@ thread_local! {
 pub(crate) fn pack_all(isa: Isa, src: Rows, dst: &mut Packed) {
     let (width, pairs) = (dst.width, dst.pairs);
     dst.padded = src.rows.next_multiple_of(width);
-    let block = dst.block();
-    dst.buf.resize(src.k.div_ceil(KC) * block, 0);
+    dst.kc = kc_for(src.k);
+    let (block, kc_max) = (dst.block(), dst.kc);
+    dst.buf.resize(src.k.div_ceil(kc_max) * block, 0);
     let base = Shared(dst.buf.as_mut_ptr());
     (0..dst.padded / width).into_par_iter().for_each(|panel| {
-        for (pc, k0) in (0..src.k).step_by(KC).enumerate() {
-            let kc = KC.min(src.k - k0);
+        for (pc, k0) in (0..src.k).step_by(kc_max).enumerate() {
+            let kc = kc_max.min(src.k - k0);
             let len = steps(kc, pairs) * width;
             // SAFETY: this task alone writes panel `panel` of each block, which lies inside
             // the buffer sized above.
