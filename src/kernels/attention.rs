@@ -1,16 +1,20 @@
 //! Causal multi-head attention: a fused CPU kernel (f32; grouped-query heads) and the
 //! candle-ops version used on other devices and dtypes, and by autograd.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::convert::{self, Out, Src};
 use super::decode;
-use super::elementwise::simd;
+use super::elementwise::{map_in_place, simd};
 use super::gemm::small::{product, Mat};
+#[cfg(target_arch = "x86_64")]
+use super::gemm::transpose::transpose8;
 use super::isa::Isa;
 use super::math::exp;
-use super::reductions::{max, sum};
+use super::reductions::{max, sum, LANES};
 
 /// Queries per block in the fused attention: block `[i0, i1)` only multiplies against keys
 /// `[0, offset + i1)`, which skips most of the masked upper triangle.
@@ -207,10 +211,16 @@ impl candle_core::CustomOp3 for FusedAttention {
             out,
             isa: Isa::get(),
         };
-        (0..b * h).into_par_iter().for_each(|task| {
+        // One task per (sequence, head, part of the query blocks): enough tasks that 9 heads
+        // on 2 threads balance as well as 12 do, few enough that each task's copy of its
+        // keys and values stays small next to its products.
+        let parts = job.parts(b * h, rayon::current_num_threads());
+        let n = parts.len();
+        (0..b * h * n).into_par_iter().for_each(|task| {
+            let (bh, part) = (task / n, parts[task % n].clone());
             HEAD.with(|buf| {
-                // SAFETY: each task writes its own (batch, head) column block of the output.
-                unsafe { job.run(task / h, task % h, &mut buf.borrow_mut()) }
+                // SAFETY: each task writes its own (batch, head, query blocks) of the output.
+                unsafe { job.run(bh / h, bh % h, part, &mut buf.borrow_mut()) }
             })
         });
         Ok((storage, Shape::from((b, tq, c))))
@@ -251,13 +261,17 @@ fn output_like(like: &CpuStorage, len: usize) -> Result<(CpuStorage, Out)> {
 }
 
 /// Per-thread scratch: query, key and value rows in f32 (when the inputs are not), the
-/// scores of a query block, and a block of output rows.
+/// scores of a query block and the inverse of each row's sum of exponentials, and a block of
+/// output rows.
 #[derive(Default)]
 struct HeadBuf {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// The keys transposed, (d, keys) with rows [`key_stride`] apart.
+    kt: Vec<f32>,
     scores: Vec<f32>,
+    inv: Vec<f32>,
     out: Vec<f32>,
 }
 
@@ -279,73 +293,124 @@ struct HeadJob<'a> {
 }
 
 impl HeadJob<'_> {
-    /// Attention of query head `hh` of sequence `bi`.
+    /// The query blocks of one head cut into consecutive parts of about equal cost (queries
+    /// times keys seen), enough for `8 × threads` tasks over `heads` (sequence, head) pairs;
+    /// one part for the few-query form, which runs every query in one task.
+    fn parts(&self, heads: usize, threads: usize) -> Vec<Range<usize>> {
+        let (_, tq, tk, ..) = self.dims;
+        if tq <= FEW_QUERIES {
+            return std::iter::once(0..1).collect();
+        }
+        let blocks = tq.div_ceil(QUERY_BLOCK);
+        let cost = |i: usize| {
+            let i1 = ((i + 1) * QUERY_BLOCK).min(tq);
+            (i1 - i * QUERY_BLOCK) * (tk - tq + i1)
+        };
+        let total: usize = (0..blocks).map(cost).sum();
+        let n = (8 * threads).div_ceil(heads.max(1)).clamp(1, blocks);
+        let (mut parts, mut start, mut acc) = (Vec::with_capacity(n), 0, 0);
+        for i in 0..blocks {
+            acc += cost(i);
+            if acc * n >= total * (parts.len() + 1) || i + 1 == blocks {
+                parts.push(start..i + 1);
+                start = i + 1;
+            }
+        }
+        parts
+    }
+
+    /// Attention of query blocks `blocks` of query head `hh` of sequence `bi`: block
+    /// `[i0, i1)` against keys `[0, offset + i1)`. Its queries, and the keys and values they
+    /// see, are first copied (converted to f32 where they are not) to rows of their own: in
+    /// place, a fused projection's rows lie a multiple of 4 KiB apart and crowd a few cache
+    /// sets. The exponentials are multiplied by the values unnormalised and each output row
+    /// divided by its sum after.
     ///
     /// # Safety
-    /// Only this task writes columns `hh·d ..` of sequence `bi`'s output rows.
-    unsafe fn run(&self, bi: usize, hh: usize, buf: &mut HeadBuf) {
-        let (_, tq, tk, c, d) = self.dims;
+    /// Only this task writes columns `hh·d ..` of these blocks' output rows.
+    unsafe fn run(&self, bi: usize, hh: usize, blocks: Range<usize>, buf: &mut HeadBuf) {
+        let (_, tq, tk, _, d) = self.dims;
         if tq <= FEW_QUERIES {
             return self.run_few(bi, hh, buf);
         }
-        let kvh = hh / self.group;
-        let (qp, qs) = self.rows(self.q, bi, hh * d, tq, &mut buf.q);
-        let (kp, ks) = self.rows(self.k, bi, kvh * d, tk, &mut buf.k);
-        let (vp, vs) = self.rows(self.v, bi, kvh * d, tk, &mut buf.v);
+        let (kvh, offset) = (hh / self.group, tk - tq);
+        let (q0, q1) = (
+            blocks.start * QUERY_BLOCK,
+            (blocks.end * QUERY_BLOCK).min(tq),
+        );
+        self.rows(self.q, bi, (q0, hh * d), q1 - q0, &mut buf.q);
+        self.rows(self.k, bi, (0, kvh * d), offset + q1, &mut buf.k);
+        self.rows(self.v, bi, (0, kvh * d), offset + q1, &mut buf.v);
+        transpose_rows(self.isa, &buf.k, d, &mut buf.kt);
+        for blk in blocks {
+            self.run_block(bi, hh, blk * QUERY_BLOCK - q0, q0, buf);
+        }
+    }
+
+    /// One query block, its queries from row `at` of `buf.q` (query `q0 + at` of the head).
+    ///
+    /// # Safety
+    /// As [`Self::run`].
+    unsafe fn run_block(&self, bi: usize, hh: usize, at: usize, q0: usize, buf: &mut HeadBuf) {
+        let (_, tq, tk, c, d) = self.dims;
         let offset = tk - tq;
-        buf.scores.resize(QUERY_BLOCK.min(tq) * tk, 0.0);
-        for i0 in (0..tq).step_by(QUERY_BLOCK) {
-            let i1 = (i0 + QUERY_BLOCK).min(tq);
-            let (m, keys) = (i1 - i0, offset + i1);
-            let s = &mut buf.scores[..m * keys];
-            // Scores (m, keys) = q rows · k rowsᵀ.
-            let q_rows = Mat {
-                ptr: qp.add(i0 * qs),
-                rs: qs,
-                cs: 1,
-            };
-            let k_cols = Mat {
-                ptr: kp,
-                rs: 1,
-                cs: ks,
-            };
-            product(
-                self.isa,
-                (m, keys, d),
-                q_rows,
-                k_cols,
-                (s.as_mut_ptr(), keys),
-                false,
-            );
-            for (r, row) in s.chunks_mut(keys).enumerate() {
-                let visible = offset + i0 + r + 1;
-                softmax_row_in_place(&mut row[..visible], self.scale);
-                row[visible..].fill(0.0);
+        let i0 = q0 + at;
+        let i1 = (i0 + QUERY_BLOCK).min(tq);
+        let (m, keys) = (i1 - i0, offset + i1);
+        let (qp, kp, vp) = (buf.q[at * d..].as_ptr(), buf.kt.as_ptr(), buf.v.as_ptr());
+        let ks = key_stride(buf.k.len() / d);
+        buf.scores.resize(m * keys, 0.0);
+        buf.inv.resize(m, 0.0);
+        let s = &mut buf.scores[..];
+        // Scores (m, keys) = q rows · kᵀ (its rows contiguous along the keys).
+        let q_rows = Mat {
+            ptr: qp,
+            rs: d,
+            cs: 1,
+        };
+        let k_cols = Mat {
+            ptr: kp,
+            rs: ks,
+            cs: 1,
+        };
+        product(
+            self.isa,
+            (m, keys, d),
+            q_rows,
+            k_cols,
+            (s.as_mut_ptr(), keys),
+            false,
+        );
+        for (r, (row, inv)) in s.chunks_mut(keys).zip(buf.inv.iter_mut()).enumerate() {
+            let visible = offset + i0 + r + 1;
+            *inv = 1.0 / exp_row_in_place(&mut row[..visible], self.scale);
+            row[visible..].fill(0.0);
+        }
+        let first = (bi * tq + i0) * c + hh * d;
+        let (dst, ld) = match self.out {
+            Out::F32(p) => (p.add(first), c),
+            _ => {
+                buf.out.resize(m * d, 0.0);
+                (buf.out.as_mut_ptr(), d)
             }
-            let first = (bi * tq + i0) * c + hh * d;
-            let (dst, ld) = match self.out {
-                Out::F32(p) => (p.add(first), c),
-                _ => {
-                    buf.out.resize(m * d, 0.0);
-                    (buf.out.as_mut_ptr(), d)
-                }
-            };
-            // Output rows (m, d) = probabilities · v rows.
-            let probs = Mat {
-                ptr: s.as_ptr(),
-                rs: keys,
-                cs: 1,
-            };
-            let v_rows = Mat {
-                ptr: vp,
-                rs: vs,
-                cs: 1,
-            };
-            product(self.isa, (m, d, keys), probs, v_rows, (dst, ld), false);
+        };
+        // Output rows (m, d) = exponentials · v rows, then each divided by its sum.
+        let probs = Mat {
+            ptr: s.as_ptr(),
+            rs: keys,
+            cs: 1,
+        };
+        let v_rows = Mat {
+            ptr: vp,
+            rs: d,
+            cs: 1,
+        };
+        product(self.isa, (m, d, keys), probs, v_rows, (dst, ld), false);
+        for (r, &inv) in buf.inv.iter().enumerate() {
+            let row = std::slice::from_raw_parts_mut(dst.add(r * ld), d);
+            map_in_place(row, |x| x * inv);
             if !matches!(self.out, Out::F32(_)) {
-                for (r, row) in buf.out.chunks_exact(d).enumerate() {
-                    convert::store(self.isa, row, self.out, first + r * c);
-                }
+                convert::store(self.isa, row, self.out, first + r * c);
             }
         }
     }
@@ -378,26 +443,53 @@ impl HeadJob<'_> {
         }
     }
 
-    /// Rows `0..n` of one head (columns `col ..col + d`) of sequence `bi` as f32: in place
-    /// for f32 inputs (pointer, row stride), else converted into `scratch` (stride d).
+    /// Rows `row0 .. row0 + n` of one head (columns `col .. col + d`) of sequence `bi`, as
+    /// f32 rows `d` apart in `scratch`.
     fn rows(
         &self,
         (src, view): (Src, View),
         bi: usize,
-        col: usize,
+        (row0, col): (usize, usize),
         n: usize,
         scratch: &mut Vec<f32>,
-    ) -> (*const f32, usize) {
+    ) {
         let d = self.dims.4;
-        let first = view.offset + bi * view.batch + col;
-        if let Src::F32(v) = src {
-            return (v[first..].as_ptr(), view.row);
-        }
+        let first = view.offset + bi * view.batch + row0 * view.row + col;
         scratch.resize(n * d, 0.0);
         for (r, row) in scratch.chunks_exact_mut(d).enumerate() {
             convert::load(self.isa, src, first + r * view.row, row);
         }
-        (scratch.as_ptr(), d)
+    }
+}
+
+/// The row stride of transposed keys: `keys` rounded up to an odd number of 64-byte lines,
+/// so that the rows of a panel each sit in their own cache set.
+fn key_stride(keys: usize) -> usize {
+    (keys.div_ceil(16) | 1) * 16
+}
+
+/// `rows` (n, d) transposed into `out` (d, n) with rows [`key_stride`]`(n)` apart, eight rows
+/// at a time by register transposes where the CPU has AVX2.
+fn transpose_rows(isa: Isa, rows: &[f32], d: usize, out: &mut Vec<f32>) {
+    let n = rows.len() / d;
+    let ld = key_stride(n);
+    out.resize(d * ld, 0.0);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        done = n - n % 8;
+        for r0 in (0..done).step_by(8) {
+            let lanes = std::array::from_fn(|i| rows[(r0 + i) * d..].as_ptr() as *const u32);
+            // SAFETY: AVX2 (checked); lane i reads the d values of row r0 + i < n; the writes,
+            // at p·ld + r0 + i for p < d, stay in `out`.
+            unsafe { transpose8(&lanes, d, out.as_mut_ptr().add(r0) as *mut u32, ld) };
+        }
+    }
+    let _ = isa;
+    for r in done..n {
+        for p in 0..d {
+            out[p * ld + r] = rows[r * d + p];
+        }
     }
 }
 
@@ -421,6 +513,31 @@ pub(crate) fn softmax_row_in_place(x: &mut [f32], scale: f32) {
         #[inline(always)]
         || softmax_row_generic(x, scale),
     )
+}
+
+/// `e^(scale·x − max)` in place; returns the sum of the exponentials (summed in lanes, as
+/// [`sum`] does).
+fn exp_row_in_place(x: &mut [f32], scale: f32) -> f32 {
+    simd(
+        #[inline(always)]
+        || exp_row_generic(x, scale),
+    )
+}
+
+#[inline(always)]
+fn exp_row_generic(x: &mut [f32], scale: f32) -> f32 {
+    let m = max(x) * scale;
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
+            *v = exp(*v * scale - m);
+            *a += *v;
+        }
+    }
+    let tail = chunks.into_remainder();
+    tail.iter_mut().for_each(|v| *v = exp(*v * scale - m));
+    tail.iter().chain(&acc).map(|&v| v as f64).sum::<f64>() as f32
 }
 
 /// softmax(scale·x) in place.
@@ -490,6 +607,53 @@ mod tests {
             let mha = causal_attention_composed(&q, &kr, &vr, Heads::mha(h), 0.37, false).unwrap();
             let worst = max_abs(&fast, &mha);
             assert!(worst < 1e-5, "grouped heads g={g}: max abs diff {worst:e}");
+        }
+    }
+
+    /// The query blocks of a head are cut into consecutive, non-empty parts that cover them
+    /// all, of about equal cost, and as many as the threads call for.
+    #[test]
+    fn query_blocks_are_cut_into_parts_of_about_equal_cost() {
+        let none: &[f32] = &[];
+        let view = View {
+            offset: 0,
+            batch: 0,
+            row: 0,
+        };
+        for (tq, tk, heads, threads, want) in [
+            (1024, 1024, 9, 2, 2),
+            (1024, 1024, 12, 2, 2),
+            (1024, 1024, 32, 2, 1),
+            // Eight parts wanted, six possible: the last blocks each hold an eighth or more.
+            (1024, 1024, 12, 16, 6),
+            (300, 800, 1, 4, 3),
+            (3, 10, 4, 2, 1),
+        ] {
+            let job = HeadJob {
+                q: (Src::F32(none), view),
+                k: (Src::F32(none), view),
+                v: (Src::F32(none), view),
+                dims: (1, tq, tk, 64, 64),
+                group: 1,
+                scale: 1.0,
+                out: Out::F32(std::ptr::null_mut()),
+                isa: Isa::get(),
+            };
+            let parts = job.parts(heads, threads);
+            assert_eq!(parts.len(), want, "tq={tq} heads={heads} threads={threads}");
+            let blocks = if tq <= FEW_QUERIES {
+                1
+            } else {
+                tq.div_ceil(QUERY_BLOCK)
+            };
+            assert_eq!(parts[0].start, 0);
+            assert_eq!(parts.last().unwrap().end, blocks);
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(parts.iter().all(|p| !p.is_empty()));
+            if tq == 1024 && want == 2 {
+                // Blocks cost 1..=8 (× 128²): 21 and 15 of 36 rather than 18 and 18.
+                assert_eq!(parts, vec![0..6, 6..8]);
+            }
         }
     }
 

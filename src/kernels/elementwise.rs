@@ -1,9 +1,12 @@
-//! Elementwise maps over f32 slices, in parallel, compiled twice (baseline x86-64 and
-//! AVX2+FMA) and picked at run time. The function is a generic parameter, so each caller's
-//! closure gets its own vectorised loop. [`simd`] is the one place that picks the level; the
-//! row kernels elsewhere (softmax, log-sum-exp, the training ops' loops) go through it too.
+//! Elementwise maps over f32 slices, in parallel, compiled once per level (baseline x86-64,
+//! AVX2+FMA, AVX-512) and picked at run time. The function is a generic parameter, so each
+//! caller's closure gets its own vectorised loop. [`simd`] is the one place that picks the
+//! level; the row kernels elsewhere (softmax, log-sum-exp, norms, the training ops' loops) go
+//! through it too.
 
 use rayon::prelude::*;
+
+use super::isa::Isa;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split a
 /// 1024×3072 MLP activation over every core.
@@ -65,16 +68,20 @@ where
     out
 }
 
-/// Runs `f` compiled for AVX2+FMA when the CPU has them, else for the baseline: for a
-/// kernel's inner loops written as plain Rust (`f` and what it calls inline are compiled
-/// twice, once per level). Mark the closure `#[inline(always)]`: a closure compiled as a
-/// function of its own gets the baseline's instructions whoever calls it.
+/// Runs `f` compiled for AVX-512 or AVX2+FMA when the level chosen ([`Isa::get`]) has them,
+/// else for the baseline: for a kernel's inner loops written as plain Rust (`f` and what it
+/// calls inline are compiled once per level). Mark the closure `#[inline(always)]`: a closure
+/// compiled as a function of its own gets the baseline's instructions whoever calls it. The
+/// levels give the same results: the loops' reductions keep their own lanes, and no level
+/// fuses a multiply and an add the source does not.
 #[inline(always)]
 pub fn simd<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { simd_avx2(f) };
+    match Isa::get() {
+        // SAFETY: the level implies the CPU has the features each function is compiled for.
+        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { simd_avx512(f) },
+        Isa::Avx2 => return unsafe { simd_avx2(f) },
+        Isa::Portable => {}
     }
     f()
 }
@@ -82,5 +89,11 @@ pub fn simd<R, F: FnOnce() -> R>(f: F) -> R {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn simd_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn simd_avx512<R, F: FnOnce() -> R>(f: F) -> R {
     f()
 }

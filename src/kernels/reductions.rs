@@ -9,7 +9,7 @@ use super::math::exp;
 
 /// Lanes of the multi-accumulator reductions below: independent partial results let LLVM
 /// vectorise without reassociating floating-point sums on its own.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 #[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {

@@ -2,7 +2,8 @@
 //! operand read through any row and column strides (so a transpose costs nothing). B is
 //! packed a panel of 128 × 32 at a time (head rows sit in a fused projection whose row
 //! stride would crowd a few cache sets); a block of 4 rows × 32 (AVX-512) or 16 (AVX2)
-//! columns of C stays in registers over the panel, one fused multiply-add per A element and
+//! columns of C stays in registers over the panel (B's own rows serve as the panel when they
+//! are contiguous along its columns), one fused multiply-add per A element and
 //! B vector.
 //!
 //! The `gemm` crate's general kernel spent most of its time on set-up at these sizes
@@ -59,13 +60,19 @@ pub unsafe fn product(
         let kc = KC.min(k - p0);
         for j0 in (0..n).step_by(NR) {
             let nr = NR.min(n - j0);
-            g.pack(p0, kc, j0, nr, &mut panel);
+            let (bp, ldb) = if in_place(b, nr) {
+                (b.ptr.add(p0 * b.rs + j0), b.rs)
+            } else {
+                g.pack(p0, kc, j0, nr, &mut panel);
+                (panel.as_ptr(), NR)
+            };
             let block = Block {
                 p0,
                 kc,
                 j0,
                 nr,
-                panel: &panel,
+                bp,
+                ldb,
             };
             #[cfg(target_arch = "x86_64")]
             match isa {
@@ -85,6 +92,14 @@ pub unsafe fn product(
     let _ = isa;
 }
 
+/// Whether a panel of B (`nr` columns) is read in place: when it is whole, contiguous along
+/// its columns, and its rows either adjoin (`rs ≤ 2·NR`) or lie an odd number of cache lines
+/// apart (each row in its own cache set). Else it is packed.
+fn in_place(b: Mat, nr: usize) -> bool {
+    let lines = b.rs / 16;
+    b.cs == 1 && nr == NR && (b.rs <= 2 * NR || (b.rs.is_multiple_of(16) && lines % 2 == 1))
+}
+
 struct Args {
     m: usize,
     a: Mat,
@@ -94,14 +109,16 @@ struct Args {
     accumulate: bool,
 }
 
-/// One packed panel of B: reduction steps `p0 .. p0 + kc`, columns `j0 .. j0 + nr`, row p
-/// of the panel at `panel[p·NR ..]`, zero past `nr`.
-struct Block<'a> {
+/// One panel of B: reduction steps `p0 .. p0 + kc`, columns `j0 .. j0 + nr`, row p of the
+/// panel at `bp + p·ldb` (NR values, zero past `nr`: packed, or B's own rows when they hold
+/// all NR).
+struct Block {
     p0: usize,
     kc: usize,
     j0: usize,
     nr: usize,
-    panel: &'a [f32; KC * NR],
+    bp: *const f32,
+    ldb: usize,
 }
 
 impl Args {
@@ -152,7 +169,8 @@ unsafe fn portable(g: &Args, blk: &Block) {
         let mut sums = [0f32; NR];
         for p in 0..blk.kc {
             let av = *rows[0].add(p * g.a.cs);
-            for (s, &bv) in sums.iter_mut().zip(&blk.panel[p * NR..][..NR]) {
+            let bv = std::slice::from_raw_parts(blk.bp.add(p * blk.ldb), NR);
+            for (s, &bv) in sums.iter_mut().zip(bv) {
                 *s += av * bv;
             }
         }
@@ -172,7 +190,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn avx512(g: &Args, blk: &Block) {
         let masks = [lanes(blk.nr.min(16)), lanes(blk.nr.saturating_sub(16))];
-        let bp = blk.panel.as_ptr();
+        let (bp, ldb) = (blk.bp, blk.ldb);
         for i0 in (0..g.m).step_by(MR) {
             let (rows, mr) = g.rows(i0, blk.p0);
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
@@ -184,8 +202,8 @@ mod x86 {
                 }
             }
             for p in 0..blk.kc {
-                let b0 = _mm512_loadu_ps(bp.add(p * NR));
-                let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+                let b0 = _mm512_loadu_ps(bp.add(p * ldb));
+                let b1 = _mm512_loadu_ps(bp.add(p * ldb + 16));
                 for r in 0..MR {
                     let av = _mm512_set1_ps(*rows[r].add(p * g.a.cs));
                     acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
@@ -216,7 +234,7 @@ mod x86 {
             if nr == 0 {
                 break;
             }
-            let bp = blk.panel.as_ptr().add(h * HALF);
+            let (bp, ldb) = (blk.bp.add(h * HALF), blk.ldb);
             for i0 in (0..g.m).step_by(MR) {
                 let (rows, mr) = g.rows(i0, blk.p0);
                 let mut acc = [[_mm256_setzero_ps(); 2]; MR];
@@ -229,8 +247,8 @@ mod x86 {
                     }
                 }
                 for p in 0..blk.kc {
-                    let b0 = _mm256_loadu_ps(bp.add(p * NR));
-                    let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+                    let b0 = _mm256_loadu_ps(bp.add(p * ldb));
+                    let b1 = _mm256_loadu_ps(bp.add(p * ldb + 8));
                     for r in 0..MR {
                         let av = _mm256_set1_ps(*rows[r].add(p * g.a.cs));
                         acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
@@ -264,6 +282,9 @@ mod tests {
                 (130, 70, 32, true, false),
                 (9, 40, 300, false, false),
                 (5, 17, 260, true, true),
+                // B read in place: rows adjoining, or an odd number of cache lines apart.
+                (6, 64, 140, true, false),
+                (9, 48, 300, true, true),
             ] {
                 let av: Vec<f32> = (0..m * k)
                     .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
