@@ -268,6 +268,44 @@ fn shards_merged_equal_an_unsharded_run() {
     assert!(table.contains("sigmoid-sweep@L3"), "{table}");
     assert_eq!(numbers(&rows(&merged)), numbers(&rows(&whole)));
     assert!(merged.join("sweep.svg").exists() && merged.join("results.csv").exists());
+    // A row that is not one of its shard's cells, or a second result for one cell, is
+    // refused, naming the file and the cell, before anything is written.
+    let forged = tmp.path().join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    std::fs::copy(dirs[0].join("manifest.json"), forged.join("manifest.json")).unwrap();
+    let jsonl = std::fs::read_to_string(dirs[0].join("results.jsonl")).unwrap();
+    let retag = |index: usize, key: Option<&str>| -> String {
+        let mut row: serde_json::Value =
+            serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+        row["index"] = index.into();
+        if let Some(k) = key {
+            row["key"] = k.into();
+        }
+        format!("{row}\n")
+    };
+    for (row, want) in [
+        (retag(1, None), "cell 1 ("),
+        (retag(300, None), "is outside the grid"),
+        (
+            retag(3, Some("0123456789abcdef")),
+            "has key 0123456789abcdef",
+        ),
+    ] {
+        std::fs::write(forged.join("results.jsonl"), &row).unwrap();
+        let out_dir = tmp.path().join("refused");
+        let out = Command::cargo_bin("gpt-ablate")
+            .unwrap()
+            .arg("merge")
+            .args([&dirs[0], &forged])
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{err}");
+        assert!(err.contains("forged"), "the file is named: {err}");
+        assert!(!out_dir.exists(), "nothing written");
+    }
     // A shard directory cannot be resumed as another shard.
     let wrong = run(&fixture("grid.toml"), &dirs[0], &["--shard", "1/3"]);
     assert!(!wrong.status.success());

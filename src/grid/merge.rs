@@ -1,5 +1,5 @@
-//! Merging shard directories (`gpt-ablate merge`): their rows, deduplicated by key, in cell
-//! order, with the first shard's manifest marked as merged.
+//! Merging shard directories (`gpt-ablate merge`): their rows, one per cell, in cell order,
+//! with the first shard's manifest marked as merged.
 //!
 //! Shards merge only when their manifests say they ran the same grid on the same inputs:
 //! the same config, model files, data, precision and windowing (device and threads may
@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::fsio::{read_limited_to_string, DirLock, LockError, SMALL_FILE_LIMIT};
+use crate::grid::cells::Shard as CellShard;
 use crate::grid::charts::write_charts;
 use crate::grid::config::SortOrder;
 use crate::grid::results::{self, Row};
@@ -39,9 +40,10 @@ struct Shard {
     manifest: Value,
 }
 
-/// Combines shard directories into `out`: rows deduplicated by key, in cell order. Fails
-/// before writing anything when the shards ran different grids or inputs, when one is still
-/// being written, or when `out` is one of them or holds a run of its own.
+/// Combines shard directories into `out`: one row per cell, in cell order. Fails before
+/// writing anything when the shards ran different grids or inputs, when a row is not one of
+/// its shard's cells or two rows differ for one cell, when a shard is still being written,
+/// or when `out` is one of them or holds a run of its own.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Merged> {
     if dirs.is_empty() {
         bail!("merge needs at least one shard directory");
@@ -62,10 +64,10 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Merged> {
     }
     let mut rows: Vec<Row> = Vec::new();
     for s in &shards {
-        for r in results::read_jsonl(&s.dir.join("results.jsonl"))? {
-            if !rows.iter().any(|x| x.key == r.key) {
-                rows.push(r);
-            }
+        let path = s.dir.join("results.jsonl");
+        for r in results::read_jsonl(&path)? {
+            check_row(s, &path, &r)?;
+            add_row(&mut rows, r, &path)?;
         }
     }
     rows.sort_by_key(|r| r.index);
@@ -73,6 +75,51 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Merged> {
     write_merged(dirs, out, &rows, &first.manifest)?;
     copy_nll_files(dirs, out, &rows)?;
     Ok(Merged { rows, sort })
+}
+
+/// A shard's row must be one of the cells its manifest describes: inside the grid
+/// (`cells.total`) and, for a shard run (`shard = "K/N"`), one of that shard's cells.
+fn check_row(s: &Shard, path: &Path, r: &Row) -> anyhow::Result<()> {
+    let total = s.manifest["cells"]["total"].as_u64();
+    if total.is_some_and(|t| r.index as u64 >= t) {
+        bail!(
+            "{}: cell {} ('{}') is outside the grid of {} cells that manifest.json describes",
+            path.display(),
+            r.index,
+            r.variant,
+            total.unwrap_or_default()
+        );
+    }
+    let shard = s.manifest["shard"].as_str().map(str::parse::<CellShard>);
+    if let Some(Ok(shard)) = shard {
+        if !shard.contains(r.index) {
+            bail!(
+                "{}: cell {} ('{}') is not one of shard {shard}'s cells, which manifest.json names",
+                path.display(),
+                r.index,
+                r.variant
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Adds `r` unless its cell is there already; a second, different result for one cell (a
+/// row of another key at the same index) is an error, not a cell listed twice.
+fn add_row(rows: &mut Vec<Row>, r: Row, path: &Path) -> anyhow::Result<()> {
+    match rows.iter().find(|x| x.index == r.index) {
+        None => rows.push(r),
+        Some(x) if x.key == r.key => {}
+        Some(x) => bail!(
+            "{}: cell {} ('{}') has key {} where a row read before has {}: the shards hold different results for one cell; rerun the shard that is stale",
+            path.display(),
+            r.index,
+            r.variant,
+            r.key,
+            x.key
+        ),
+    }
+    Ok(())
 }
 
 /// `out` must not be a shard directory, nor hold the results of a run (a merge's may be
