@@ -30,9 +30,11 @@ pub const FEW_QUERIES: usize = 4;
 /// Returns (b, tq, H·d). The inputs may be column slices of a fused qkv output.
 ///
 /// On CPU (f32, bf16 or f16, computed in f32 and rounded once) this is one fused kernel:
-/// heads run in parallel, each with single-threaded products ([`super::gemm::small`]) on
-/// query blocks and a scratch buffer for scores, so the (b, h, t, t) score tensor never
-/// exists. Elsewhere the same maths is composed from candle ops.
+/// (sequence, head, part of the query blocks) tasks run in parallel, each on its own f32 copy
+/// of the queries, keys (transposed) and values it reads, with single-threaded products
+/// ([`super::gemm::small`]) per query block and a scratch buffer for scores, so the
+/// (b, h, t, t) score tensor never exists. Elsewhere the same maths is composed from candle
+/// ops.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,

@@ -13,6 +13,7 @@ use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use super::convert::{self, Out, Src};
+use super::elementwise::simd;
 use super::isa::Isa;
 
 /// Rows per parallel task.
@@ -100,19 +101,10 @@ fn normalise(src: Src, c: usize, p: &Params, out: Out) {
 }
 
 fn normalise_row(x: &mut [f32], p: &Params) {
-    #[cfg(target_arch = "x86_64")]
-    if p.isa >= Isa::Avx2 {
-        // SAFETY: the level implies the CPU has AVX2 and FMA.
-        unsafe { normalise_row_avx2(x, p) };
-        return;
-    }
-    normalise_row_generic(x, p)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn normalise_row_avx2(x: &mut [f32], p: &Params) {
-    normalise_row_generic(x, p)
+    simd(
+        #[inline(always)]
+        || normalise_row_generic(x, p),
+    )
 }
 
 #[inline(always)]
@@ -135,12 +127,27 @@ fn normalise_row_generic(x: &mut [f32], p: &Params) {
         }
         Kind::Rms => {
             let inv = 1.0 / (sum_sq(x, 0.0) / n + p.eps).sqrt();
-            let round = rounding(p.dtype);
-            x.iter_mut()
-                .zip(p.w)
-                .for_each(|(v, w)| *v = round(*v * inv) * w);
+            // One loop per dtype, so that the rounding is inlined and the loop vectorises.
+            match p.dtype {
+                DType::BF16 => {
+                    rms_scale(x, p.w, inv, |v| convert::bf16_to_f32(convert::bf16_bits(v)))
+                }
+                DType::F16 => {
+                    rms_scale(x, p.w, inv, |v| half::f16::from_f32_const(v).to_f32_const())
+                }
+                _ => rms_scale(x, p.w, inv, |v| v),
+            }
         }
     }
+}
+
+/// `x = round(x·inv)·w`, RMSNorm's last step (transformers rounds the normalised value to
+/// the compute dtype before the weight multiplies it).
+#[inline(always)]
+fn rms_scale(x: &mut [f32], w: &[f32], inv: f32, round: impl Fn(f32) -> f32) {
+    x.iter_mut()
+        .zip(w)
+        .for_each(|(v, w)| *v = round(*v * inv) * w);
 }
 
 /// `Σ (x − c)²` in 16 f32 lanes, the lanes summed in f64.
@@ -160,14 +167,4 @@ fn sum_sq(x: &[f32], c: f32) -> f32 {
         }
     }
     (acc.iter().map(|&v| v as f64).sum::<f64>() + tail) as f32
-}
-
-/// Rounds an f32 to the nearest value of `dtype` (and back to f32).
-#[inline(always)]
-fn rounding(dtype: DType) -> fn(f32) -> f32 {
-    match dtype {
-        DType::BF16 => |v| convert::bf16_to_f32(convert::bf16_bits(v)),
-        DType::F16 => |v| half::f16::from_f32_const(v).to_f32_const(),
-        _ => |v| v,
-    }
 }
