@@ -262,9 +262,9 @@ fn output_like(like: &CpuStorage, len: usize) -> Result<(CpuStorage, Out)> {
     })
 }
 
-/// Per-thread scratch: query, key and value rows in f32 (when the inputs are not), the
-/// scores of a query block and the inverse of each row's sum of exponentials, and a block of
-/// output rows.
+/// Per-thread scratch: a task's query, key and value rows copied to f32 (and the keys
+/// transposed), the scores of a query block and the inverse of each row's sum of
+/// exponentials, and a block of output rows.
 #[derive(Default)]
 struct HeadBuf {
     q: Vec<f32>,
