@@ -10,8 +10,7 @@ use super::convert::{self, Out, Src};
 use super::decode;
 use super::elementwise::{map_in_place, simd};
 use super::gemm::small::{product, Mat};
-#[cfg(target_arch = "x86_64")]
-use super::gemm::transpose::transpose8;
+use super::gemm::transpose::transpose;
 use super::isa::Isa;
 use super::math::exp;
 use super::reductions::{max, sum, LANES};
@@ -470,28 +469,16 @@ fn key_stride(keys: usize) -> usize {
     (keys.div_ceil(16) | 1) * 16
 }
 
-/// `rows` (n, d) transposed into `out` (d, n) with rows [`key_stride`]`(n)` apart, eight rows
-/// at a time by register transposes where the CPU has AVX2.
+/// `rows` (n, d) transposed into `out` (d, n) with rows [`key_stride`]`(n)` apart.
 fn transpose_rows(isa: Isa, rows: &[f32], d: usize, out: &mut Vec<f32>) {
     let n = rows.len() / d;
     let ld = key_stride(n);
     out.resize(d * ld, 0.0);
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 {
-        done = n - n % 8;
-        for r0 in (0..done).step_by(8) {
-            let lanes = std::array::from_fn(|i| rows[(r0 + i) * d..].as_ptr() as *const u32);
-            // SAFETY: AVX2 (checked); lane i reads the d values of row r0 + i < n; the writes,
-            // at p·ld + r0 + i for p < d, stay in `out`.
-            unsafe { transpose8(&lanes, d, out.as_mut_ptr().add(r0) as *mut u32, ld) };
-        }
-    }
-    let _ = isa;
-    for r in done..n {
-        for p in 0..d {
-            out[p * ld + r] = rows[r * d + p];
-        }
+    // SAFETY: `rows` holds n × d values and `out` d × ld ≥ d × n; they are separate buffers,
+    // and f32 values move as their 32-bit patterns.
+    unsafe {
+        let src = (rows.as_ptr() as *const u32, d);
+        transpose(isa, src, (n, d), (out.as_mut_ptr() as *mut u32, ld));
     }
 }
 

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::epilogue::finish;
 use super::micro::{Kernel, Run};
 use super::pack::{self, Packed, Rows};
+use super::transpose;
 use super::{kc_for, Dims, Epilogue, Job, Trans, A_BUDGET, B_BUDGET, MC, NC_MAX};
 use crate::kernels::convert::{self, Src};
 use crate::kernels::isa::Isa;
@@ -405,8 +406,8 @@ impl Tile<'_> {
     }
 }
 
-/// A tile's sums column by column: `out[c·rows + r] = sums[r·ld + c]`, eight rows at a time
-/// by register transposes where the CPU has AVX2 (`out` holds the f32 values' bits).
+/// A tile's sums column by column: `out[c·rows + r] = sums[r·ld + c]` (`out` holds the f32
+/// values' bits), by [`transpose::transpose`].
 fn transpose_tile<'o>(
     isa: Isa,
     sums: &[f32],
@@ -419,39 +420,12 @@ fn transpose_tile<'o>(
         "transpose_tile: sums too short"
     );
     out.resize(rows * cols, 0);
-    let done = by_transposes(isa, sums, ld, (rows, cols), out);
-    for r in done..rows {
-        for c in 0..cols {
-            out[c * rows + r] = sums[r * ld + c].to_bits();
-        }
+    // SAFETY: `sums` holds rows × ld ≥ rows × cols values and `out` cols × rows; they are
+    // separate buffers.
+    unsafe {
+        let src = (sums.as_ptr() as *const u32, ld);
+        transpose::transpose(isa, src, (rows, cols), (out.as_mut_ptr(), rows));
     }
     // SAFETY: u32 and f32 have the same size and alignment, and every bit pattern is an f32.
     unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, rows * cols) }
-}
-
-/// The groups of eight rows of [`transpose_tile`] by AVX2 transposes; returns the rows done.
-#[cfg(target_arch = "x86_64")]
-fn by_transposes(
-    isa: Isa,
-    sums: &[f32],
-    ld: usize,
-    (rows, cols): (usize, usize),
-    out: &mut [u32],
-) -> usize {
-    if isa < Isa::Avx2 {
-        return 0;
-    }
-    let done = rows - rows % 8;
-    for r0 in (0..done).step_by(8) {
-        let lanes = std::array::from_fn(|i| sums[(r0 + i) * ld..].as_ptr() as *const u32);
-        // SAFETY: AVX2 (checked); lane i reads `cols ≤ ld` values of row r0 + i < rows; the
-        // writes, at c·rows + r0 + i < cols·rows, stay in `out`.
-        unsafe { super::transpose::transpose8(&lanes, cols, out.as_mut_ptr().add(r0), rows) };
-    }
-    done
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn by_transposes(_: Isa, _: &[f32], _: usize, _: (usize, usize), _: &mut [u32]) -> usize {
-    0
 }

@@ -17,7 +17,6 @@ mod gemv;
 mod micro;
 mod pack;
 pub mod small;
-#[cfg(target_arch = "x86_64")]
 pub(crate) mod transpose;
 
 use super::convert::{self, Out, Src};

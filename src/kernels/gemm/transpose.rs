@@ -1,10 +1,43 @@
-//! Packing by 8 × 8 register transposes: eight rows of 32-bit values (f32, or bf16 pairs)
-//! become steps of eight lanes with contiguous loads and stores, where the scalar packing
-//! stores each value on its own.
+//! 8 × 8 register transposes: eight rows of 32-bit values (f32, or bf16 pairs) become steps
+//! of eight lanes with contiguous loads and stores, where a scalar loop stores each value on
+//! its own — for packing, and ([`transpose`]) for whole matrices: an LM-head tile turned
+//! column by column, attention's keys.
+
+use crate::kernels::isa::Isa;
 
 /// Eight rows of a panel, each a pointer to its first 32-bit value (null: a row past the
 /// matrix's end, packed as zeros).
 pub(crate) type Lanes = [*const u32; 8];
+
+/// `out[c·out_ld + r] = src[r·src_ld + c]` for every `r < rows`, `c < cols`: a matrix of
+/// 32-bit values (f32 bits) transposed, eight rows at a time by [`transpose8`] where the CPU
+/// has AVX2, the rest value by value.
+///
+/// # Safety
+/// `src` is readable at `r·src_ld + c` and `out` writable at `c·out_ld + r` for those `r`,
+/// `c`, and they do not overlap.
+pub(crate) unsafe fn transpose(
+    isa: Isa,
+    (src, src_ld): (*const u32, usize),
+    (rows, cols): (usize, usize),
+    (out, out_ld): (*mut u32, usize),
+) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        done = rows - rows % 8;
+        for r0 in (0..done).step_by(8) {
+            let lanes = std::array::from_fn(|i| src.add((r0 + i) * src_ld));
+            transpose8(&lanes, cols, out.add(r0), out_ld);
+        }
+    }
+    let _ = isa;
+    for r in done..rows {
+        for c in 0..cols {
+            *out.add(c * out_ld + r) = *src.add(r * src_ld + c);
+        }
+    }
+}
 
 /// `out[p·width + r] = lanes[r][p]` for every `p < steps` and `r < 8`, with AVX2.
 ///
@@ -65,11 +98,41 @@ pub(crate) unsafe fn transpose8(lanes: &Lanes, steps: usize, out: *mut u32, widt
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::isa::Isa;
 
+    #[test]
+    fn whole_matrices_transpose_on_every_level() {
+        for isa in Isa::supported() {
+            for (rows, cols) in [(0, 3), (1, 1), (8, 8), (13, 5), (17, 64), (24, 9)] {
+                let (src_ld, out_ld) = (cols + 3, rows + 5);
+                let src: Vec<u32> = (0..rows * src_ld).map(|i| i as u32).collect();
+                let mut out = vec![u32::MAX; cols * out_ld];
+                // SAFETY: src is rows × src_ld, out cols × out_ld.
+                unsafe {
+                    transpose(
+                        isa,
+                        (src.as_ptr(), src_ld),
+                        (rows, cols),
+                        (out.as_mut_ptr(), out_ld),
+                    )
+                };
+                for c in 0..cols {
+                    for r in 0..out_ld {
+                        let want = if r < rows {
+                            src[r * src_ld + c]
+                        } else {
+                            u32::MAX
+                        };
+                        assert_eq!(out[c * out_ld + r], want, "{isa} {rows}x{cols} [{c},{r}]");
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn transposes_every_shape_with_missing_rows() {
         if Isa::hardware() < Isa::Avx2 {
