@@ -133,7 +133,9 @@ fn normalise_row_generic(x: &mut [f32], p: &Params) {
                     rms_scale(x, p.w, inv, |v| convert::bf16_to_f32(convert::bf16_bits(v)))
                 }
                 DType::F16 => {
-                    rms_scale(x, p.w, inv, |v| half::f16::from_f32_const(v).to_f32_const())
+                    x.iter_mut().for_each(|v| *v *= inv);
+                    round_through_f16(x);
+                    x.iter_mut().zip(p.w).for_each(|(v, w)| *v *= w);
                 }
                 _ => rms_scale(x, p.w, inv, |v| v),
             }
@@ -167,4 +169,17 @@ fn sum_sq(x: &[f32], c: f32) -> f32 {
         }
     }
     (acc.iter().map(|&v| v as f64).sum::<f64>() + tail) as f32
+}
+
+/// Each value rounded to the nearest f16 and back, 64 at a time through `half`'s slice
+/// conversions (F16C where the CPU has it; the same rounding as a scalar conversion).
+#[inline(always)]
+fn round_through_f16(x: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut tmp = [half::f16::ZERO; 64];
+    for chunk in x.chunks_mut(64) {
+        let t = &mut tmp[..chunk.len()];
+        t.convert_from_f32_slice(chunk);
+        t.convert_to_f32_slice(chunk);
+    }
 }
