@@ -13,7 +13,7 @@ use super::gemm::small::{product, Mat};
 use super::gemm::transpose::transpose;
 use super::isa::Isa;
 use super::math::exp;
-use super::reductions::{max, sum, LANES};
+use super::reductions::{max, LANES};
 
 /// Queries per block in the fused attention: block `[i0, i1)` only multiplies against keys
 /// `[0, offset + i1)`, which skips most of the masked upper triangle.
@@ -505,7 +505,7 @@ pub(crate) fn softmax_row_in_place(x: &mut [f32], scale: f32) {
 }
 
 /// `e^(scale·x − max)` in place; returns the sum of the exponentials (summed in lanes, as
-/// [`sum`] does).
+/// `reductions::sum` does).
 fn exp_row_in_place(x: &mut [f32], scale: f32) -> f32 {
     simd(
         #[inline(always)]
@@ -532,11 +532,7 @@ fn exp_row_generic(x: &mut [f32], scale: f32) -> f32 {
 /// softmax(scale·x) in place.
 #[inline(always)]
 fn softmax_row_generic(x: &mut [f32], scale: f32) {
-    let m = max(x) * scale;
-    for v in x.iter_mut() {
-        *v = exp(*v * scale - m);
-    }
-    let inv = 1.0 / sum(x);
+    let inv = 1.0 / exp_row_generic(x, scale);
     for v in x.iter_mut() {
         *v *= inv;
     }
