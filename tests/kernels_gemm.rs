@@ -145,7 +145,7 @@ fn linear_matches_reference_on_every_level_and_dtype() {
 #[test]
 fn fused_epilogues_match_reference() {
     for isa in Isa::supported() {
-        for ty in [Ty::F32, Ty::Bf16] {
+        for ty in [Ty::F32, Ty::Bf16, Ty::F16] {
             for (n, k, m) in [(3, 40, 50), (30, 70, 90), (5, 40, 700)] {
                 let d = Dims { n, k, m };
                 check(isa, ty, d, true, false, None);

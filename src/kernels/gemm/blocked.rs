@@ -1,8 +1,8 @@
 //! Many rows: W packed once per slab of columns; x read in place by the level's direct
-//! kernel (or first staged — converted to the kernel's dtype, or, for bf16 pairs of an odd
-//! row length, copied to an even one — a block of rows at a time), or packed where the level has
-//! no direct kernel; then tiles of the output computed in parallel from the shared packs,
-//! each into an f32 tile that the epilogue writes out.
+//! kernel (or converted to f32 by each tile for its own rows, or, for bf16 pairs of an odd
+//! row length, first copied to an even one a block of rows at a time), or packed where the
+//! level has no direct kernel; then tiles of the output computed in parallel from the shared
+//! packs, each into an f32 tile that the epilogue writes out.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -24,25 +24,42 @@ struct Buffers {
     /// Packed x and W.
     a: Vec<u32>,
     b: Vec<u32>,
-    /// Staged rows of x (f32 or bf16, by kernel).
-    f32s: Vec<f32>,
+    /// Staged rows of x (bf16 pairs of an odd row length).
     bf16s: Vec<bf16>,
+}
+
+/// Each worker's buffers for one tile.
+#[derive(Default)]
+struct TileBufs {
+    /// The tile's f32 sums.
+    sums: Vec<f32>,
+    /// The epilogue's run of converted operands.
+    tmp: Vec<f32>,
+    /// A partial last panel of x, packed; after the products, the transposed sums.
+    local: Vec<u32>,
+    /// The tile's rows of x converted to f32.
+    conv: Vec<f32>,
 }
 
 thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
-    /// Each worker's f32 tile, epilogue run and partial-panel pack.
-    static TILE: RefCell<(Vec<f32>, Vec<f32>, Vec<u32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    static TILE: RefCell<TileBufs> = RefCell::new(TileBufs::default());
 }
 
 /// Where a tile reads x from.
 #[derive(Clone, Copy)]
 enum ASide<'a> {
     Packed(&'a Packed<'a>),
-    /// Rows in place, row r of the block at element `r·ld` (a partial last panel is packed
-    /// by the tile, since reading it in place would run past the end).
+    /// Rows in place, row `first + r` of the block at element `r·ld` (a partial last panel
+    /// is packed by the tile, since reading it in place would run past the end).
     Direct {
+        x: Src<'a>,
+        ld: usize,
+        first: usize,
+    },
+    /// The block's rows (`k` apart) in another dtype than the kernel's: each tile converts
+    /// its own rows to f32, `ld` apart, and reads them in place from there.
+    Convert {
         x: Src<'a>,
         ld: usize,
     },
@@ -95,8 +112,10 @@ enum Finish<'a> {
 enum XMode {
     /// Read in place by the direct kernel.
     InPlace,
-    /// Converted or copied, a block of rows at a time, to rows `ld` apart, then read in place.
+    /// Copied, a block of rows at a time, to rows `ld` apart, then read in place.
     Staged { ld: usize },
+    /// Converted to f32 by each tile for its rows, `ld` apart, then read in place.
+    Converted { ld: usize },
     /// Packed a block of rows at a time (levels without a direct kernel).
     Packed,
 }
@@ -118,9 +137,12 @@ fn x_mode(job: &Job, kern: &Kernel) -> XMode {
     }
     // A stride of an odd number of cache lines puts every row of a panel in its own set.
     let per_line = 64 / elem;
-    let lines = k.div_ceil(per_line);
-    XMode::Staged {
-        ld: (lines | 1) * per_line,
+    let ld = (k.div_ceil(per_line) | 1) * per_line;
+    // Converting per tile rather than per block: the converted rows stay in the core's cache
+    // (an f16 LM head staged 49,152 rows through memory once per chunk of positions).
+    match kern.pairs {
+        true => XMode::Staged { ld },
+        false => XMode::Converted { ld },
     }
 }
 
@@ -131,15 +153,15 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
     let per_row = 4 * pack::steps(d.k.next_multiple_of(kc_for(d.k)), kern.pairs);
     let slab = balanced(d.m, B_BUDGET / widening(job.w, kern) / per_row, kern.nr);
     let block = match mode {
-        XMode::InPlace => d.n,
+        XMode::InPlace | XMode::Converted { .. } => d.n,
         _ => balanced(d.n, A_BUDGET / widening(job.x, kern) / per_row, MC),
     };
     with_buffers(|bufs| {
-        let Buffers { a, b, f32s, bf16s } = bufs;
+        let Buffers { a, b, bf16s } = bufs;
         let mut a = Packed::new(a, kern.mr, kern.pairs);
         if block >= d.n {
             // One block of rows: staged or packed once, for every slab of W.
-            let side = x_side(job, kern, mode, 0..d.n, &mut a, (f32s, bf16s));
+            let side = x_side(job, mode, 0..d.n, &mut a, bf16s);
             by_slabs(job, kern, slab, b, |bp, cols| {
                 multiply(job, kern, fin, (side, 0..d.n), (bp, cols))
             });
@@ -147,7 +169,7 @@ unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
             by_slabs(job, kern, slab, b, |bp, cols| {
                 for i0 in (0..d.n).step_by(block) {
                     let rows = i0..(i0 + block).min(d.n);
-                    let side = x_side(job, kern, mode, rows.clone(), &mut a, (f32s, bf16s));
+                    let side = x_side(job, mode, rows.clone(), &mut a, bf16s);
                     multiply(job, kern, fin, (side, rows), (bp, cols.clone()));
                 }
             });
@@ -179,19 +201,21 @@ fn by_slabs(
 /// Where the tiles read rows `rows` of x from: in place, staged, or packed into `a`.
 fn x_side<'a>(
     job: &Job<'a>,
-    kern: &Kernel,
     mode: XMode,
     rows: Range<usize>,
     a: &'a mut Packed,
-    (f32s, bf16s): (&'a mut Vec<f32>, &'a mut Vec<bf16>),
+    bf16s: &'a mut Vec<bf16>,
 ) -> ASide<'a> {
     let d = job.d;
+    let x = job.x.slice(rows.start * d.k, rows.len() * d.k);
     match mode {
         XMode::InPlace => ASide::Direct {
-            x: job.x.slice(rows.start * d.k, rows.len() * d.k),
+            x,
             ld: d.k,
+            first: 0,
         },
-        XMode::Staged { ld } => stage(job, kern, rows, ld, f32s, bf16s),
+        XMode::Converted { ld } => ASide::Convert { x, ld },
+        XMode::Staged { ld } => stage(job, rows, ld, bf16s),
         XMode::Packed => {
             let x_rows = match job.trans.x {
                 true => Rows::of_transposed(job.x, d.k, d.n, rows),
@@ -213,39 +237,31 @@ fn widening(src: Src, kern: &Kernel) -> usize {
     }
 }
 
-/// Rows `rows` of x in the kernel's dtype, `ld` apart (the padding zeroed), in parallel.
-fn stage<'a>(
-    job: &Job,
-    kern: &Kernel,
-    rows: Range<usize>,
-    ld: usize,
-    f32s: &'a mut Vec<f32>,
-    bf16s: &'a mut Vec<bf16>,
-) -> ASide<'a> {
-    let (isa, k, n) = (job.isa, job.d.k, rows.len());
+/// Rows `rows` of bf16 x, `ld` apart (the padding zeroed), in parallel.
+fn stage<'a>(job: &Job, rows: Range<usize>, ld: usize, bf16s: &'a mut Vec<bf16>) -> ASide<'a> {
+    let (k, n) = (job.d.k, rows.len());
     let first = rows.start * k;
-    if kern.pairs {
-        let Src::Bf16(x) = job.x else {
-            unreachable!("pair kernels take bf16")
-        };
-        bf16s.resize(n * ld, bf16::ZERO);
-        bf16s.par_chunks_mut(ld).enumerate().for_each(|(r, row)| {
-            row[..k].copy_from_slice(&x[first + r * k..][..k]);
-            row[k..].fill(bf16::ZERO);
-        });
-        return ASide::Direct {
-            x: Src::Bf16(bf16s),
-            ld,
-        };
-    }
-    f32s.resize(n * ld, 0.0);
-    f32s.par_chunks_mut(ld).enumerate().for_each(|(r, row)| {
-        convert::load(isa, job.x, first + r * k, &mut row[..k]);
-        row[k..].fill(0.0);
+    let Src::Bf16(x) = job.x else {
+        unreachable!("only bf16 pairs are staged")
+    };
+    bf16s.resize(n * ld, bf16::ZERO);
+    bf16s.par_chunks_mut(ld).enumerate().for_each(|(r, row)| {
+        row[..k].copy_from_slice(&x[first + r * k..][..k]);
+        row[k..].fill(bf16::ZERO);
     });
     ASide::Direct {
-        x: Src::F32(f32s),
+        x: Src::Bf16(bf16s),
         ld,
+        first: 0,
+    }
+}
+
+/// Rows `rows` of `x` (`k` apart) as f32 in `out`, `ld` apart, the padding zeroed.
+fn convert_rows(isa: Isa, x: Src, k: usize, rows: Range<usize>, ld: usize, out: &mut Vec<f32>) {
+    out.resize(rows.len() * ld, 0.0);
+    for (r, row) in rows.zip(out.chunks_exact_mut(ld)) {
+        convert::load(isa, x, r * k, &mut row[..k]);
+        row[k..].fill(0.0);
     }
 }
 
@@ -292,10 +308,9 @@ fn multiply(
             b0: cols.start,
             cols: ct * nc..((ct + 1) * nc).min(cols.len()),
         };
-        TILE.with(|buf| {
-            let (sums, tmp, local) = &mut *buf.borrow_mut();
+        TILE.with(|bufs| {
             // SAFETY: tiles write disjoint blocks of the output.
-            unsafe { tile.compute(sums, tmp, local) };
+            unsafe { tile.compute(&mut bufs.borrow_mut()) };
         });
     });
 }
@@ -315,7 +330,33 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    unsafe fn compute(&self, sums: &mut Vec<f32>, tmp: &mut Vec<f32>, local: &mut Vec<u32>) {
+    unsafe fn compute(&self, bufs: &mut TileBufs) {
+        let TileBufs {
+            sums,
+            tmp,
+            local,
+            conv,
+        } = bufs;
+        if let ASide::Convert { x, ld } = self.a {
+            convert_rows(self.job.isa, x, self.job.d.k, self.rows.clone(), ld, conv);
+            let a = ASide::Direct {
+                x: Src::F32(conv),
+                ld,
+                first: self.rows.start,
+            };
+            let tile = Tile {
+                a,
+                rows: self.rows.clone(),
+                cols: self.cols.clone(),
+                ..*self
+            };
+            return tile.products(sums, tmp, local);
+        }
+        self.products(sums, tmp, local)
+    }
+
+    /// The tile's sums, then the epilogue.
+    unsafe fn products(&self, sums: &mut Vec<f32>, tmp: &mut Vec<f32>, local: &mut Vec<u32>) {
         let (k, kern) = (self.job.d.k, self.kern);
         let ncp = self.cols.len().next_multiple_of(kern.nr);
         let mcp = self.rows.len().next_multiple_of(kern.mr);
@@ -358,7 +399,7 @@ impl Tile<'_> {
     fn pack_partial(&self, k0: usize, kc: usize, local: &mut Vec<u32>) -> bool {
         let mr = self.kern.mr;
         let last = self.rows.len() % mr;
-        let ASide::Direct { x, ld } = self.a else {
+        let ASide::Direct { x, ld, first } = self.a else {
             return false;
         };
         if last == 0 {
@@ -368,7 +409,7 @@ impl Tile<'_> {
             src: x,
             ld,
             k: self.job.d.k,
-            row0: self.rows.end - last,
+            row0: self.rows.end - last - first,
             rows: last,
             transposed: false,
         };
@@ -390,11 +431,12 @@ impl Tile<'_> {
         let row = self.rows.start + ir;
         match self.a {
             ASide::Packed(a) => (kern.run, a.panel(pc, kc, row / kern.mr), 0),
+            ASide::Convert { .. } => unreachable!("a tile converts its rows first"),
             ASide::Direct { .. } if partial && ir + kern.mr > self.rows.len() => {
                 (kern.run, local.as_ptr(), 0)
             }
-            ASide::Direct { x, ld } => {
-                let at = row * ld + k0;
+            ASide::Direct { x, ld, first } => {
+                let at = (row - first) * ld + k0;
                 let ptr = match x {
                     Src::F32(x) => x[at..].as_ptr() as *const u32,
                     Src::Bf16(x) => x[at..].as_ptr() as *const u32,

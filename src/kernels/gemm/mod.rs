@@ -4,8 +4,9 @@
 //!
 //! - Many rows ([`blocked`]): BLIS-style blocking. W is packed, a slab of columns at a time,
 //!   into panels for the whole reduction (eight rows at a time by register transposes,
-//!   [`transpose`]); x is read in place by the AVX-512 kernels (converted first when its
-//!   dtype is not the kernel's) or packed by blocks of rows; parallel tiles of `MC` rows run
+//!   [`transpose`]); x is read in place by the AVX-512 kernels (converted first, by each tile
+//!   for its own rows, when its dtype is not the kernel's) or packed by blocks of rows;
+//!   parallel tiles of `MC` rows run
 //!   the level's micro-kernel ([`micro`]) over a block ([`kc_for`]) of the reduction at a time into an f32
 //!   tile, which the epilogue writes out. With `avx512_bf16`, bf16 operands stay bf16
 //!   (`vdpbf16ps`); otherwise they are converted to f32 while packing.
