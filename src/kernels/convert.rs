@@ -113,6 +113,24 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
+/// Each value rounded to `dtype` and back to f32, as a cast to the compute dtype and back
+/// gives (f32 and other dtypes leave the values as they are).
+pub fn round_through(isa: Isa, dtype: DType, x: &mut [f32]) {
+    match dtype {
+        DType::BF16 => x.iter_mut().for_each(|v| *v = bf16_to_f32(bf16_bits(*v))),
+        DType::F16 => {
+            let mut tmp = [f16::ZERO; 64];
+            for chunk in x.chunks_mut(64) {
+                let t = &mut tmp[..chunk.len()];
+                // SAFETY: `t` holds chunk.len() values.
+                unsafe { store(isa, chunk, Out::F16(t.as_mut_ptr()), 0) };
+                load(isa, Src::F16(t), 0, chunk);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `dst[i] = src[start + i]` as f32.
 pub fn load(isa: Isa, src: Src, start: usize, dst: &mut [f32]) {
     let n = dst.len();

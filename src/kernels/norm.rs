@@ -134,7 +134,7 @@ fn normalise_row_generic(x: &mut [f32], p: &Params) {
                 }
                 DType::F16 => {
                     x.iter_mut().for_each(|v| *v *= inv);
-                    round_through_f16(p.isa, x);
+                    convert::round_through(p.isa, DType::F16, x);
                     x.iter_mut().zip(p.w).for_each(|(v, w)| *v *= w);
                 }
                 _ => rms_scale(x, p.w, inv, |v| v),
@@ -169,17 +169,4 @@ fn sum_sq(x: &[f32], c: f32) -> f32 {
         }
     }
     (acc.iter().map(|&v| v as f64).sum::<f64>() + tail) as f32
-}
-
-/// Each value rounded to the nearest f16 and back, 64 at a time through the crate's F16C
-/// conversions (round to nearest even, as a scalar conversion rounds).
-#[inline(always)]
-fn round_through_f16(isa: Isa, x: &mut [f32]) {
-    let mut tmp = [half::f16::ZERO; 64];
-    for chunk in x.chunks_mut(64) {
-        let t = &mut tmp[..chunk.len()];
-        // SAFETY: `t` holds chunk.len() values.
-        unsafe { convert::store(isa, chunk, Out::F16(t.as_mut_ptr()), 0) };
-        convert::load(isa, Src::F16(t), 0, chunk);
-    }
 }

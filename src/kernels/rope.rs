@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::convert::{self, Src};
+use super::convert::{self, Out, Src};
 use super::isa::Isa;
 
 /// `x` (b, t, H·d) rotated on the first `cos.dim(1)·2` dimensions of each of `n_head` heads;
@@ -96,9 +96,9 @@ impl CustomOp3 for Rope {
         let tables = (&cos[l2.start_offset()..], &sin[l3.start_offset()..], half);
         let d = c / self.n_head;
         let storage = match x.src {
-            Src::F32(_) => CpuStorage::F32(rotate_rows(&x, tables, c, d, |v| v)),
-            Src::Bf16(_) => CpuStorage::BF16(rotate_rows(&x, tables, c, d, half::bf16::from_f32)),
-            Src::F16(_) => CpuStorage::F16(rotate_rows(&x, tables, c, d, half::f16::from_f32)),
+            Src::F32(_) => CpuStorage::F32(rotate_rows(&x, tables, c, d, |o| Out::F32(o))),
+            Src::Bf16(_) => CpuStorage::BF16(rotate_rows(&x, tables, c, d, |o| Out::Bf16(o))),
+            Src::F16(_) => CpuStorage::F16(rotate_rows(&x, tables, c, d, |o| Out::F16(o))),
         };
         Ok((storage, Shape::from((b, t, c))))
     }
@@ -114,40 +114,43 @@ struct Strided<'a> {
     t: usize,
 }
 
-/// Every row of `x` rotated head by head in f32 and rounded once by `round`. For bf16 and f16
-/// the tables are first rounded to that dtype, as transformers casts them.
+/// Every row of `x` rotated head by head in f32 and rounded once to `x`'s dtype (written
+/// through `out`, a pointer to a row of the result). For bf16 and f16 the tables are first
+/// rounded to that dtype, as transformers casts them.
 fn rotate_rows<T: Copy + Default + Send + Sync>(
     x: &Strided,
     (cos, sin, half): (&[f32], &[f32], usize),
     c: usize,
     d: usize,
-    round: fn(f32) -> T,
+    out: fn(*mut T) -> Out,
 ) -> Vec<T> {
     let isa = Isa::get();
-    let to_dtype: fn(f32) -> f32 = match x.src {
-        Src::F32(_) => |v| v,
-        Src::Bf16(_) => |v| half::bf16::from_f32(v).to_f32(),
-        Src::F16(_) => |v| half::f16::from_f32(v).to_f32(),
+    let dtype = match x.src {
+        Src::F32(_) => DType::F32,
+        Src::Bf16(_) => DType::BF16,
+        Src::F16(_) => DType::F16,
     };
-    let mut out = vec![T::default(); x.b * x.t * c];
-    let scratch = || (vec![0f32; c], vec![0f32; c], vec![0f32; 2 * half]);
-    out.par_chunks_mut(c)
+    let rounded = |table: &[f32]| {
+        let mut v = table[..x.t * half].to_vec();
+        convert::round_through(isa, dtype, &mut v);
+        v
+    };
+    let (cos, sin) = (rounded(cos), rounded(sin));
+    let mut rows = vec![T::default(); x.b * x.t * c];
+    let scratch = || (vec![0f32; c], vec![0f32; c]);
+    rows.par_chunks_mut(c)
         .enumerate()
-        .for_each_init(scratch, |(src, rotated, table), (row, o)| {
+        .for_each_init(scratch, |(src, rotated), (row, o)| {
             let (bi, ti) = (row / x.t, row % x.t);
             convert::load(isa, x.src, x.start + bi * x.batch + ti * x.row, src);
-            let (cr, sr) = table.split_at_mut(half);
-            for (i, (cv, sv)) in cr.iter_mut().zip(sr.iter_mut()).enumerate() {
-                (*cv, *sv) = (to_dtype(cos[ti * half + i]), to_dtype(sin[ti * half + i]));
-            }
+            let (cr, sr) = (&cos[ti * half..][..half], &sin[ti * half..][..half]);
             for (oh, xh) in rotated.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
                 rotate_head(oh, xh, cr, sr);
             }
-            for (o, &v) in o.iter_mut().zip(rotated.iter()) {
-                *o = round(v);
-            }
+            // SAFETY: `o` is this task's row of c elements.
+            unsafe { convert::store(isa, rotated, out(o.as_mut_ptr()), 0) };
         });
-    out
+    rows
 }
 
 #[inline(always)]
@@ -223,6 +226,37 @@ mod tests {
                     .fold(0f64, f64::max);
                 assert!(worst < 1e-5, "t={t} h={h} d={d} half={half}: {worst:e}");
             }
+        }
+    }
+
+    /// In bf16 and f16: the tables rounded to the dtype, the rotation in f32, one rounding.
+    #[test]
+    fn half_precision_rounds_the_tables_then_the_result_once() {
+        let dev = Device::Cpu;
+        let (t, h, d, half) = (6, 2, 8, 3);
+        let c = h * d;
+        let x32 = Tensor::randn(0f32, 1.0, (1, t, c), &dev).unwrap();
+        let ang = Tensor::randn(0f32, 2.0, (t, half), &dev).unwrap();
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        for dtype in [DType::BF16, DType::F16] {
+            let x = x32.to_dtype(dtype).unwrap();
+            let round = |v: &Tensor| -> Vec<f32> {
+                let r = v.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                r.flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let (xs, cs, sn) = (round(&x), round(&cos), round(&sin));
+            let mut want = vec![0f32; t * c];
+            for (r, (o, xr)) in want.chunks_mut(c).zip(xs.chunks(c)).enumerate() {
+                let (cr, sr) = (&cs[r * half..][..half], &sn[r * half..][..half]);
+                for (oh, xh) in o.chunks_exact_mut(d).zip(xr.chunks_exact(d)) {
+                    rotate_head(oh, xh, cr, sr);
+                }
+            }
+            let want = Tensor::from_vec(want, (1, t, c), &dev).unwrap();
+            let want: Vec<f32> = round(&want);
+            let got = apply(&x, h, &cos, &sin).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            assert_eq!(round(&got), want, "{dtype:?}");
         }
     }
 }
