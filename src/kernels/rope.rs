@@ -96,9 +96,9 @@ impl CustomOp3 for Rope {
         let tables = (&cos[l2.start_offset()..], &sin[l3.start_offset()..], half);
         let d = c / self.n_head;
         let storage = match x.src {
-            Src::F32(_) => CpuStorage::F32(rotate_rows(&x, tables, c, d, |o| Out::F32(o))),
-            Src::Bf16(_) => CpuStorage::BF16(rotate_rows(&x, tables, c, d, |o| Out::Bf16(o))),
-            Src::F16(_) => CpuStorage::F16(rotate_rows(&x, tables, c, d, |o| Out::F16(o))),
+            Src::F32(_) => CpuStorage::F32(rotate_rows(&x, tables, c, d, Out::F32)),
+            Src::Bf16(_) => CpuStorage::BF16(rotate_rows(&x, tables, c, d, Out::Bf16)),
+            Src::F16(_) => CpuStorage::F16(rotate_rows(&x, tables, c, d, Out::F16)),
         };
         Ok((storage, Shape::from((b, t, c))))
     }
