@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::bf16;
 use rayon::prelude::*;
@@ -37,9 +38,14 @@ struct TileBufs {
     tmp: Vec<f32>,
     /// A partial last panel of x, packed; after the products, the transposed sums.
     local: Vec<u32>,
-    /// The tile's rows of x converted to f32.
+    /// The tile's rows of x converted to f32, and which: the block's id and the first row
+    /// (a worker's next tile often has the same rows, for other columns).
     conv: Vec<f32>,
+    conv_of: Option<(u64, usize)>,
 }
+
+/// Ids of converted blocks, one per block of every product.
+static BLOCK_IDS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
@@ -58,10 +64,13 @@ enum ASide<'a> {
         first: usize,
     },
     /// The block's rows (`k` apart) in another dtype than the kernel's: each tile converts
-    /// its own rows to f32, `ld` apart, and reads them in place from there.
+    /// its own rows to f32, `ld` apart, and reads them in place from there. `id` is the
+    /// block's own, unique among all blocks (so a worker's converted rows are never mistaken
+    /// for another block's).
     Convert {
         x: Src<'a>,
         ld: usize,
+        id: u64,
     },
 }
 
@@ -214,7 +223,11 @@ fn x_side<'a>(
             ld: d.k,
             first: 0,
         },
-        XMode::Converted { ld } => ASide::Convert { x, ld },
+        XMode::Converted { ld } => ASide::Convert {
+            x,
+            ld,
+            id: BLOCK_IDS.fetch_add(1, Ordering::Relaxed),
+        },
         XMode::Staged { ld } => stage(job, rows, ld, bf16s),
         XMode::Packed => {
             let x_rows = match job.trans.x {
@@ -336,9 +349,13 @@ impl Tile<'_> {
             tmp,
             local,
             conv,
+            conv_of,
         } = bufs;
-        if let ASide::Convert { x, ld } = self.a {
-            convert_rows(self.job.isa, x, self.job.d.k, self.rows.clone(), ld, conv);
+        if let ASide::Convert { x, ld, id } = self.a {
+            if *conv_of != Some((id, self.rows.start)) {
+                convert_rows(self.job.isa, x, self.job.d.k, self.rows.clone(), ld, conv);
+                *conv_of = Some((id, self.rows.start));
+            }
             let a = ASide::Direct {
                 x: Src::F32(conv),
                 ld,
