@@ -80,7 +80,7 @@ pub(super) unsafe fn run(job: &Job) {
     let bf16 = matches!((job.x, job.w), (Src::Bf16(_), Src::Bf16(_)));
     let kern = Kernel::for_isa(job.isa, bf16);
     // Few rows and many columns (an LM head over a chunk of positions): packing W would cost
-    // as much as the product, so compute Yᵀ = W·xᵀ with W read in place (or staged) instead.
+    // as much as the product, so compute Yᵀ = W·xᵀ with W read in place (or converted by tiles) instead.
     if job.d.n * 8 <= job.d.m && kern.direct.is_some() && job.trans == Trans::NONE {
         transposed(job, &kern);
     } else {
@@ -155,7 +155,8 @@ fn x_mode(job: &Job, kern: &Kernel) -> XMode {
     }
 }
 
-/// `y = x·Wᵀ`: W packed by slabs, x read in place, staged or packed by blocks of rows.
+/// `y = x·Wᵀ`: W packed by slabs, x read in place, converted by tiles, or staged or packed by
+/// blocks of rows.
 unsafe fn plain(job: &Job, kern: &Kernel, fin: Finish) {
     let d = job.d;
     let mode = x_mode(job, kern);
@@ -207,7 +208,8 @@ fn by_slabs(
     }
 }
 
-/// Where the tiles read rows `rows` of x from: in place, staged, or packed into `a`.
+/// Where the tiles read rows `rows` of x from: in place, converted by tiles, staged, or
+/// packed into `a`.
 fn x_side<'a>(
     job: &Job<'a>,
     mode: XMode,
