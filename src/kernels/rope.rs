@@ -7,6 +7,8 @@
 //! and writes a contiguous result, computing in f32 and rounding once; elsewhere, and for
 //! autograd, it is composed from candle ops.
 
+use std::borrow::Cow;
+
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -117,9 +119,9 @@ struct Strided<'a> {
 /// Every row of `x` rotated head by head in f32 and rounded once to `x`'s dtype (written
 /// through `out`, a pointer to a row of the result). For bf16 and f16 the tables are first
 /// rounded to that dtype, as transformers casts them.
-fn rotate_rows<T: Copy + Default + Send + Sync>(
+fn rotate_rows<'a, T: Copy + Default + Send + Sync>(
     x: &Strided,
-    (cos, sin, half): (&[f32], &[f32], usize),
+    (cos, sin, half): (&'a [f32], &'a [f32], usize),
     c: usize,
     d: usize,
     out: fn(*mut T) -> Out,
@@ -130,10 +132,14 @@ fn rotate_rows<T: Copy + Default + Send + Sync>(
         Src::Bf16(_) => DType::BF16,
         Src::F16(_) => DType::F16,
     };
-    let rounded = |table: &[f32]| {
-        let mut v = table[..x.t * half].to_vec();
+    let rounded = |table: &'a [f32]| -> Cow<'a, [f32]> {
+        let table = &table[..x.t * half];
+        if dtype == DType::F32 {
+            return Cow::Borrowed(table);
+        }
+        let mut v = table.to_vec();
         convert::round_through(isa, dtype, &mut v);
-        v
+        Cow::Owned(v)
     };
     let (cos, sin) = (rounded(cos), rounded(sin));
     let mut rows = vec![T::default(); x.b * x.t * c];
