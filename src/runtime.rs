@@ -198,6 +198,17 @@ pub fn set_threads_from(
     Ok(())
 }
 
+/// Runs `f` on a thread of the pool that [`set_threads`] sized, so that the work's own thread
+/// takes part in its parallel loops: from outside the pool each loop would wake the workers
+/// and put the caller to sleep until they finish — a context switch per loop (45,000 in 256
+/// decoded GPT-2 tokens; 1,400–1,600 this way, and decoding ~3 % faster on 2 cores).
+/// Call it after [`set_threads`]: the first use of the pool fixes its size. (Not used for
+/// grids: their many buffers then come from the worker's malloc arena, +10 % peak memory for
+/// no measurable gain.)
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Tunes glibc's allocator for a forward pass that frees and reallocates the same large
 /// activation buffers thousands of times: without it each one is a fresh `mmap` whose pages
 /// are faulted in and zeroed again (a fifth of the run time of a small model's grid).

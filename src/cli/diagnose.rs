@@ -43,6 +43,11 @@ pub struct DiagnoseArgs {
 
 pub(super) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     runtime::set_threads_with(args.model.threads, true)?;
+    runtime::on_pool(move || run_on_pool(args))
+}
+
+/// [`run`] once the threads are set, on a thread of the pool.
+fn run_on_pool(args: DiagnoseArgs) -> anyhow::Result<()> {
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
     }

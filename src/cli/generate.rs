@@ -108,6 +108,11 @@ impl Job<'_> {
 
 pub(super) fn run(args: GenerateArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.model.threads)?;
+    runtime::on_pool(move || run_on_pool(args))
+}
+
+/// [`run`] once the threads are set, on a thread of the pool.
+fn run_on_pool(args: GenerateArgs) -> anyhow::Result<()> {
     let prompt = read_prompt(&args)?;
     let stop = stop_strings(&args.stop)?;
     let params = sampling_params(&args)?;

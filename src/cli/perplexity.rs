@@ -78,6 +78,11 @@ struct Scored {
 
 pub(super) fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.model.threads)?;
+    runtime::on_pool(move || run_on_pool(args))
+}
+
+/// [`run`] once the threads are set, on a thread of the pool.
+fn run_on_pool(args: PerplexityArgs) -> anyhow::Result<()> {
     if args.max_tokens == Some(0) {
         anyhow::bail!("--max-tokens must be at least 1");
     }

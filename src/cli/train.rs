@@ -115,6 +115,11 @@ pub struct TrainArgs {
 
 pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
     runtime::set_threads(args.threads)?;
+    runtime::on_pool(move || run_on_pool(args))
+}
+
+/// [`run`] once the threads are set, on a thread of the pool.
+fn run_on_pool(args: TrainArgs) -> anyhow::Result<()> {
     if args.dtype != Precision::F32 {
         anyhow::bail!("--dtype {}: training runs in f32 (weights and AdamW moments are kept in f32); score a trained checkpoint in {} with perplexity --dtype", args.dtype, args.dtype);
     }
