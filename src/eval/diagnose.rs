@@ -287,7 +287,9 @@ fn window_pass(
     Ok(())
 }
 
-/// Sums of h, h², f(h), f(h)², |f′(h)| and |f′(h)| < 0.01 over a layer's pre-activations.
+/// Sums of h, h², f(h), f(h)², |f′(h)| and |f′(h)| < 0.01 over a layer's pre-activations:
+/// chunks in parallel, their sums added in chunk order (so the result does not depend on how
+/// the threads split the work).
 fn layer_sums(act: Activation, h: &[f32]) -> Acc {
     h.par_chunks(64 * 1024)
         .map(|chunk| {
@@ -305,7 +307,9 @@ fn layer_sums(act: Activation, h: &[f32]) -> Acc {
             }
             p
         })
-        .reduce(Acc::default, Acc::merged)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(Acc::default(), Acc::merged)
 }
 
 /// The human-readable report: a per-layer table (both models when swapped) and one line per
