@@ -494,6 +494,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn layer_sums_do_not_depend_on_the_thread_count() {
+        let act: Activation = "gelu_new".parse().unwrap();
+        let h: Vec<f32> = (0..300_001)
+            .map(|i| ((i as f32) * 0.37).sin() * 4.0)
+            .collect();
+        let sums = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let a = pool.install(|| layer_sums(act, &h));
+            [a.n, a.pre, a.pre2, a.post, a.post2, a.deriv, a.saturated]
+        };
+        let one = sums(1);
+        assert_eq!(one[0], 300_001.0);
+        for threads in [2, 3, 5] {
+            assert_eq!(sums(threads), one, "{threads} threads");
+        }
+    }
+
+    #[test]
     fn windows_are_disjoint_and_drop_a_last_single_token() {
         assert_eq!(diagnose_windows(10, 4), vec![(0, 4), (4, 8), (8, 10)]);
         assert_eq!(diagnose_windows(9, 4), vec![(0, 4), (4, 8)]);
