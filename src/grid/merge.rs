@@ -81,13 +81,12 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Merged> {
 /// (`cells.total`) and, for a shard run (`shard = "K/N"`), one of that shard's cells.
 fn check_row(s: &Shard, path: &Path, r: &Row) -> anyhow::Result<()> {
     let total = s.manifest["cells"]["total"].as_u64();
-    if total.is_some_and(|t| r.index as u64 >= t) {
+    if let Some(total) = total.filter(|&t| r.index as u64 >= t) {
         bail!(
-            "{}: cell {} ('{}') is outside the grid of {} cells that manifest.json describes",
+            "{}: cell {} ('{}') is outside the grid of {total} cells that manifest.json describes",
             path.display(),
             r.index,
-            r.variant,
-            total.unwrap_or_default()
+            r.variant
         );
     }
     let shard = s.manifest["shard"].as_str().map(str::parse::<CellShard>);
